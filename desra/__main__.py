@@ -1,0 +1,3 @@
+from desra.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,126 @@
+"""Folder-level detection: pair images by stem, detect, write masks, pseudo-GT and a Parquet report.
+
+Every image gets one report row; an image that cannot be processed gets a row with ``status ==
+"failed"`` and the reason, and the others still run. Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from desra_core.image import atomic_path, list_images, read_image, read_label_map, write_image
+
+from desra_core import DesraError, DetectionConfig, build_pseudo_gt, detect_artifacts
+
+__all__ = ["REPORT_COLUMNS", "DetectJob", "pair_by_stem", "run_detect", "write_report"]
+
+REPORT_COLUMNS = [
+    "stem", "status", "error", "height", "width", "artifact_fraction", "region_count", "min_area",
+    "notes", "seconds", "mse_path", "gan_path", "labels_path", "mask_path", "pseudo_gt_path", "config",
+]
+
+
+@dataclass(frozen=True, kw_only=True)
+class DetectJob:
+    """One batch: where the inputs are, where outputs go, and how to detect."""
+
+    mse_dir: Path
+    gan_dir: Path
+    out_dir: Path
+    labels_dir: Path | None = None
+    config: DetectionConfig = field(default_factory=DetectionConfig)
+    feather: float = 0.0
+
+
+def pair_by_stem(*folders: Path | None) -> tuple[list[str], list[dict[str, Path]]]:
+    """Image files of each folder by stem; returns the sorted union of stems and one map per folder."""
+    maps = [list_images(f) if f is not None else {} for f in folders]
+    stems = sorted(set().union(*(m.keys() for m in maps[:2])))
+    return stems, maps
+
+
+def _common_dtype(mse, gan) -> tuple[np.ndarray, np.ndarray]:
+    """The two images in one dtype, keeping their precision (8-bit pairs stay uint8, 16-bit stay uint16)."""
+    if mse.pixels.dtype == gan.pixels.dtype:
+        return mse.pixels, gan.pixels
+    return mse.to_float32(), gan.to_float32()
+
+
+def _for_detector(image: np.ndarray) -> np.ndarray:
+    """The detector takes uint8 or float32 in [0, 1]."""
+    if image.dtype == np.uint16:
+        return image.astype(np.float32) / np.float32(65535.0)
+    return image
+
+
+def _detect_one(stem: str, job: DetectJob, paths: dict[str, Path | None]) -> dict:
+    mse_path, gan_path, labels_path = paths["mse"], paths["gan"], paths["labels"]
+    if mse_path is None:
+        raise DesraError(f"expected an MSE image with stem '{stem}' in {job.mse_dir}, found none")
+    if gan_path is None:
+        raise DesraError(f"expected a GAN image with stem '{stem}' in {job.gan_dir}, found none")
+    if job.labels_dir is not None and labels_path is None:
+        raise DesraError(f"expected a label map with stem '{stem}' in {job.labels_dir}, found none")
+    mse, gan = read_image(mse_path), read_image(gan_path)
+    if mse.pixels.shape != gan.pixels.shape:
+        raise DesraError(f"expected MSE and GAN images of one size, got {mse.width}×{mse.height} "
+                         f"({mse_path}) and {gan.width}×{gan.height} ({gan_path})")
+    labels = read_label_map(labels_path) if labels_path is not None else None
+    mse_px, gan_px = _common_dtype(mse, gan)
+    try:
+        detection = detect_artifacts(_for_detector(mse_px), _for_detector(gan_px), labels, job.config)
+    except DesraError as e:  # name the files: the core only sees arrays
+        raise type(e)(f"{e} (files: {mse_path}, {gan_path}" + (f", {labels_path})" if labels_path else ")")) from e
+    mask_path = job.out_dir / "masks" / f"{stem}.png"
+    pseudo_path = job.out_dir / "pseudo_gt" / f"{stem}.png"
+    pseudo = build_pseudo_gt(gan_px, mse_px, detection.mask, feather=job.feather)
+    write_image(mask_path, detection.mask)
+    write_image(pseudo_path, pseudo)
+    return {
+        "height": mse.height, "width": mse.width,
+        "artifact_fraction": detection.artifact_fraction, "region_count": len(detection.regions),
+        "min_area": detection.min_area,
+        "notes": "; ".join((*mse.notes, *gan.notes, *detection.notes)),
+        "mask_path": str(mask_path), "pseudo_gt_path": str(pseudo_path),
+    }
+
+
+def run_detect(job: DetectJob, progress: Callable[[Iterable[str]], Iterable[str]] = iter) -> pd.DataFrame:
+    """Detect artifacts for every stem found in the MSE or GAN folder; return the report rows.
+
+    ``progress`` wraps the iteration over stems (e.g. a progress bar); it must yield the stems unchanged.
+    """
+    stems, (mse_map, gan_map, label_map) = pair_by_stem(job.mse_dir, job.gan_dir, job.labels_dir)
+    config_json = json.dumps({**job.config.to_dict(), "feather": job.feather}, sort_keys=True)
+    rows = []
+    for stem in progress(stems):
+        paths = {"mse": mse_map.get(stem), "gan": gan_map.get(stem), "labels": label_map.get(stem)}
+        row = {"stem": stem, "config": config_json,
+               **{f"{k}_path": (str(v) if v is not None else None) for k, v in paths.items()}}
+        start = time.perf_counter()
+        try:
+            row.update(_detect_one(stem, job, paths), status="ok", error=None)
+        except DesraError as e:
+            row.update(status="failed", error=str(e))
+        except Exception as e:  # a bug or an environment fault: report it with its type, keep going
+            row.update(status="failed", error=f"{type(e).__name__}: {e} "
+                                              f"[{traceback.extract_tb(e.__traceback__)[-1].name}]")
+        row["seconds"] = time.perf_counter() - start
+        rows.append(row)
+    return pd.DataFrame(rows, columns=REPORT_COLUMNS).astype(
+        {"height": "Int64", "width": "Int64", "region_count": "Int64", "min_area": "Int64",
+         "artifact_fraction": "float64"})
+
+
+def write_report(report: pd.DataFrame, path: Path) -> None:
+    """Write the report as Parquet, atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        report.to_parquet(tmp, index=False)

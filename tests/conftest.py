@@ -1,0 +1,40 @@
+"""Shared fixtures: where the read-only ../shared data lives, and skips when it is absent."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("DESRA_SHARED", REPO.parent / "shared"))
+PARITY = SHARED / "parity"
+MODELS = SHARED / "models"
+
+
+def parity_cases() -> list[Path]:
+    """Case folders of ../shared/parity (empty when absent)."""
+    if not PARITY.is_dir():
+        return []
+    return sorted(p for p in PARITY.iterdir() if p.is_dir() and (p / "gan.png").exists())
+
+
+def parity_configs() -> dict[str, dict]:
+    path = PARITY / "configs.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """An 8-bit image as RGB, the way the parity data was made (OpenCV, BGR → RGB)."""
+    return cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+@pytest.fixture
+def needs_parity() -> Path:
+    if not parity_cases():
+        pytest.skip(f"parity data not found at {PARITY} (set DESRA_SHARED to the shared folder)")
+    return PARITY
