@@ -1,0 +1,481 @@
+"""Image files in and out: the only module of desra_core that reads or writes image files.
+
+Array contract: ``LoadedImage.pixels`` is RGB ``(H, W, 3)``, ``uint8`` for 8-bit sources and ``uint16``
+for 16-bit ones (``to_float32()`` gives ``float32`` in [0, 1]); label maps are ``uint8 (H, W)``; masks
+are ``bool (H, W)``. Reading decides the format by content, checks the header's pixel count before
+decoding, refuses truncated files and applies the EXIF orientation. Writing is atomic: a temporary file
+beside the target is written, flushed to disk and renamed onto it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import numbers
+import os
+import re
+import secrets
+import struct
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .errors import ConfigError, InputImageError, LabelMapError, ShapeError
+
+__all__ = ["IMAGE_SUFFIXES", "MAX_PIXELS", "LoadedImage", "atomic_path", "atomic_write_bytes", "list_images",
+           "read_image", "read_label_map", "read_mask", "write_image"]
+
+StrPath = str | os.PathLike[str]
+
+MAX_PIXELS: int = 268_435_456
+"""Default limit on width × height (16384 × 16384) checked before decoding."""
+
+IMAGE_SUFFIXES: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"})
+"""Lower-case suffixes that :func:`list_images` treats as image files."""
+
+# Pillow's format name -> the name used in messages. MPO is a JPEG with extra pictures appended.
+_FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "MPO": "JPEG", "WEBP": "WebP", "TIFF": "TIFF", "BMP": "BMP"}
+_GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "F", "I;16", "I;16L", "I;16B", "I;16N"})
+_ALPHA_MODES = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# A JPEG marker: 0xFF followed by anything but a stuffed zero, a restart marker or another fill byte.
+_JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+_ORIENTATION_TAG = 0x0112
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedImage:
+    """A decoded image: ``pixels`` RGB ``(H, W, 3)``, ``uint8`` (``bit_depth`` 8) or ``uint16`` (16).
+
+    ``notes`` are plain-language remarks on what reading did, e.g. ``"alpha channel dropped"``.
+    """
+
+    pixels: np.ndarray
+    path: str
+    bit_depth: int
+    notes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        px = self.pixels
+        if px.ndim != 3 or px.shape[2] != 3 or px.dtype not in (np.uint8, np.uint16):
+            raise ShapeError(f"expected pixels of shape (H, W, 3), uint8 or uint16, got {px.shape} {px.dtype}")
+        if self.bit_depth != 8 * px.dtype.itemsize:
+            raise ShapeError(f"expected bit_depth {8 * px.dtype.itemsize} for {px.dtype} pixels, got {self.bit_depth}")
+
+    @property
+    def height(self) -> int:
+        return int(self.pixels.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.pixels.shape[1])
+
+    def to_float32(self) -> np.ndarray:
+        """``float32 (H, W, 3)`` in [0, 1]: the pixels divided by 255 (8-bit) or 65535 (16-bit)."""
+        scale = np.float32(255.0 if self.bit_depth == 8 else 65535.0)
+        return self.pixels.astype(np.float32) / scale
+
+
+@dataclass(frozen=True, slots=True)
+class _Source:
+    """A file whose header passed the checks; ``image`` is Pillow's lazily opened view of ``data``."""
+
+    path: str
+    data: bytes
+    image: Image.Image
+    format: str
+    orientation: int
+
+
+def _pil_open(data: bytes) -> Image.Image:
+    # Our own limit is checked right after opening; Pillow's warning threshold (about 89 Mpx) is not ours.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(io.BytesIO(data))
+
+
+def _check_size(width: int, height: int, max_pixels: int, path: str, error: type[InputImageError]) -> None:
+    if width < 1 or height < 1:
+        raise error(f"expected an image of at least 1×1 pixels, got {width}×{height}", path)
+    if width * height > max_pixels:
+        raise error(f"expected at most {max_pixels} pixels, got {width}×{height} = {width * height} pixels "
+                    "(refused before decoding)", path)
+
+
+def _jpeg_is_complete(data: bytes) -> bool:
+    """True when the JPEG stream reaches the end-of-image marker of its main picture.
+
+    Walks the segments (skipping each by its length, so thumbnails inside EXIF are not mistaken for the
+    end) and the entropy-coded data after each start-of-scan. Bytes after the end marker are allowed.
+    """
+    pos = 2
+    while True:
+        match = _JPEG_MARKER.search(data, pos)
+        if match is None:
+            return False
+        marker, pos = data[match.start() + 1], match.end()
+        if marker == 0xD9:
+            return True
+        if marker == 0x01:  # TEM: no length field
+            continue
+        if pos + 2 > len(data):
+            return False
+        length = int.from_bytes(data[pos:pos + 2], "big")
+        if length < 2:
+            return False
+        pos += length
+
+
+def _truncation(image: Image.Image, data: bytes) -> str | None:
+    """Why a PNG or JPEG file is incomplete (some decoders return such files half-decoded), or None.
+
+    Pillow refuses to open a truncated WebP; OpenCV and Pillow refuse truncated TIFF and BMP files.
+    """
+    if image.format == "PNG":
+        try:
+            image.verify()  # walks every chunk up to IEND checking CRCs, without decompressing
+        except (OSError, SyntaxError, EOFError, ValueError, struct.error) as exc:
+            return str(exc) or type(exc).__name__
+    elif image.format in ("JPEG", "MPO") and not _jpeg_is_complete(data):
+        return "no end-of-image marker"
+    return None
+
+
+def _orientation(image: Image.Image) -> int:
+    # PngImageFile.getexif() decodes the whole image when no eXIf chunk precedes IDAT; the PNG
+    # specification puts eXIf before IDAT, so "none seen yet" means none.
+    if image.format == "PNG" and "exif" not in image.info:
+        return 1
+    try:
+        return int(image.getexif().get(_ORIENTATION_TAG, 1))
+    except Exception:  # unreadable EXIF must not make readable pixels unusable
+        return 1
+
+
+def _open(path: StrPath, max_pixels: int, error: type[InputImageError]) -> _Source:
+    """Read the file, check its header (format, size, completeness); decode nothing yet."""
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, numbers.Integral) or max_pixels < 1:
+        raise ConfigError(f"expected max_pixels to be a positive integer, got {max_pixels!r}")
+    name = os.fspath(path)
+    try:
+        data = Path(name).read_bytes()
+    except OSError as exc:
+        reason = {FileNotFoundError: "a path that does not exist", IsADirectoryError: "a directory",
+                  PermissionError: "permission denied"}.get(type(exc), exc.strerror or str(exc))
+        raise error(f"expected a readable image file, got {reason}", name) from None
+    if not data:
+        raise error("expected an image file, got an empty (0-byte) file", name)
+    # A PNG header is checked before Pillow sees it: Pillow refuses a header without pixel data
+    # as "not an image", which would hide the more useful "too large".
+    if data.startswith(_PNG_SIGNATURE) and len(data) >= 24 and data[12:16] == b"IHDR":
+        width, height = struct.unpack(">II", data[16:24])
+        _check_size(width, height, max_pixels, name, error)
+    try:
+        image = _pil_open(data)
+    except Image.DecompressionBombError as exc:
+        raise error(f"expected at most {max_pixels} pixels, got an image that Pillow refuses before "
+                    f"decoding: {exc}", name) from None
+    except UnidentifiedImageError:
+        raise error("expected a PNG, JPEG, WebP, TIFF or BMP image, got data in no known image format",
+                    name) from None
+    except OSError as exc:
+        raise error(f"expected a PNG, JPEG, WebP, TIFF or BMP image, got data that cannot be opened ({exc})",
+                    name) from None
+    if image.format not in _FORMATS:
+        raise error(f"expected a PNG, JPEG, WebP, TIFF or BMP image, got {image.format}", name)
+    _check_size(image.width, image.height, max_pixels, name, error)
+    orientation = _orientation(image)  # before verify(), which closes the image
+    reason = _truncation(image, data)
+    if reason is not None:
+        raise error(f"expected a complete {_FORMATS[image.format]} file, got a truncated or corrupt one "
+                    f"({reason})", name)
+    return _Source(name, data, image, image.format, orientation)
+
+
+def _decode_with_pillow(src: _Source, error: type[InputImageError]) -> np.ndarray:
+    """Gray ``(H, W)``, RGB or RGBA decoded by Pillow: for what OpenCV cannot decode or convert."""
+    try:
+        with _pil_open(src.data) as image:
+            image.load()  # raises on truncation (ImageFile.LOAD_TRUNCATED_IMAGES stays False)
+            mode = image.mode
+            if mode.startswith("I;16"):
+                return np.asarray(image).astype(np.uint16)
+            alpha = mode in _ALPHA_MODES or (mode == "P" and "transparency" in image.info)
+            target = "L" if mode in ("1", "L") else "RGBA" if alpha else "RGB"
+            pixels = None if mode in ("I", "F") else np.asarray(image.convert(target))
+    except Exception as exc:  # any decoder failure means the file cannot be used
+        raise error(f"expected a decodable {_FORMATS[src.format]} file, got one that fails to decode "
+                    f"({exc})", src.path) from None
+    if pixels is None:
+        raise error(f"expected 8- or 16-bit integer samples, got Pillow mode {mode}", src.path)
+    return pixels
+
+
+def _decode(src: _Source, error: type[InputImageError]) -> tuple[np.ndarray, bool]:
+    """The pixels as gray ``(H, W)``, RGB ``(H, W, 3)`` or RGB(A) with alpha last, uint8 or uint16.
+
+    Also says whether the decoder already applied the orientation (OpenCV does for TIFF files, even
+    with ``IMREAD_UNCHANGED``; it does not for JPEG, PNG and WebP).
+    """
+    try:
+        pixels = cv2.imdecode(np.frombuffer(src.data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error:
+        pixels = None
+    if pixels is not None and pixels.ndim == 3 and pixels.shape[2] == 1:
+        pixels = pixels[..., 0]
+    if pixels is not None and src.image.mode == "CMYK" and (pixels.ndim != 3 or pixels.shape[2] != 3):
+        pixels = None  # OpenCV converts CMYK JPEGs to BGR but may hand other CMYK files back as 4 channels
+    if pixels is None:
+        pixels, oriented = _decode_with_pillow(src, error), False
+    else:
+        if pixels.ndim == 3:
+            pixels = pixels[..., [2, 1, 0, 3]] if pixels.shape[2] == 4 else pixels[..., 2::-1]
+        oriented = src.format == "TIFF"
+    if pixels.dtype not in (np.uint8, np.uint16):
+        raise error(f"expected 8- or 16-bit integer samples, got {pixels.dtype}", src.path)
+    if pixels.ndim == 3 and pixels.shape[2] not in (2, 3, 4):
+        raise error(f"expected 1 to 4 channels, got {pixels.shape[2]}", src.path)
+    return pixels, oriented
+
+
+def _orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply EXIF orientation 1..8 (how the stored rows and columns map to the displayed image)."""
+    transforms = {
+        2: lambda a: a[:, ::-1],  # mirrored left-right
+        3: lambda a: a[::-1, ::-1],  # rotated 180°
+        4: lambda a: a[::-1],  # mirrored top-bottom
+        5: lambda a: a.swapaxes(0, 1),  # transposed
+        6: lambda a: np.rot90(a, -1),  # displayed rotated 90° clockwise
+        7: lambda a: a[::-1, ::-1].swapaxes(0, 1),  # transversed
+        8: lambda a: np.rot90(a, 1),  # displayed rotated 90° counter-clockwise
+    }
+    return transforms[orientation](pixels) if orientation in transforms else pixels
+
+
+def read_image(path: StrPath, *, max_pixels: int = MAX_PIXELS) -> LoadedImage:
+    """Read a PNG, JPEG, WebP, TIFF or BMP file (8- or 16-bit) as RGB.
+
+    Gray is replicated to 3 channels, alpha is dropped, palette and CMYK images are converted, and the
+    EXIF orientation is applied; each such step leaves a note.
+
+    Args:
+        path: the file; its format is decided by content, not by extension.
+        max_pixels: largest width × height accepted, checked on the header before decoding. Pillow's
+            own decompression-bomb guard (``2 * PIL.Image.MAX_IMAGE_PIXELS``) applies as well.
+
+    Returns:
+        ``LoadedImage`` with ``pixels`` RGB ``(H, W, 3)``, ``uint8`` or ``uint16``.
+
+    Raises:
+        InputImageError: missing, unreadable, empty, truncated, corrupt, too large or unsupported file.
+        ConfigError: ``max_pixels`` is not a positive integer.
+    """
+    src = _open(path, max_pixels, InputImageError)
+    pixels, oriented = _decode(src, InputImageError)
+    mode, notes = src.image.mode, []
+    if mode in ("P", "PA"):
+        notes.append("converted from palette")
+    elif mode == "CMYK":
+        notes.append("converted from CMYK")
+    channels = 1 if pixels.ndim == 2 else pixels.shape[2]
+    if channels in (2, 4):
+        pixels = pixels[..., :-1] if channels == 4 else pixels[..., 0]
+        notes.append("alpha channel dropped")
+    if pixels.ndim == 2:
+        pixels = np.repeat(pixels[..., None], 3, axis=2)
+    if channels <= 2 or mode in _GRAY_MODES:
+        notes.append("converted from grayscale")
+    if src.orientation in range(2, 9):
+        if not oriented:
+            pixels = _orient(pixels, src.orientation)
+        notes.append(f"{'TIFF' if src.format == 'TIFF' else 'EXIF'} orientation {src.orientation} applied")
+    elif src.orientation != 1:
+        notes.append(f"EXIF orientation {src.orientation} ignored (expected 1..8)")
+    return LoadedImage(np.ascontiguousarray(pixels), src.path, 8 * pixels.dtype.itemsize, tuple(notes))
+
+
+def _read_single_channel(path: StrPath, what: str, error: type[InputImageError]) -> np.ndarray:
+    """``(H, W)`` uint8 or uint16 from a machine-written file; no orientation is applied.
+
+    Palette files give their indices; 3 identical channels count as one.
+    """
+    src = _open(path, MAX_PIXELS, error)
+    if src.image.mode == "P":
+        try:
+            with _pil_open(src.data) as image:
+                pixels = np.asarray(image)  # the stored indices, not the colours
+        except Exception as exc:  # any decoder failure means the file cannot be used
+            raise error(f"expected a decodable {what}, got one that fails to decode ({exc})", src.path) from None
+    else:
+        pixels, _ = _decode(src, error)
+    if pixels.ndim == 3:
+        channels = pixels.shape[2]
+        if channels != 3:
+            raise error(f"expected a single-channel {what}, got {channels} channels (with alpha)", src.path)
+        if not (np.array_equal(pixels[..., 0], pixels[..., 1]) and np.array_equal(pixels[..., 0], pixels[..., 2])):
+            raise error(f"expected a single-channel {what}, got a colour image whose 3 channels differ", src.path)
+        pixels = pixels[..., 0]
+    return np.ascontiguousarray(pixels)
+
+
+def read_label_map(path: StrPath) -> np.ndarray:
+    """Read a label map (typically an 8-bit PNG) as ``uint8 (H, W)``.
+
+    16-bit files are accepted when every value is at most 255. Palette PNGs give their indices. A file
+    with 3 identical channels is taken as one channel; a colour image is refused. No EXIF orientation
+    is applied (label maps are machine-written). Which values are meaningful is the caller's business.
+
+    Raises:
+        LabelMapError: unreadable file, several different channels, or values above 255.
+    """
+    labels = _read_single_channel(path, "label map", LabelMapError)
+    if labels.dtype != np.uint8:
+        too_big = labels > 255
+        if too_big.any():
+            values = np.unique(labels[too_big])
+            shown = ", ".join(str(v) for v in values[:5]) + (", …" if values.size > 5 else "")
+            raise LabelMapError(f"expected label values of at most 255, got {int(too_big.sum())} pixels "
+                                f"above it (values {shown})", path)
+        labels = labels.astype(np.uint8)
+    return labels
+
+
+def read_mask(path: StrPath) -> np.ndarray:
+    """Read a mask as ``bool (H, W)``, ``True`` where the stored value is non-zero (8- or 16-bit).
+
+    Channels as for :func:`read_label_map`. Raises InputImageError for unreadable or colour files.
+    """
+    return _read_single_channel(path, "mask", InputImageError) != 0
+
+
+def _temp_beside(target: Path) -> Path:
+    """Create an empty hidden file beside ``target``, ending in its suffix; mode 0o666 less the umask.
+
+    (``mkstemp`` would give 0o600, which ``os.replace`` would carry over to the target.)
+    """
+    for _ in range(100):
+        temp = target.with_name(f".{target.name[:100]}.{secrets.token_hex(4)}.tmp{target.suffix}")
+        try:
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return temp
+    raise FileExistsError(f"could not create a temporary file next to {target}")
+
+
+def _fsync(path: Path, flags: int = os.O_RDWR) -> None:
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: StrPath) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` (same suffix) to write to, creating the parent folder.
+
+    On normal exit the file is flushed to disk and ``os.replace``-d onto ``path``; on an exception it is
+    removed, ``path`` is left untouched and the exception propagates.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temp = _temp_beside(target)
+    try:
+        yield temp
+        _fsync(temp)
+        os.replace(temp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temp.unlink(missing_ok=True)
+        raise
+    if os.name == "posix":  # make the rename itself durable; best effort
+        with contextlib.suppress(OSError):
+            _fsync(target.parent, os.O_RDONLY)
+
+
+def atomic_write_bytes(path: StrPath, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_path`)."""
+    with atomic_path(path) as temp, open(temp, "wb") as fh:
+        fh.write(data)
+
+
+def _png_pixels(array: np.ndarray) -> np.ndarray:
+    """What ``cv2.imencode`` needs: BGR uint8/uint16 ``(H, W, 3)`` or gray uint8 ``(H, W)``."""
+    a = np.asarray(array)
+    if a.size == 0:
+        raise ShapeError(f"expected a non-empty image, got shape {a.shape}")
+    if a.ndim == 2 and a.dtype == np.bool_:
+        return a.astype(np.uint8) * np.uint8(255)
+    if a.ndim == 2 and a.dtype == np.uint8:
+        return np.ascontiguousarray(a)
+    if a.ndim == 3 and a.shape[2] == 3:
+        if a.dtype == np.float32:
+            if not np.isfinite(a).all():
+                raise ShapeError("expected float32 values in [0, 1], got NaN or infinity")
+            a = np.rint(np.clip(a, 0.0, 1.0) * np.float32(255.0)).astype(np.uint8)
+        if a.dtype in (np.uint8, np.uint16):
+            return np.ascontiguousarray(a[..., ::-1])
+    raise ShapeError("expected RGB (H, W, 3) uint8, uint16 or float32, or (H, W) bool or uint8, "
+                     f"got {a.shape} {a.dtype}")
+
+
+def write_image(path: StrPath, array: np.ndarray) -> None:
+    """Write ``array`` as a PNG file, atomically, creating parent folders.
+
+    Args:
+        path: target ending in ``.png``.
+        array: RGB ``(H, W, 3)`` ``uint8`` or ``uint16`` (written as a 16-bit PNG), RGB ``float32`` in
+            [0, 1] (clipped, then ``rint(x * 255)`` as 8-bit), ``bool (H, W)`` (written as 0/255) or
+            gray ``uint8 (H, W)``.
+
+    Raises:
+        ConfigError: the target does not end in ``.png``.
+        ShapeError: any other shape or dtype, or non-finite float values.
+        OSError: encoding or writing failed; an existing ``path`` is then left as it was.
+    """
+    target = Path(path)
+    if target.suffix.lower() != ".png":
+        raise ConfigError(f"expected a .png target, got '{target.suffix or 'no suffix'}' ({target})")
+    pixels = _png_pixels(array)
+    try:
+        ok, encoded = cv2.imencode(".png", pixels)
+    except cv2.error as exc:
+        raise OSError(f"could not encode {target} as PNG: {exc}") from exc
+    if not ok or encoded is None:
+        raise OSError(f"could not encode {target} as PNG")
+    atomic_write_bytes(target, encoded.tobytes())
+
+
+def list_images(directory: StrPath) -> dict[str, Path]:
+    """Image files directly inside ``directory`` (not recursive), by stem, sorted by stem.
+
+    Files count as images by suffix (:data:`IMAGE_SUFFIXES`, any case); hidden files are skipped.
+
+    Raises:
+        InputImageError: ``directory`` is missing or not a folder, or two images share a stem.
+    """
+    folder = Path(directory)
+    if not folder.exists():
+        raise InputImageError("expected an existing folder of images, got a path that does not exist", folder)
+    if not folder.is_dir():
+        raise InputImageError("expected a folder of images, got a file", folder)
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as exc:
+        raise InputImageError(f"expected a readable folder, got {exc.strerror or exc}", folder) from None
+    found: dict[str, Path] = {}
+    for entry in entries:
+        if entry.name.startswith(".") or entry.suffix.lower() not in IMAGE_SUFFIXES or not entry.is_file():
+            continue
+        if entry.stem in found:
+            raise InputImageError(f"expected one image per stem, got both '{found[entry.stem].name}' and "
+                                  f"'{entry.name}'", folder)
+        found[entry.stem] = entry
+    return dict(sorted(found.items()))
