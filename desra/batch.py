@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from desra_core.image import atomic_path, list_images, read_image, read_label_map, write_image
 
 from desra_core import DesraError, DetectionConfig, build_pseudo_gt, detect_artifacts
+from desra_core.image import atomic_path, list_images, read_image, read_label_map, write_image
 
 __all__ = ["REPORT_COLUMNS", "DetectJob", "pair_by_stem", "run_detect", "write_report"]
 
