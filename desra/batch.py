@@ -19,7 +19,7 @@ import pandas as pd
 from desra_core import DesraError, DetectionConfig, build_pseudo_gt, detect_artifacts
 from desra_core.image import atomic_path, list_images, read_image, read_label_map, write_image
 
-__all__ = ["REPORT_COLUMNS", "DetectJob", "pair_by_stem", "run_detect", "write_report"]
+__all__ = ["REPORT_COLUMNS", "DetectJob", "pair_by_stem", "run_detect", "run_upscale", "to_bit_depth", "write_report"]
 
 REPORT_COLUMNS = [
     "stem", "status", "error", "height", "width", "artifact_fraction", "region_count", "min_area",
@@ -35,6 +35,7 @@ class DetectJob:
     gan_dir: Path
     out_dir: Path
     labels_dir: Path | None = None
+    segmenter: object | None = None  # a desra_core.models.segmentation.Segmenter, when labels_dir is None
     config: DetectionConfig = field(default_factory=DetectionConfig)
     feather: float = 0.0
 
@@ -74,6 +75,13 @@ def _detect_one(stem: str, job: DetectJob, paths: dict[str, Path | None]) -> dic
                          f"({mse_path}) and {gan.width}×{gan.height} ({gan_path})")
     labels = read_label_map(labels_path) if labels_path is not None else None
     mse_px, gan_px = _common_dtype(mse, gan)
+    written_labels = None
+    if labels is None and job.segmenter is not None:
+        from desra_core.models.segmentation import segment
+
+        labels = segment(job.segmenter, _for_detector(gan_px))
+        written_labels = job.out_dir / "labels" / f"{stem}.png"
+        write_image(written_labels, labels)
     try:
         detection = detect_artifacts(_for_detector(mse_px), _for_detector(gan_px), labels, job.config)
     except DesraError as e:  # name the files: the core only sees arrays
@@ -89,6 +97,7 @@ def _detect_one(stem: str, job: DetectJob, paths: dict[str, Path | None]) -> dic
         "min_area": detection.min_area,
         "notes": "; ".join((*mse.notes, *gan.notes, *detection.notes)),
         "mask_path": str(mask_path), "pseudo_gt_path": str(pseudo_path),
+        **({"labels_path": str(written_labels)} if written_labels is not None else {}),
     }
 
 
@@ -98,7 +107,9 @@ def run_detect(job: DetectJob, progress: Callable[[Iterable[str]], Iterable[str]
     ``progress`` wraps the iteration over stems (e.g. a progress bar); it must yield the stems unchanged.
     """
     stems, (mse_map, gan_map, label_map) = pair_by_stem(job.mse_dir, job.gan_dir, job.labels_dir)
-    config_json = json.dumps({**job.config.to_dict(), "feather": job.feather}, sort_keys=True)
+    segmenter = getattr(job.segmenter, "name", None)
+    config_json = json.dumps({**job.config.to_dict(), "feather": job.feather, "segmenter": segmenter},
+                             sort_keys=True)
     rows = []
     for stem in progress(stems):
         paths = {"mse": mse_map.get(stem), "gan": gan_map.get(stem), "labels": label_map.get(stem)}
@@ -124,3 +135,40 @@ def write_report(report: pd.DataFrame, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         report.to_parquet(tmp, index=False)
+
+
+def to_bit_depth(image: np.ndarray, bit_depth: int) -> np.ndarray:
+    """float32 [0, 1] → uint8 (8) or uint16 (16), rounded."""
+    if bit_depth == 16:
+        return np.rint(np.clip(image, 0.0, 1.0) * 65535.0).astype(np.uint16)
+    return np.rint(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def run_upscale(model, in_dir: Path, out_dir: Path, *, tile: int | None, overlap: int, batch_size: int,
+                precision: str = "auto",
+                progress: Callable[[Iterable[str]], Iterable[str]] = iter) -> list[dict]:
+    """Upscale every image of ``in_dir`` into ``out_dir/<stem>.png`` at the input's bit depth.
+
+    Returns one record per image: ``stem``, ``status``, ``error``, ``notes``, ``seconds``, ``path``.
+    """
+    from desra_core.models.sr import upscale
+
+    rows = []
+    images = list_images(in_dir)
+    for stem in progress(images):
+        start = time.perf_counter()
+        row = {"stem": stem, "status": "ok", "error": None, "notes": "", "path": None}
+        try:
+            loaded = read_image(images[stem])
+            result = upscale(model, loaded.pixels, tile=tile, overlap=overlap, batch_size=batch_size,
+                             precision=precision)
+            path = out_dir / f"{stem}.png"
+            write_image(path, to_bit_depth(result, loaded.bit_depth))
+            row.update(notes="; ".join(loaded.notes), path=str(path))
+        except DesraError as e:
+            row.update(status="failed", error=str(e))
+        except Exception as e:  # report with its type, keep going with the rest
+            row.update(status="failed", error=f"{type(e).__name__}: {e} (file: {images[stem]})")
+        row["seconds"] = time.perf_counter() - start
+        rows.append(row)
+    return rows

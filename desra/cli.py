@@ -2,6 +2,7 @@
 
 ``desra detect``  find GAN-SR artifacts in folders of MSE-SR / GAN-SR results (masks, pseudo-GT, report)
 ``desra metrics`` score predicted masks against ground-truth masks
+``desra upscale`` super-resolve a folder with any SR model spandrel loads
 """
 
 from __future__ import annotations
@@ -29,6 +30,14 @@ def _progress(desc: str):
     return wrap
 
 
+def _device(name: str) -> str:
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def _add_detection_options(p: argparse.ArgumentParser) -> None:
     defaults = DetectionConfig()
     p.add_argument("--threshold", type=float, default=defaults.threshold,
@@ -45,8 +54,13 @@ def _cmd_detect(args: argparse.Namespace) -> int:
 
     config = DetectionConfig(threshold=args.threshold, min_area=args.min_area,
                              min_area_fraction=args.min_area_fraction)
+    segmenter = None
+    if args.segmenter:
+        from desra_core.models.segmentation import load_segmenter
+
+        segmenter = load_segmenter(args.segmenter, device=_device(args.device))
     job = DetectJob(mse_dir=args.mse, gan_dir=args.gan, out_dir=args.out, labels_dir=args.labels,
-                    config=config, feather=args.feather)
+                    segmenter=segmenter, config=config, feather=args.feather)
     report = run_detect(job, progress=_progress("detect"))
     report_path = args.out / "report.parquet"
     write_report(report, report_path)
@@ -79,6 +93,21 @@ def _cmd_metrics(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_upscale(args: argparse.Namespace) -> int:
+    from desra.batch import run_upscale
+    from desra_core.models.sr import load_sr_model
+
+    model = load_sr_model(args.model, device=_device(args.device))
+    rows = run_upscale(model, args.in_dir, args.out_dir, tile=args.tile or None, overlap=args.overlap,
+                       batch_size=args.batch, precision=args.precision, progress=_progress("upscale"))
+    failed = [r for r in rows if r["status"] != "ok"]
+    for r in failed:
+        print(f"failed: {r['stem']}: {r['error']}", file=sys.stderr)
+    print(f"{len(rows) - len(failed)} ok, {len(failed)} failed; x{model.scale} {model.architecture} "
+          f"({model.source}) into {args.out_dir}")
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="desra", description="Detect and remove GAN super-resolution artifacts.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -88,9 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gan", type=Path, required=True, help="folder of GAN-SR results (paired by file stem)")
     sem = p.add_mutually_exclusive_group(required=True)
     sem.add_argument("--labels", type=Path, help="folder of ADE20K label maps of the GAN results (by stem)")
+    sem.add_argument("--segmenter", metavar="ID_OR_PATH",
+                     help="segment the GAN results with this SegFormer (hub id or save_pretrained folder; "
+                          "'backend:ARG' for another registered backend); label maps go to OUT/labels/")
     sem.add_argument("--no-semantic", action="store_true",
                      help="skip the semantic adjustment (Eq. 9): every class weighs 1.0")
     p.add_argument("--out", type=Path, required=True, help="output folder (masks/, pseudo_gt/, report.parquet)")
+    p.add_argument("--device", default="auto", help="torch device for --segmenter (default: cuda if available)")
     _add_detection_options(p)
     p.add_argument("--feather", type=float, default=0.0,
                    help="blend width (pixels) of the pseudo-GT across the mask edge (default: hard cut)")
@@ -102,7 +135,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlap", type=float, default=0.5, help="region hit rule (default: %(default)s)")
     p.add_argument("--border", type=int, default=5, help="ignored frame in pixels (default: %(default)s)")
     p.set_defaults(func=_cmd_metrics)
+
+    p = sub.add_parser("upscale", help="super-resolve every image of a folder")
+    p.add_argument("--model", required=True, help="known weights name (e.g. realesrgan_x4plus) or a weights file")
+    p.add_argument("in_dir", type=Path, help="folder of input images")
+    p.add_argument("out_dir", type=Path, help="output folder (<stem>.png, same bit depth as the input)")
+    p.add_argument("--tile", type=int, default=512,
+                   help="largest tile side in input pixels; 0 = whole image (default: %(default)s)")
+    p.add_argument("--overlap", type=int, default=32, help="tile overlap in input pixels (default: %(default)s)")
+    p.add_argument("--batch", type=int, default=4, help="tiles per forward pass (default: %(default)s)")
+    p.add_argument("--device", default="auto", help="torch device; auto = cuda when available, else cpu")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
+    p.set_defaults(func=_cmd_upscale)
     return parser
+
 
 
 def main(argv: Sequence[str] | None = None) -> int:
