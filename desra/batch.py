@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 
 from desra_core import DesraError, DetectionConfig, build_pseudo_gt, detect_artifacts
-from desra_core.image import atomic_path, list_images, read_image, read_label_map, write_image
+from desra_core.image import atomic_path, list_images, read_image, read_label_map, to_bit_depth, write_image
 
-__all__ = ["REPORT_COLUMNS", "DetectJob", "pair_by_stem", "run_detect", "run_upscale", "to_bit_depth", "write_report"]
+__all__ = ["REPORT_COLUMNS", "DetectJob", "pair_by_stem", "run_detect", "run_upscale", "write_report"]
 
 REPORT_COLUMNS = [
     "stem", "status", "error", "height", "width", "artifact_fraction", "region_count", "min_area",
@@ -135,13 +135,6 @@ def write_report(report: pd.DataFrame, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         report.to_parquet(tmp, index=False)
-
-
-def to_bit_depth(image: np.ndarray, bit_depth: int) -> np.ndarray:
-    """float32 [0, 1] → uint8 (8) or uint16 (16), rounded."""
-    if bit_depth == 16:
-        return np.rint(np.clip(image, 0.0, 1.0) * 65535.0).astype(np.uint16)
-    return np.rint(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 def run_upscale(model, in_dir: Path, out_dir: Path, *, tile: int | None, overlap: int, batch_size: int,

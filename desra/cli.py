@@ -3,6 +3,7 @@
 ``desra detect``  find GAN-SR artifacts in folders of MSE-SR / GAN-SR results (masks, pseudo-GT, report)
 ``desra metrics`` score predicted masks against ground-truth masks
 ``desra upscale`` super-resolve a folder with any SR model spandrel loads
+``desra run``     the full pipeline (flow ``desra``) in this process, on Prefect's embedded API
 """
 
 from __future__ import annotations
@@ -108,6 +109,21 @@ def _cmd_upscale(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    import tasks  # noqa: F401  (Prefect environment defaults before Prefect loads)
+    from flows.full import desra
+
+    state = desra(
+        input_dir=str(args.input_dir), output_dir=str(args.out), mse_model=args.mse_model,
+        gan_model=args.gan_model, segmenter=None if args.no_semantic or args.labels else args.segmenter,
+        labels_dir=str(args.labels) if args.labels else None, threshold=args.threshold, min_area=args.min_area,
+        min_area_fraction=args.min_area_fraction, tile=args.tile, overlap=args.overlap, feather=args.feather,
+        batch_size=args.batch_size, device=args.device, return_state=True)
+    print(f"desra run: {state.name}: {state.message or ''}".rstrip(": "))
+    print(f"outputs: {args.out} (masks/, pseudo_gt/, sr/, reports/, runs/)")
+    return 0 if state.is_completed() else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="desra", description="Detect and remove GAN super-resolution artifacts.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -147,6 +163,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="torch device; auto = cuda when available, else cpu")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
     p.set_defaults(func=_cmd_upscale)
+
+    p = sub.add_parser("run", help="run the whole pipeline on a folder of low-resolution images (embedded Prefect)")
+    p.add_argument("input_dir", type=Path, help="folder of real-world (low-resolution) images")
+    p.add_argument("--out", type=Path, required=True, help="output root (masks/, pseudo_gt/, sr/, reports/, runs/)")
+    p.add_argument("--mse-model", default="realesrnet_x4plus", help="MSE-SR model: known name or file")
+    p.add_argument("--gan-model", default="realesrgan_x4plus", help="GAN-SR model: known name or file")
+    sem = p.add_mutually_exclusive_group()
+    sem.add_argument("--segmenter", default="nvidia/segformer-b5-finetuned-ade-640-640",
+                     help="SegFormer hub id or folder (default: %(default)s)")
+    sem.add_argument("--labels", type=Path, help="folder of precomputed label maps of the GAN results, by stem")
+    sem.add_argument("--no-semantic", action="store_true", help="skip the semantic adjustment")
+    _add_detection_options(p)
+    p.add_argument("--feather", type=float, default=0.0, help="pseudo-GT blend width in pixels")
+    p.add_argument("--tile", type=int, default=512, help="largest SR tile side in input pixels")
+    p.add_argument("--overlap", type=int, default=32, help="SR tile overlap in input pixels")
+    p.add_argument("--batch-size", type=int, default=32, help="images per batch (default: %(default)s)")
+    p.add_argument("--device", default="auto", help="torch device; auto = cuda when available")
+    p.set_defaults(func=_cmd_run)
     return parser
 
 

@@ -28,7 +28,7 @@ from PIL import Image, UnidentifiedImageError
 from .errors import ConfigError, InputImageError, LabelMapError, ShapeError
 
 __all__ = ["IMAGE_SUFFIXES", "MAX_PIXELS", "LoadedImage", "atomic_path", "atomic_write_bytes", "list_images",
-           "read_image", "read_label_map", "read_mask", "write_image"]
+           "read_image", "read_label_map", "read_mask", "to_bit_depth", "write_image"]
 
 StrPath = str | os.PathLike[str]
 
@@ -479,3 +479,11 @@ def list_images(directory: StrPath) -> dict[str, Path]:
                                   f"'{entry.name}'", folder)
         found[entry.stem] = entry
     return dict(sorted(found.items()))
+
+
+def to_bit_depth(image: np.ndarray, bit_depth: int) -> np.ndarray:
+    """``float32`` RGB in [0, 1] → ``uint8`` (``bit_depth`` 8) or ``uint16`` (16), clipped and rounded."""
+    if bit_depth not in (8, 16):
+        raise ConfigError(f"expected a bit depth of 8 or 16, got {bit_depth}")
+    top = 255.0 if bit_depth == 8 else 65535.0
+    return np.rint(np.clip(image, 0.0, 1.0) * top).astype(np.uint8 if bit_depth == 8 else np.uint16)

@@ -45,3 +45,15 @@ def test_core_modules_declare_all():
         if path.name in {"__init__.py", "__main__.py"}:
             continue
         assert "__all__" in path.read_text(), f"{path.relative_to(REPO)} has no __all__"
+
+
+@pytest.mark.parametrize("path", _modules("tasks"), ids=lambda p: str(p.relative_to(REPO)))
+def test_tasks_do_not_import_flows_or_the_app(path):
+    forbidden = {"flows", "desra"} & _imports(path)
+    assert not forbidden, f"{path.relative_to(REPO)} imports {sorted(forbidden)}: imports flow flows → tasks → core"
+
+
+def test_flow_modules_keep_annotations_real():
+    # Served/deployed runs rebuild the parameter model from annotations: no postponed evaluation.
+    for path in _modules("flows"):
+        assert "from __future__ import annotations" not in path.read_text(), path.name

@@ -600,3 +600,13 @@ def test_loaded_image_checks_its_contract():
         LoadedImage(np.zeros((2, 3), np.uint8), "x.png", 8)
     with pytest.raises(ShapeError):
         LoadedImage(np.zeros((2, 3, 3), np.uint8), "x.png", 16)
+
+
+def test_to_bit_depth_rounds_and_clips():
+    from desra_core.image import to_bit_depth
+
+    x = np.array([[[0.0, 0.5, 1.2]]], np.float32)
+    assert to_bit_depth(x, 8).tolist() == [[[0, 128, 255]]]
+    assert to_bit_depth(x, 16).tolist() == [[[0, 32768, 65535]]]
+    with pytest.raises(ConfigError):
+        to_bit_depth(x, 12)

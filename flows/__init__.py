@@ -1,0 +1,5 @@
+"""Prefect flows: ``desra`` (the full pipeline), ``desra-batch`` (one batch of a drop), ``detect``."""
+
+import tasks  # noqa: F401  (sets the Prefect environment before Prefect is imported)
+
+__all__: list[str] = []

@@ -1,0 +1,126 @@
+"""Flow ``desra-batch``: the whole DeSRA pipeline for one batch of a drop's images.
+
+MSE-SR and GAN-SR inference (a batch per task, holding the ``gpu`` slot), segmentation of the GAN
+results or precomputed label maps, then per image: detection, pseudo-GT and publishing. Every step is
+cached by content in the output root's store. One image that fails fails its own ``detect`` task and
+becomes a report row with its error; the others go on. The ``desra`` flow runs this flow as a subflow
+for each batch, or, for a large drop under a deployment, as separate runs of the ``desra-batch``
+deployment that any worker of the pool can pick up.
+"""
+
+import hashlib
+import json
+from typing import Annotated
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from pydantic import Field
+
+from desra_core import DesraError, DetectionConfig
+from desra_core.models.segmentation import DEFAULT_SEGMENTER
+from tasks.detect import build_pseudo_gt_image, detect_image
+from tasks.drop import match_labels, scan_drop
+from tasks.models import segment_batch, super_resolve_batch
+from tasks.report import publish_image
+
+__all__ = ["desra_batch", "detection_config", "state_error"]
+
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+def detection_config(threshold: float, min_area: int, min_area_fraction: float | None) -> dict:
+    """Validated :class:`DetectionConfig` fields as a JSON-able dict (raises ConfigError)."""
+    cfg = DetectionConfig(threshold=threshold, min_area=min_area, min_area_fraction=min_area_fraction)
+    return {k: v for k, v in cfg.to_dict().items() if k != "class_table_k"}
+
+
+def _config_hash(payload: dict) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _first_error(*records: dict | None) -> str | None:
+    return next((r["error"] for r in records if r is not None and r.get("error")), None)
+
+
+@flow(name="desra-batch", flow_run_name="desra-batch {input_dir} ({run_id})", validate_parameters=True)
+def desra_batch(
+    input_dir: str,
+    output_dir: str,
+    stems: list[str] | None = None,
+    mse_model: str = "realesrnet_x4plus",
+    gan_model: str = "realesrgan_x4plus",
+    segmenter: str | None = DEFAULT_SEGMENTER,
+    labels_dir: str | None = None,
+    threshold: Fraction = 0.7,
+    min_area: Annotated[int, Field(ge=0)] = 4000,
+    min_area_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] | None = None,
+    tile: Annotated[int, Field(ge=16)] = 512,
+    overlap: Annotated[int, Field(ge=0)] = 32,
+    feather: Annotated[float, Field(ge=0.0)] = 0.0,
+    device: str = "auto",
+    run_id: str = "adhoc",
+) -> list[dict]:
+    """Process ``stems`` of ``input_dir`` (all images when ``None``); returns one row per image."""
+    logger = get_run_logger()
+    config = detection_config(threshold, min_area, min_area_fraction)
+    seg_id = None if labels_dir else segmenter
+    config_hash = _config_hash({**config, "feather": feather, "tile": tile, "overlap": overlap,
+                                "mse": mse_model, "gan": gan_model, "seg": seg_id, "labels": labels_dir})
+    items = scan_drop(input_dir, stems)
+    good = [i for i in items if i["error"] is None]
+    progress = create_progress_artifact(0.0, description=f"desra-batch: {len(items)} image(s)")
+
+    mse_future = super_resolve_batch.submit(good, mse_model, "mse", output_dir, tile, overlap, device, len(good))
+    gan_future = super_resolve_batch.submit(good, gan_model, "gan", output_dir, tile, overlap, device, len(good))
+    mse_recs = {r["stem"]: r for r in mse_future.result()}
+    gan_list = gan_future.result()
+    gan_recs = {r["stem"]: r for r in gan_list}
+    if labels_dir:
+        label_recs = {r["stem"]: r for r in match_labels(good, labels_dir)}
+    elif segmenter:
+        label_recs = {r["stem"]: r for r in segment_batch(gan_list, segmenter, output_dir, device, len(gan_list))}
+    else:
+        label_recs = {}
+
+    rows = []
+    for n, item in enumerate(items, start=1):
+        stem = item["stem"]
+        mse, gan, labels = mse_recs.get(stem), gan_recs.get(stem), label_recs.get(stem)
+        row = {"stem": stem, "input_path": item["path"], "input_sha256": item["sha256"], "mse_model": mse_model,
+               "gan_model": gan_model, "segmenter": seg_id, "config_hash": config_hash, "run_id": run_id,
+               "status": "failed", "cached": False}
+        if mse is not None:
+            row.update(mse_model_sha256=mse["model_sha256"], gan_model_sha256=gan["model_sha256"],
+                       sr_seconds=mse["seconds"] + gan["seconds"])
+        upstream = item["error"] or _first_error(mse, gan, labels)
+        state = detect_image(stem, mse, gan, labels, config, output_dir, upstream_error=upstream,
+                             return_state=True)
+        if state.is_completed():
+            det = state.result()
+            pseudo = build_pseudo_gt_image(stem, mse, gan, det, feather, output_dir)
+            files = {"masks": det["mask_path"], "pseudo_gt": pseudo["path"], "sr/mse": mse["path"],
+                     "sr/gan": gan["path"]}
+            if labels is not None and not labels_dir:
+                files["labels"] = labels["path"]
+            row.update({k: det[k] for k in ("artifact_fraction", "region_count", "height", "width", "min_area",
+                                            "notes", "detect_seconds")},
+                       status="ok", error=None, cached=bool(mse["cached"] and gan["cached"] and det["cached"]))
+            publish_image(row, files, det["regions"], output_dir)
+        else:
+            error = upstream or state_error(state)
+            row["error"] = error
+            logger.warning("%s failed: %s", stem, error)
+            publish_image(row, {}, [], output_dir)
+        rows.append(row)
+        update_progress_artifact(progress, 100.0 * n / max(len(items), 1))
+    return rows
+
+
+def state_error(state) -> str:
+    try:
+        state.result()
+    except DesraError as e:
+        return str(e)
+    except Exception as e:
+        return f"{type(e).__name__}: {e}"
+    return state.message or "failed"

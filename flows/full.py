@@ -1,0 +1,122 @@
+"""Flow ``desra`` (deployment ``full``): the DeSRA pipeline over a drop of real-world images.
+
+It lists the drop, splits it into batches of ``batch_size`` images and runs the ``desra-batch`` flow on
+each: in this process (``desra run``, or a small drop), or, under a deployment and for a drop larger
+than one batch, as runs of the ``desra-batch`` deployment on the same work pool, so that several
+workers share the drop. It then gathers the per-image reports into ``runs/<run>.parquet`` and
+publishes a table and a summary artifact. Images already in the store cost no model work, so a
+scheduled run over a growing drop processes only the new images. The final state counts failures.
+"""
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import pandas as pd
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.runtime import deployment as runtime_deployment
+from prefect.runtime import flow_run as runtime_flow_run
+from prefect.states import Completed, Failed
+from pydantic import Field
+
+from desra_core.image import list_images
+from desra_core.models.segmentation import DEFAULT_SEGMENTER
+from flows.batch import desra_batch, detection_config
+from tasks.gpu import ensure_gpu_limit
+from tasks.report import IMAGE_COLUMNS, write_run_report
+
+__all__ = ["BATCH_DEPLOYMENT", "desra"]
+
+BATCH_DEPLOYMENT = "desra-batch/desra-batch"
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+def _run_batches_on_workers(batches: list[list[str]], parameters: dict, progress) -> None:
+    """One run of the ``desra-batch`` deployment per batch; wait until all have finished."""
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+
+    runs = [run_deployment(BATCH_DEPLOYMENT, parameters={**parameters, "stems": stems}, timeout=0,
+                           flow_run_name=f"batch {i + 1}/{len(batches)}")
+            for i, stems in enumerate(batches)]
+    pending = {r.id for r in runs}
+    with get_client(sync_client=True) as client:
+        while pending:
+            time.sleep(2)
+            for run_id in list(pending):
+                if client.read_flow_run(run_id).state.is_final():
+                    pending.discard(run_id)
+            update_progress_artifact(progress, 100.0 * (len(runs) - len(pending)) / len(runs))
+
+
+def _gather(output_dir: str, stems: list[str], run_id: str) -> list[dict]:
+    """Image-level rows from ``reports/<stem>.parquet`` (written by whichever worker ran the batch)."""
+    rows = []
+    for stem in stems:
+        path = Path(output_dir) / "reports" / f"{stem}.parquet"
+        if not path.exists():
+            rows.append({"stem": stem, "status": "failed", "run_id": run_id,
+                         "error": "its batch run ended without a report (see the desra-batch run)"})
+            continue
+        first = pd.read_parquet(path).iloc[0]
+        rows.append({k: (None if pd.isna(first[k]) else first[k]) if k in first else None for k in IMAGE_COLUMNS})
+    return rows
+
+
+@flow(name="desra", flow_run_name="desra {input_dir}", validate_parameters=True)
+def desra(
+    input_dir: str,
+    output_dir: str,
+    mse_model: str = "realesrnet_x4plus",
+    gan_model: str = "realesrgan_x4plus",
+    segmenter: str | None = DEFAULT_SEGMENTER,
+    labels_dir: str | None = None,
+    threshold: Fraction = 0.7,
+    min_area: Annotated[int, Field(ge=0)] = 4000,
+    min_area_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] | None = None,
+    tile: Annotated[int, Field(ge=16)] = 512,
+    overlap: Annotated[int, Field(ge=0)] = 32,
+    feather: Annotated[float, Field(ge=0.0)] = 0.0,
+    finetune: bool = False,
+    batch_size: Annotated[int, Field(ge=1)] = 32,
+    scale_out: bool | None = None,
+    device: str = "auto",
+):
+    """Detect (and, with ``finetune``, delete) GAN-SR artifacts in every image of ``input_dir``.
+
+    ``scale_out``: run batches as ``desra-batch`` deployment runs; by default only when this run
+    itself comes from a deployment and the drop has more than one batch.
+    """
+    logger = get_run_logger()
+    if finetune:
+        return Failed(message="finetune=True: fine-tuning is not part of this version of desra yet; "
+                              "run without it to detect artifacts and build pseudo-GT")
+    detection_config(threshold, min_area, min_area_fraction)  # fail fast on bad options
+    ensure_gpu_limit()
+    run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{str(runtime_flow_run.id or 'local')[:8]}"
+    stems = sorted(list_images(input_dir))
+    batches = [stems[i:i + batch_size] for i in range(0, len(stems), batch_size)]
+    parameters = dict(input_dir=input_dir, output_dir=output_dir, mse_model=mse_model, gan_model=gan_model,
+                      segmenter=segmenter, labels_dir=labels_dir, threshold=threshold, min_area=min_area,
+                      min_area_fraction=min_area_fraction, tile=tile, overlap=overlap, feather=feather,
+                      device=device, run_id=run_id)
+    progress = create_progress_artifact(0.0, description=f"desra: {len(stems)} image(s) in {len(batches)} batch(es)")
+    if scale_out is None:
+        scale_out = runtime_deployment.id is not None and len(batches) > 1
+    if scale_out and batches:
+        logger.info("%d images in %d batches: running them as %s deployment runs", len(stems), len(batches),
+                    BATCH_DEPLOYMENT)
+        _run_batches_on_workers(batches, parameters, progress)
+        rows = _gather(output_dir, stems, run_id)
+    else:
+        rows = []
+        for i, batch in enumerate(batches, start=1):
+            rows += desra_batch(**parameters, stems=batch)
+            update_progress_artifact(progress, 100.0 * i / len(batches))
+    write_run_report(rows, output_dir, run_id)
+    failed = [r for r in rows if r.get("status") != "ok"]
+    message = f"{len(rows) - len(failed)} ok, {len(failed)} failed of {len(rows)} image(s)"
+    if failed:
+        return Failed(message=message + "; first: " + f"{failed[0]['stem']}: {failed[0].get('error')}")
+    return Completed(message=message)

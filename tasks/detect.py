@@ -1,0 +1,82 @@
+"""CPU tasks: artifact detection and pseudo-GT building for one image, cached by content."""
+
+import json
+import time
+
+import numpy as np
+from prefect import task
+
+from desra_core import DesraError, DetectionConfig, __version__, build_pseudo_gt, detect_artifacts
+from desra_core.image import read_image, read_label_map, read_mask, write_image
+from tasks.store import Store, step_key
+
+__all__ = ["build_pseudo_gt_image", "detect_image"]
+
+DETECT_VERSION = f"detect-1/{__version__}"
+PSEUDO_VERSION = f"pseudo-1/{__version__}"
+
+
+def _pair(mse_path: str, gan_path: str):
+    mse, gan = read_image(mse_path), read_image(gan_path)
+    if mse.pixels.shape != gan.pixels.shape:
+        raise DesraError(f"expected MSE and GAN results of one size, got {mse.width}×{mse.height} and "
+                         f"{gan.width}×{gan.height} (files: {mse_path}, {gan_path})")
+    if mse.pixels.dtype == np.uint8 and gan.pixels.dtype == np.uint8:
+        return mse.pixels, gan.pixels
+    return mse.to_float32(), gan.to_float32()
+
+
+@task(name="detect", task_run_name="detect {stem}")
+def detect_image(stem: str, mse: dict | None, gan: dict | None, labels: dict | None, config: dict, output_dir: str,
+                 upstream_error: str | None = None) -> dict:
+    """Detect artifacts in one MSE/GAN pair; returns the image-level record with its regions.
+
+    ``mse``/``gan``/``labels`` are records ``{"key", "path"}`` of earlier steps (``labels`` may be
+    ``None``: no semantic adjustment); ``config`` holds :class:`DetectionConfig` fields. An
+    ``upstream_error`` (the image could not be read or super-resolved) fails this image's task.
+    """
+    if upstream_error:
+        raise DesraError(upstream_error)
+    store = Store(output_dir)
+    key = step_key("detect", DETECT_VERSION, mse=mse["key"], gan=gan["key"],
+                   labels=None if labels is None else labels["key"], config=config)
+    cached = store.read_json("detect", key)
+    if cached is not None and store.has("detect", key, ".png"):
+        return {**cached, "cached": True}
+    start = time.perf_counter()
+    mse_px, gan_px = _pair(mse["path"], gan["path"])
+    label_map = None if labels is None else read_label_map(labels["path"])
+    det = detect_artifacts(mse_px, gan_px, label_map, DetectionConfig(**config))
+    mask_path = store.path("detect", key, ".png")
+    write_image(mask_path, det.mask)
+    record = {
+        "stem": stem, "key": key, "mask_path": str(mask_path), "height": int(det.mask.shape[0]),
+        "width": int(det.mask.shape[1]), "artifact_fraction": det.artifact_fraction,
+        "region_count": len(det.regions), "min_area": det.min_area, "notes": "; ".join(det.notes),
+        "regions": [{"id": r.id, "x": r.bbox[0], "y": r.bbox[1], "w": r.bbox[2], "h": r.bbox[3], "area": r.area,
+                     "classes": json.dumps([[c.index, c.name, round(c.fraction, 4)] for c in r.classes]),
+                     "mean_adjusted": r.mean_adjusted} for r in det.regions],
+        "detect_seconds": time.perf_counter() - start,
+    }
+    store.write_json("detect", key, record)  # written last: the record marks the entry complete
+    return {**record, "cached": False}
+
+
+@task(name="pseudo-gt", task_run_name="pseudo-gt {stem}")
+def build_pseudo_gt_image(stem: str, mse: dict, gan: dict, detection: dict, feather: float, output_dir: str) -> dict:
+    """MSE pixels inside the mask, GAN pixels elsewhere; returns ``{"key", "path", "cached"}``."""
+    store = Store(output_dir)
+    key = step_key("pseudo_gt", PSEUDO_VERSION, mse=mse["key"], gan=gan["key"], mask=detection["key"],
+                   feather=feather)
+    path = store.path("pseudo_gt", key, ".png")
+    if path.is_file():
+        return {"key": key, "path": str(path), "cached": True}
+    mse_img, gan_img = read_image(mse["path"]), read_image(gan["path"])
+
+    mask = read_mask(detection["mask_path"])
+    if mse_img.pixels.dtype == gan_img.pixels.dtype:
+        pseudo = build_pseudo_gt(gan_img.pixels, mse_img.pixels, mask, feather=feather)
+    else:
+        pseudo = build_pseudo_gt(gan_img.to_float32(), mse_img.to_float32(), mask, feather=feather)
+    write_image(path, pseudo)
+    return {"key": key, "path": str(path), "cached": False}

@@ -1,0 +1,133 @@
+"""GPU-bound tasks: MSE-SR and GAN-SR inference and segmentation, a batch of images per task.
+
+Each task holds one slot of the global concurrency limit ``gpu`` while it runs models, so two flows on
+one machine never share a GPU by accident; models stay loaded in the worker process between tasks.
+Records, never pixels, go back to the flow: ``{"stem", "key", "path", "error", "cached", "seconds"}``.
+"""
+
+import functools
+import time
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.concurrency.sync import concurrency
+
+from desra_core import DesraError, __version__
+from desra_core.image import read_image, to_bit_depth, write_image
+from desra_core.models.sr import SRModel, load_sr_model, upscale
+from desra_core.models.weights import resolve_weights
+from tasks.store import Store, file_sha256, step_key
+
+__all__ = ["GPU_LIMIT", "model_digest", "segment_batch", "super_resolve_batch"]
+
+GPU_LIMIT = "gpu"
+SR_VERSION = f"sr-1/{__version__}"
+SEG_VERSION = f"seg-1/{__version__}"
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def model_digest(spec: str) -> tuple[Path, str]:
+    """The weights file of a model spec (known name or path) and its sha256."""
+    path = resolve_weights(spec)
+    return path, file_sha256(path)
+
+
+@functools.lru_cache(maxsize=4)
+def _sr_model(path: str, digest: str, device: str) -> SRModel:  # digest: a changed file is a new entry
+    return load_sr_model(path, device=device)
+
+
+@functools.lru_cache(maxsize=2)
+def _segmenter(spec: str, device: str):
+    from desra_core.models.segmentation import load_segmenter
+
+    return load_segmenter(spec, device=device)
+
+
+def _gpu_slot(device: str):
+    # Only work on a GPU competes for the slot; strict=False lets a run without the limit proceed.
+    import contextlib
+
+    return concurrency(GPU_LIMIT, occupy=1, strict=False) if device.startswith("cuda") else contextlib.nullcontext()
+
+
+@task(name="super-resolve", task_run_name="{role}-sr x{count}", retries=0)
+def super_resolve_batch(items: list[dict], model: str, role: str, output_dir: str, tile: int, overlap: int,
+                        device: str = "auto", count: int = 0) -> list[dict]:
+    """Upscale each item's image (``{"stem", "path", "sha256"}``) with one model; cached by content."""
+    store, logger = Store(output_dir), get_run_logger()
+    device = resolve_device(device)
+    weights, digest = model_digest(model)
+    out, todo = [], []
+    for item in items:
+        key = step_key("sr", SR_VERSION, image=item["sha256"], model=digest, tile=tile, overlap=overlap)
+        record = {"stem": item["stem"], "key": key, "path": str(store.path("sr", key, ".png")), "error": None,
+                  "cached": store.has("sr", key, ".png"), "seconds": 0.0, "model": model, "model_sha256": digest}
+        out.append(record)
+        if not record["cached"]:
+            todo.append((item, record))
+    if todo:
+        with _gpu_slot(device):
+            sr = _sr_model(str(weights), digest, device)
+            for item, record in todo:
+                start = time.perf_counter()
+                try:
+                    image = read_image(item["path"])
+                    result = upscale(sr, image.pixels, tile=tile, overlap=overlap)
+                    write_image(record["path"], to_bit_depth(result, image.bit_depth))
+                except DesraError as e:
+                    record["error"] = str(e)
+                except Exception as e:  # reported per image; the batch goes on
+                    record["error"] = f"{type(e).__name__}: {e} (file: {item['path']})"
+                record["seconds"] = time.perf_counter() - start
+    logger.info("%s SR: %d image(s), %d from the store", role, len(items), len(items) - len(todo))
+    return out
+
+
+@task(name="segment", task_run_name="segment x{count}")
+def segment_batch(gan_records: list[dict], segmenter: str, output_dir: str, device: str = "auto",
+                  count: int = 0) -> list[dict]:
+    """ADE20K label maps of GAN-SR results (records from :func:`super_resolve_batch`); cached by content."""
+    from desra_core.models.segmentation import segment
+
+    store = Store(output_dir)
+    device = resolve_device(device)
+    spec_id = segmenter if not Path(segmenter).exists() else f"{segmenter}@{_folder_digest(segmenter)}"
+    out, todo = [], []
+    for rec in gan_records:
+        key = step_key("segment", SEG_VERSION, image=rec["key"], segmenter=spec_id)
+        record = {"stem": rec["stem"], "key": key, "path": str(store.path("segment", key, ".png")),
+                  "error": rec["error"], "cached": store.has("segment", key, ".png"), "seconds": 0.0}
+        out.append(record)
+        if record["error"] is None and not record["cached"]:
+            todo.append((rec, record))
+    if todo:
+        with _gpu_slot(device):
+            seg = _segmenter(segmenter, device)
+            for rec, record in todo:
+                start = time.perf_counter()
+                try:
+                    write_image(record["path"], segment(seg, read_image(rec["path"]).to_float32()))
+                except DesraError as e:
+                    record["error"] = str(e)
+                record["seconds"] = time.perf_counter() - start
+    return out
+
+
+def _folder_digest(folder: str) -> str:
+    """Digest of a local model folder's files (names, sizes, mtimes) so a changed checkpoint re-runs."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in sorted(Path(folder).rglob("*")):
+        if p.is_file():
+            st = p.stat()
+            h.update(f"{p.relative_to(folder)}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return h.hexdigest()[:16]

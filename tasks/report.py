@@ -1,0 +1,103 @@
+"""Publishing: the store's entries under stable names, per-image and run-level Parquet reports, and
+the Prefect artifacts that show a run in the UI.
+
+Layout under ``output_dir`` (the same as ``desra detect``, plus the SR results)::
+
+    masks/<stem>.png  pseudo_gt/<stem>.png  sr/mse/<stem>.png  sr/gan/<stem>.png  labels/<stem>.png
+    reports/<stem>.parquet      one row per artifact region (+ image-level columns), or one row
+                                without a region when the image is clean or failed
+    runs/<run>.parquet          one row per image of a run; read the folder as one dataset:
+                                ``pandas.read_parquet(output_dir / "runs")``
+"""
+
+import os
+import shutil
+from pathlib import Path
+
+import pandas as pd
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from desra_core.image import atomic_path
+
+__all__ = ["IMAGE_COLUMNS", "publish_image", "write_run_report"]
+
+IMAGE_COLUMNS = [
+    "stem", "status", "error", "artifact_fraction", "region_count", "height", "width", "min_area", "notes",
+    "input_path", "input_sha256", "mse_model", "gan_model", "mse_model_sha256", "gan_model_sha256",
+    "segmenter", "config_hash", "sr_seconds", "detect_seconds", "cached", "run_id",
+]
+REGION_COLUMNS = ["region_id", "x", "y", "w", "h", "area", "classes", "mean_adjusted"]
+
+
+def _link(src: str, dst: Path) -> None:
+    """Publish a store file under a stable name, atomically (hard link when possible, else copy)."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    try:
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        frame.to_parquet(tmp, index=False)
+
+
+def _frame(rows: list[dict], columns: list[str]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=columns)
+    for col in ("region_count", "height", "width", "min_area"):
+        if col in frame:
+            frame[col] = frame[col].astype("Int64")
+    for col in ("artifact_fraction", "sr_seconds", "detect_seconds"):
+        if col in frame:
+            frame[col] = frame[col].astype("float64")
+    return frame
+
+
+@task(name="publish", task_run_name="publish {row[stem]}")
+def publish_image(row: dict, files: dict[str, str], regions: list[dict], output_dir: str) -> dict:
+    """Link the image's store entries to ``masks/``, ``pseudo_gt/``, ``sr/…``, ``labels/`` and write
+    ``reports/<stem>.parquet``. ``files`` maps a folder (e.g. ``"masks"``, ``"sr/mse"``) to a store path."""
+    out = Path(output_dir)
+    stem = row["stem"]
+    for folder, src in files.items():
+        _link(src, out / folder / f"{stem}.png")
+    image = {k: row.get(k) for k in IMAGE_COLUMNS}
+    rows = [{**image, "region_id": r["id"], **{k: r[k] for k in REGION_COLUMNS[1:]}} for r in regions]
+    _write_parquet(_frame(rows or [image], IMAGE_COLUMNS + REGION_COLUMNS), out / "reports" / f"{stem}.parquet")
+    return row
+
+
+@task(name="run-report")
+def write_run_report(rows: list[dict], output_dir: str, run_id: str) -> str:
+    """``runs/<run_id>.parquet`` (one row per image), a table artifact (worst first) and a summary."""
+    frame = _frame(rows, IMAGE_COLUMNS)
+    path = Path(output_dir) / "runs" / f"{run_id}.parquet"
+    _write_parquet(frame, path)
+    ranked = frame.assign(_failed=frame["status"] != "ok").sort_values(
+        ["_failed", "artifact_fraction"], ascending=[False, False], na_position="last")
+    create_table_artifact(
+        table=[{"image": r.stem, "status": r.status, "artifact %": None if pd.isna(r.artifact_fraction)
+                else round(100 * r.artifact_fraction, 3), "regions": None if pd.isna(r.region_count)
+                else int(r.region_count), "error": r.error or ""} for r in ranked.itertuples()],
+        key="desra-images", description="Images of this run, failures and worst artifacts first")
+    ok = int((frame["status"] == "ok").sum())
+    failed = len(frame) - ok
+    flagged = int((frame["region_count"].fillna(0) > 0).sum())
+    lines = [f"# desra run `{run_id}`", "",
+             f"* images: {len(frame)} ({ok} ok, {failed} failed)",
+             f"* with artifacts: {flagged}",
+             f"* from the store (no model work): {int(frame['cached'].fillna(False).sum())}",
+             f"* output: `{Path(output_dir).resolve()}` (`masks/`, `pseudo_gt/`, `sr/`, `reports/`)",
+             f"* run report: `{path.resolve()}`"]
+    if failed:
+        lines += ["", "## Failed", ""] + [f"* `{r.stem}`: {r.error}" for r in ranked.itertuples() if r.status != "ok"]
+    create_markdown_artifact("\n".join(lines), key="desra-summary", description="desra run summary")
+    return str(path)
