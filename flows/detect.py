@@ -12,7 +12,7 @@ from prefect.runtime import flow_run as runtime_flow_run
 from prefect.states import Completed, Failed
 from pydantic import Field
 
-from flows.batch import state_error, detection_config
+from flows.batch import detection_config, state_error
 from tasks.detect import build_pseudo_gt_image, detect_image
 from tasks.drop import match_labels, scan_drop
 from tasks.report import publish_image, write_run_report
