@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
+
+# Each test session gets its own Prefect home (database, settings) and no telemetry; set before any
+# test module imports Prefect.
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="desra-prefect-home-")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 import cv2
 import numpy as np

@@ -1,0 +1,34 @@
+"""Flow tests run against one ephemeral Prefect API for the session, with tiny real SR models."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from tests.core.models.test_sr import tiny_compact, tiny_rrdbnet
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefect_api():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("models")
+    mse, gan = folder / "mse_tiny.pth", folder / "gan_tiny.pth"
+    torch.save({"params_ema": tiny_rrdbnet()}, mse)
+    torch.save({"params": tiny_compact()}, gan)
+    return str(mse), str(gan)
+
+
+def write_lr(path, seed: int, size: int = 40) -> None:
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), cv2.resize(coarse, (size, size), interpolation=cv2.INTER_CUBIC))
