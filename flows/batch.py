@@ -14,16 +14,18 @@ from typing import Annotated
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
 from desra_core import DesraError, DetectionConfig
 from desra_core.models.segmentation import DEFAULT_SEGMENTER
-from tasks.detect import build_pseudo_gt_image, detect_image
+from tasks.detect import build_pseudo_gt_image, detect_image, detect_key, pseudo_gt_key
 from tasks.drop import match_labels, scan_drop
 from tasks.models import segment_batch, super_resolve_batch
-from tasks.report import publish_image
+from tasks.report import is_published, publish_image
+from tasks.store import Store
 
-__all__ = ["desra_batch", "detection_config", "state_error"]
+__all__ = ["desra_batch", "detection_config", "process_batch", "state_error"]
 
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
@@ -42,7 +44,8 @@ def _first_error(*records: dict | None) -> str | None:
     return next((r["error"] for r in records if r is not None and r.get("error")), None)
 
 
-@flow(name="desra-batch", flow_run_name="desra-batch {input_dir} ({run_id})", validate_parameters=True)
+@flow(name="desra-batch", flow_run_name="desra-batch {input_dir} ({run_id})", validate_parameters=True,
+      task_runner=ThreadPoolTaskRunner(max_workers=4))
 def desra_batch(
     input_dir: str,
     output_dir: str,
@@ -61,11 +64,23 @@ def desra_batch(
     run_id: str = "adhoc",
 ) -> list[dict]:
     """Process ``stems`` of ``input_dir`` (all images when ``None``); returns one row per image."""
+    return process_batch(input_dir, output_dir, stems, mse_model, gan_model, segmenter, labels_dir, threshold,
+                         min_area, min_area_fraction, tile, overlap, feather, device, run_id)
+
+
+def process_batch(input_dir: str, output_dir: str, stems: list[str] | None, mse_model: str, gan_model: str,
+                  segmenter: str | None, labels_dir: str | None, threshold: float, min_area: int,
+                  min_area_fraction: float | None, tile: int, overlap: int, feather: float, device: str,
+                  run_id: str) -> list[dict]:
+    """The body of :func:`desra_batch`, callable inside any flow run (tasks run in that flow's runner)."""
     logger = get_run_logger()
+    # An empty string means none: a deployment made with DESRA_SEGMENTER="" passes "" as its default.
+    segmenter, labels_dir = segmenter or None, labels_dir or None
     config = detection_config(threshold, min_area, min_area_fraction)
     seg_id = None if labels_dir else segmenter
     config_hash = _config_hash({**config, "feather": feather, "tile": tile, "overlap": overlap,
                                 "mse": mse_model, "gan": gan_model, "seg": seg_id, "labels": labels_dir})
+    store = Store(output_dir)
     items = scan_drop(input_dir, stems)
     good = [i for i in items if i["error"] is None]
     progress = create_progress_artifact(0.0, description=f"desra-batch: {len(items)} image(s)")
@@ -82,8 +97,10 @@ def desra_batch(
     else:
         label_recs = {}
 
-    rows = []
-    for n, item in enumerate(items, start=1):
+    # Per image: detect → pseudo-GT → publish. Images whose published outputs already come from the
+    # current store keys need no task at all; the rest run concurrently (I/O and API calls overlap).
+    rows, pending = [], []
+    for item in items:
         stem = item["stem"]
         mse, gan, labels = mse_recs.get(stem), gan_recs.get(stem), label_recs.get(stem)
         row = {"stem": stem, "input_path": item["path"], "input_sha256": item["sha256"], "mse_model": mse_model,
@@ -93,27 +110,48 @@ def desra_batch(
             row.update(mse_model_sha256=mse["model_sha256"], gan_model_sha256=gan["model_sha256"],
                        sr_seconds=mse["seconds"] + gan["seconds"])
         upstream = item["error"] or _first_error(mse, gan, labels)
-        state = detect_image(stem, mse, gan, labels, config, output_dir, upstream_error=upstream,
-                             return_state=True)
-        if state.is_completed():
-            det = state.result()
-            pseudo = build_pseudo_gt_image(stem, mse, gan, det, feather, output_dir)
-            files = {"masks": det["mask_path"], "pseudo_gt": pseudo["path"], "sr/mse": mse["path"],
+        keys = None
+        if upstream is None:
+            dkey = detect_key(mse, gan, labels, config)
+            keys = {"detect": dkey, "pseudo_gt": pseudo_gt_key(mse, gan, dkey, feather), "mse": mse["key"],
+                    "gan": gan["key"], "labels": None if labels is None else labels["key"]}
+            record = store.read_json("detect", dkey)
+            if record is not None and is_published(output_dir, stem, keys):
+                rows.append(_ok_row(row, record, cached=True))
+                continue
+        det = detect_image.submit(stem, mse, gan, labels, config, output_dir, upstream_error=upstream)
+        pseudo = build_pseudo_gt_image.submit(stem, mse, gan, det, feather, output_dir) if upstream is None else None
+        pending.append((row, det, pseudo, mse, gan, labels, keys, upstream))
+
+    publishing = []
+    for n, (row, det, pseudo, mse, gan, labels, keys, upstream) in enumerate(pending, start=1):
+        det_state = det.wait() or det.state
+        if det_state.is_completed():
+            record = det.result()
+            files = {"masks": record["mask_path"], "pseudo_gt": pseudo.result()["path"], "sr/mse": mse["path"],
                      "sr/gan": gan["path"]}
             if labels is not None and not labels_dir:
                 files["labels"] = labels["path"]
-            row.update({k: det[k] for k in ("artifact_fraction", "region_count", "height", "width", "min_area",
-                                            "notes", "detect_seconds")},
-                       status="ok", error=None, cached=bool(mse["cached"] and gan["cached"] and det["cached"]))
-            publish_image(row, files, det["regions"], output_dir)
+            _ok_row(row, record, cached=bool(mse["cached"] and gan["cached"] and record["cached"]))
+            publishing.append(publish_image.submit(row, files, record["regions"], output_dir, keys))
         else:
-            error = upstream or state_error(state)
-            row["error"] = error
-            logger.warning("%s failed: %s", stem, error)
-            publish_image(row, {}, [], output_dir)
+            row["error"] = upstream or state_error(det_state)
+            logger.warning("%s failed: %s", row["stem"], row["error"])
+            publishing.append(publish_image.submit(row, {}, [], output_dir, None))
         rows.append(row)
-        update_progress_artifact(progress, 100.0 * n / max(len(items), 1))
-    return rows
+        update_progress_artifact(progress, 100.0 * n / len(pending))
+    for future in publishing:
+        future.result()
+    if not pending:
+        update_progress_artifact(progress, 100.0)
+    order = {item["stem"]: i for i, item in enumerate(items)}
+    return sorted(rows, key=lambda r: order[r["stem"]])
+
+
+def _ok_row(row: dict, record: dict, cached: bool) -> dict:
+    row.update({k: record[k] for k in ("artifact_fraction", "region_count", "height", "width", "min_area",
+                                       "notes", "detect_seconds")}, status="ok", error=None, cached=cached)
+    return row
 
 
 def state_error(state) -> str:

@@ -18,11 +18,12 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.runtime import deployment as runtime_deployment
 from prefect.runtime import flow_run as runtime_flow_run
 from prefect.states import Completed, Failed
+from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
 from desra_core.image import list_images
 from desra_core.models.segmentation import DEFAULT_SEGMENTER
-from flows.batch import desra_batch, detection_config
+from flows.batch import detection_config, process_batch
 from tasks.gpu import ensure_gpu_limit
 from tasks.report import IMAGE_COLUMNS, write_run_report
 
@@ -64,7 +65,8 @@ def _gather(output_dir: str, stems: list[str], run_id: str) -> list[dict]:
     return rows
 
 
-@flow(name="desra", flow_run_name="desra {input_dir}", validate_parameters=True)
+@flow(name="desra", flow_run_name="desra {input_dir}", validate_parameters=True,
+      task_runner=ThreadPoolTaskRunner(max_workers=4))
 def desra(
     input_dir: str,
     output_dir: str,
@@ -111,8 +113,9 @@ def desra(
         rows = _gather(output_dir, stems, run_id)
     else:
         rows = []
+        # In process, batches run inline (a subflow per batch would cost a flow run each for nothing).
         for i, batch in enumerate(batches, start=1):
-            rows += desra_batch(**parameters, stems=batch)
+            rows += process_batch(**parameters, stems=batch)
             update_progress_artifact(progress, 100.0 * i / len(batches))
     write_run_report(rows, output_dir, run_id)
     failed = [r for r in rows if r.get("status") != "ok"]

@@ -10,7 +10,7 @@ from desra_core import DesraError, DetectionConfig, __version__, build_pseudo_gt
 from desra_core.image import read_image, read_label_map, read_mask, write_image
 from tasks.store import Store, step_key
 
-__all__ = ["build_pseudo_gt_image", "detect_image"]
+__all__ = ["build_pseudo_gt_image", "detect_image", "detect_key", "pseudo_gt_key"]
 
 DETECT_VERSION = f"detect-1/{__version__}"
 PSEUDO_VERSION = f"pseudo-1/{__version__}"
@@ -26,6 +26,17 @@ def _pair(mse_path: str, gan_path: str):
     return mse.to_float32(), gan.to_float32()
 
 
+def detect_key(mse: dict, gan: dict, labels: dict | None, config: dict) -> str:
+    """Store key of a detection: the SR results' keys, the label map's key and the settings."""
+    return step_key("detect", DETECT_VERSION, mse=mse["key"], gan=gan["key"],
+                    labels=None if labels is None else labels["key"], config=config)
+
+
+def pseudo_gt_key(mse: dict, gan: dict, detection_key: str, feather: float) -> str:
+    return step_key("pseudo_gt", PSEUDO_VERSION, mse=mse["key"], gan=gan["key"], mask=detection_key,
+                    feather=feather)
+
+
 @task(name="detect", task_run_name="detect {stem}")
 def detect_image(stem: str, mse: dict | None, gan: dict | None, labels: dict | None, config: dict, output_dir: str,
                  upstream_error: str | None = None) -> dict:
@@ -38,8 +49,7 @@ def detect_image(stem: str, mse: dict | None, gan: dict | None, labels: dict | N
     if upstream_error:
         raise DesraError(upstream_error)
     store = Store(output_dir)
-    key = step_key("detect", DETECT_VERSION, mse=mse["key"], gan=gan["key"],
-                   labels=None if labels is None else labels["key"], config=config)
+    key = detect_key(mse, gan, labels, config)
     cached = store.read_json("detect", key)
     if cached is not None and store.has("detect", key, ".png"):
         return {**cached, "cached": True}
@@ -66,8 +76,7 @@ def detect_image(stem: str, mse: dict | None, gan: dict | None, labels: dict | N
 def build_pseudo_gt_image(stem: str, mse: dict, gan: dict, detection: dict, feather: float, output_dir: str) -> dict:
     """MSE pixels inside the mask, GAN pixels elsewhere; returns ``{"key", "path", "cached"}``."""
     store = Store(output_dir)
-    key = step_key("pseudo_gt", PSEUDO_VERSION, mse=mse["key"], gan=gan["key"], mask=detection["key"],
-                   feather=feather)
+    key = pseudo_gt_key(mse, gan, detection["key"], feather)
     path = store.path("pseudo_gt", key, ".png")
     if path.is_file():
         return {"key": key, "path": str(path), "cached": True}

@@ -10,6 +10,7 @@ Layout under ``output_dir`` (the same as ``desra detect``, plus the SR results):
                                 ``pandas.read_parquet(output_dir / "runs")``
 """
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -18,9 +19,9 @@ import pandas as pd
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from desra_core.image import atomic_path
+from desra_core.image import atomic_path, atomic_write_bytes
 
-__all__ = ["IMAGE_COLUMNS", "publish_image", "write_run_report"]
+__all__ = ["IMAGE_COLUMNS", "is_published", "publish_image", "write_run_report"]
 
 IMAGE_COLUMNS = [
     "stem", "status", "error", "artifact_fraction", "region_count", "height", "width", "min_area", "notes",
@@ -61,10 +62,23 @@ def _frame(rows: list[dict], columns: list[str]) -> pd.DataFrame:
     return frame
 
 
+def _marker(output_dir: str, stem: str) -> Path:
+    return Path(output_dir) / ".desra" / "published" / f"{stem}.json"
+
+
+def is_published(output_dir: str, stem: str, keys: dict) -> bool:
+    """True when ``stem``'s outputs and report were published from exactly these store keys."""
+    marker = _marker(output_dir, stem)
+    return marker.is_file() and json.loads(marker.read_text()) == keys
+
+
 @task(name="publish", task_run_name="publish {row[stem]}")
-def publish_image(row: dict, files: dict[str, str], regions: list[dict], output_dir: str) -> dict:
+def publish_image(row: dict, files: dict[str, str], regions: list[dict], output_dir: str,
+                  keys: dict | None = None) -> dict:
     """Link the image's store entries to ``masks/``, ``pseudo_gt/``, ``sr/…``, ``labels/`` and write
-    ``reports/<stem>.parquet``. ``files`` maps a folder (e.g. ``"masks"``, ``"sr/mse"``) to a store path."""
+    ``reports/<stem>.parquet``. ``files`` maps a folder (e.g. ``"masks"``, ``"sr/mse"``) to a store path.
+    ``keys`` (the store keys it came from) are recorded last, so a later run can skip an image whose
+    published outputs are current."""
     out = Path(output_dir)
     stem = row["stem"]
     for folder, src in files.items():
@@ -72,6 +86,12 @@ def publish_image(row: dict, files: dict[str, str], regions: list[dict], output_
     image = {k: row.get(k) for k in IMAGE_COLUMNS}
     rows = [{**image, "region_id": r["id"], **{k: r[k] for k in REGION_COLUMNS[1:]}} for r in regions]
     _write_parquet(_frame(rows or [image], IMAGE_COLUMNS + REGION_COLUMNS), out / "reports" / f"{stem}.parquet")
+    marker = _marker(output_dir, stem)
+    if keys is None:
+        marker.unlink(missing_ok=True)
+    else:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(marker, json.dumps(keys, sort_keys=True).encode())
     return row
 
 
