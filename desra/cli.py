@@ -4,6 +4,7 @@
 ``desra metrics`` score predicted masks against ground-truth masks
 ``desra upscale`` super-resolve a folder with any SR model spandrel loads
 ``desra run``     the full pipeline (flow ``desra``) in this process, on Prefect's embedded API
+``desra deploy``  register the Prefect deployments (work pool ``desra``) on a Prefect server
 """
 
 from __future__ import annotations
@@ -109,6 +110,109 @@ def _cmd_upscale(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+_DEPLOY_REQUIRED = ("DESRA_DROP_DIR", "DESRA_OUTPUT_DIR")
+_DEPLOY_DEFAULTS = {
+    "DESRA_MSE_MODEL": "realesrnet_x4plus",
+    "DESRA_GAN_MODEL": "realesrgan_x4plus",
+    "DESRA_SEGMENTER": "nvidia/segformer-b5-finetuned-ade-640-640",
+}
+_PREFECT_FILE = Path("deployments") / "prefect.yaml"
+
+
+def _project_root() -> Path | None:
+    """The folder holding ``deployments/prefect.yaml``: the current directory or one of its parents,
+    else the checkout that the installed ``flows`` package lives in."""
+    import importlib.util
+
+    candidates = [Path.cwd(), *Path.cwd().parents]
+    spec = importlib.util.find_spec("flows")
+    if spec is not None and spec.submodule_search_locations:
+        candidates += [Path(loc).resolve().parent for loc in spec.submodule_search_locations]
+    return next((c for c in candidates if (c / _PREFECT_FILE).is_file()), None)
+
+
+def _print_registered(pool: str, names: list[str]) -> None:
+    """One line per deployment of ``names`` that the API now has in ``pool``."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterName,
+        WorkPoolFilter,
+        WorkPoolFilterName,
+    )
+
+    with get_client(sync_client=True) as client:
+        found = client.read_deployments(
+            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=names)),
+            work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[pool])))
+        for d in sorted(found, key=lambda d: d.name):
+            every = [f"every {s.schedule.interval.total_seconds():g} s" for s in d.schedules
+                     if getattr(s.schedule, "interval", None) is not None]
+            params = ", ".join(f"{k}={d.parameters[k]}" for k in ("input_dir", "output_dir") if k in d.parameters)
+            print(f"  {client.read_flow(d.flow_id).name}/{d.name}" + (f"  ({', '.join(every)})" if every else "")
+                  + (f"  [{params}]" if params else ""))
+
+
+def _cmd_deploy(args: argparse.Namespace) -> int:
+    import os
+    import subprocess
+
+    import yaml
+
+    from tasks.env import configure
+
+    missing = [name for name in _DEPLOY_REQUIRED if not os.environ.get(name)]
+    if missing:
+        print(f"error: set {' and '.join(missing)} first: the scheduled deployment desra/full takes its "
+              "input_dir and output_dir from DESRA_DROP_DIR and DESRA_OUTPUT_DIR", file=sys.stderr)
+        return 2
+    root = _project_root()
+    if root is None:
+        print(f"error: expected {_PREFECT_FILE} in the current directory, one of its parents or the checkout of "
+              f"the installed flows package, got none (cwd: {Path.cwd()}); run desra deploy from the desra "
+              "repository", file=sys.stderr)
+        return 2
+    configure()
+    env = dict(os.environ)
+    env.setdefault("DESRA_PROJECT_DIR", str(root))
+    for name, value in _DEPLOY_DEFAULTS.items():
+        if not env.get(name):
+            env[name] = value
+    names = [d["name"] for d in yaml.safe_load((root / _PREFECT_FILE).read_text())["deployments"]]
+
+    prefect = [sys.executable, "-m", "prefect"]
+    inspect = subprocess.run([*prefect, "work-pool", "inspect", args.pool], cwd=root, env=env,
+                             capture_output=True, text=True)
+    if inspect.returncode != 0:
+        print(f"creating work pool {args.pool!r} (type process)")
+        created = subprocess.run([*prefect, "work-pool", "create", args.pool, "--type", "process"], cwd=root, env=env)
+        if created.returncode != 0:
+            print(f"error: could not create work pool {args.pool!r} (see above; is PREFECT_API_URL "
+                  f"{env.get('PREFECT_API_URL', '(unset)')} reachable?)", file=sys.stderr)
+            return created.returncode
+    deploy = [*prefect, "--no-prompt", "deploy", "--prefect-file", str(_PREFECT_FILE)]
+    if args.pool == "desra":  # the pool that prefect.yaml names
+        commands = [[*deploy, "--all"]]
+    else:  # `--all` ignores --pool: one deployment at a time
+        commands = [[*deploy, "--name", name, "--pool", args.pool] for name in names]
+    for command in commands:
+        result = subprocess.run(command, cwd=root, env=env)
+        if result.returncode != 0:
+            print(f"error: prefect deploy failed with exit code {result.returncode}", file=sys.stderr)
+            return result.returncode
+
+    print(f"\nregistered from {root / _PREFECT_FILE} into work pool {args.pool!r} "
+          f"(code at DESRA_PROJECT_DIR={env['DESRA_PROJECT_DIR']}):")
+    os.environ.update({k: env[k] for k in ("DESRA_PROJECT_DIR", *_DEPLOY_DEFAULTS)})
+    try:
+        _print_registered(args.pool, names)
+    except Exception as e:  # the deployments exist; only the summary failed
+        print(f"  {', '.join(names)} (could not list them: {type(e).__name__}: {e}; try `prefect deployment ls`)")
+    print(f"start a worker (same PREFECT_API_URL, code at {env['DESRA_PROJECT_DIR']}):\n"
+          f"  prefect worker start --pool {args.pool}")
+    return 0
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     import tasks  # noqa: F401  (Prefect environment defaults before Prefect loads)
     from flows.full import desra
@@ -163,6 +267,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="torch device; auto = cuda when available, else cpu")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
     p.set_defaults(func=_cmd_upscale)
+
+    p = sub.add_parser("deploy", help="register the Prefect deployments of deployments/prefect.yaml "
+                                      "(needs DESRA_DROP_DIR, DESRA_OUTPUT_DIR and a Prefect server)",
+                       description="Create the process work pool if it is missing and register the deployments of "
+                                   "deployments/prefect.yaml on the Prefect API (PREFECT_API_URL). desra/full runs "
+                                   "every 10 minutes over DESRA_DROP_DIR into DESRA_OUTPUT_DIR, desra/on-drop on "
+                                   "each desra.drop.landed event; models: DESRA_MSE_MODEL, DESRA_GAN_MODEL, "
+                                   "DESRA_SEGMENTER. Workers run the code in DESRA_PROJECT_DIR (default: this "
+                                   "checkout).")
+    p.add_argument("--pool", default="desra", help="process work pool to create if missing and deploy to "
+                                                   "(default: %(default)s)")
+    p.set_defaults(func=_cmd_deploy)
 
     p = sub.add_parser("run", help="run the whole pipeline on a folder of low-resolution images (embedded Prefect)")
     p.add_argument("input_dir", type=Path, help="folder of real-world (low-resolution) images")
