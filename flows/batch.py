@@ -19,10 +19,10 @@ from pydantic import Field
 
 from desra_core import DesraError, DetectionConfig
 from desra_core.models.segmentation import DEFAULT_SEGMENTER
-from tasks.detect import build_pseudo_gt_image, detect_image, detect_key, pseudo_gt_key
+from tasks.detect import build_pseudo_gts, detect_image, detect_key, pseudo_gt_key
 from tasks.drop import match_labels, scan_drop
 from tasks.models import segment_batch, super_resolve_batch
-from tasks.report import is_published, publish_image
+from tasks.report import is_published, publish_batch
 from tasks.store import Store
 
 __all__ = ["desra_batch", "detection_config", "process_batch", "state_error"]
@@ -97,8 +97,9 @@ def process_batch(input_dir: str, output_dir: str, stems: list[str] | None, mse_
     else:
         label_recs = {}
 
-    # Per image: detect → pseudo-GT → publish. Images whose published outputs already come from the
-    # current store keys need no task at all; the rest run concurrently (I/O and API calls overlap).
+    # Per image, a detect task (a bad image fails its own task); then one pseudo-GT task and one publish
+    # task for the batch. Images whose published outputs already come from the current store keys need
+    # no task at all.
     rows, pending = [], []
     for item in items:
         stem = item["stem"]
@@ -120,30 +121,36 @@ def process_batch(input_dir: str, output_dir: str, stems: list[str] | None, mse_
                 rows.append(_ok_row(row, record, cached=True))
                 continue
         det = detect_image.submit(stem, mse, gan, labels, config, output_dir, upstream_error=upstream)
-        pseudo = build_pseudo_gt_image.submit(stem, mse, gan, det, feather, output_dir) if upstream is None else None
-        pending.append((row, det, pseudo, mse, gan, labels, keys, upstream))
+        pending.append((row, det, mse, gan, labels, keys, upstream))
 
-    publishing = []
-    for n, (row, det, pseudo, mse, gan, labels, keys, upstream) in enumerate(pending, start=1):
-        det_state = det.wait() or det.state
-        if det_state.is_completed():
-            record = det.result()
-            files = {"masks": record["mask_path"], "pseudo_gt": pseudo.result()["path"], "sr/mse": mse["path"],
-                     "sr/gan": gan["path"]}
-            if labels is not None and not labels_dir:
-                files["labels"] = labels["path"]
-            _ok_row(row, record, cached=bool(mse["cached"] and gan["cached"] and record["cached"]))
-            publishing.append(publish_image.submit(row, files, record["regions"], output_dir, keys))
+    detected, publishing = [], []
+    for n, (row, det, mse, gan, labels, keys, upstream) in enumerate(pending, start=1):
+        state = det.wait() or det.state
+        if state.is_completed():
+            detected.append((row, det.result(), mse, gan, labels, keys))
         else:
-            row["error"] = upstream or state_error(det_state)
+            row["error"] = upstream or state_error(state)
             logger.warning("%s failed: %s", row["stem"], row["error"])
-            publishing.append(publish_image.submit(row, {}, [], output_dir, None))
+            publishing.append({"row": row, "files": {}, "regions": [], "keys": None})
         rows.append(row)
-        update_progress_artifact(progress, 100.0 * n / len(pending))
-    for future in publishing:
-        future.result()
-    if not pending:
-        update_progress_artifact(progress, 100.0)
+        update_progress_artifact(progress, 90.0 * n / len(pending))
+    pseudo = build_pseudo_gts([{"stem": r["stem"], "mse": m, "gan": g, "detection": d}
+                               for r, d, m, g, _, _ in detected], feather, output_dir, len(detected))
+    for row, record, mse, gan, labels, keys in detected:
+        made = pseudo[row["stem"]]
+        if made["error"] is not None:
+            row["error"] = made["error"]
+            publishing.append({"row": row, "files": {}, "regions": [], "keys": None})
+            continue
+        files = {"masks": record["mask_path"], "pseudo_gt": made["path"], "sr/mse": mse["path"],
+                 "sr/gan": gan["path"]}
+        if labels is not None and not labels_dir:
+            files["labels"] = labels["path"]
+        _ok_row(row, record, cached=bool(mse["cached"] and gan["cached"] and record["cached"]))
+        publishing.append({"row": row, "files": files, "regions": record["regions"], "keys": keys})
+    if publishing:
+        publish_batch(publishing, output_dir, len(publishing))
+    update_progress_artifact(progress, 100.0)
     order = {item["stem"]: i for i, item in enumerate(items)}
     return sorted(rows, key=lambda r: order[r["stem"]])
 

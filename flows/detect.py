@@ -13,9 +13,9 @@ from prefect.states import Completed, Failed
 from pydantic import Field
 
 from flows.batch import detection_config, state_error
-from tasks.detect import build_pseudo_gt_image, detect_image
+from tasks.detect import build_pseudo_gts, detect_image
 from tasks.drop import match_labels, scan_drop
-from tasks.report import publish_image, write_run_report
+from tasks.report import publish_batch, write_run_report
 
 __all__ = ["detect"]
 
@@ -37,7 +37,7 @@ def detect(
     gans = scan_drop(gan_dir)
     mses = {i["stem"]: i for i in scan_drop(mse_dir, [g["stem"] for g in gans])}
     labels = {r["stem"]: r for r in match_labels(gans, labels_dir)} if labels_dir else {}
-    rows = []
+    rows, detected, publishing = [], [], []
     for g in gans:
         stem, m, lab = g["stem"], mses[g["stem"]], labels.get(g["stem"])
         gan = {"key": f"file:{g['sha256']}", "path": g["path"], "error": g["error"]}
@@ -47,16 +47,24 @@ def detect(
                "status": "failed", "cached": False}
         state = detect_image(stem, mse, gan, lab, config, output_dir, upstream_error=upstream, return_state=True)
         if state.is_completed():
-            det = state.result()
-            pseudo = build_pseudo_gt_image(stem, mse, gan, det, feather, output_dir)
-            row.update({k: det[k] for k in ("artifact_fraction", "region_count", "height", "width", "min_area",
-                                            "notes", "detect_seconds")}, status="ok", error=None,
-                       cached=det["cached"])
-            publish_image(row, {"masks": det["mask_path"], "pseudo_gt": pseudo["path"]}, det["regions"], output_dir)
+            detected.append((row, state.result(), mse, gan))
         else:
             row["error"] = upstream or state_error(state)
-            publish_image(row, {}, [], output_dir)
+            publishing.append({"row": row, "files": {}, "regions": [], "keys": None})
         rows.append(row)
+    pseudo = build_pseudo_gts([{"stem": r["stem"], "mse": m, "gan": g, "detection": d} for r, d, m, g in detected],
+                              feather, output_dir, len(detected))
+    for row, det, _, _ in detected:
+        made = pseudo[row["stem"]]
+        if made["error"] is not None:
+            row["error"] = made["error"]
+            publishing.append({"row": row, "files": {}, "regions": [], "keys": None})
+            continue
+        row.update({k: det[k] for k in ("artifact_fraction", "region_count", "height", "width", "min_area",
+                                        "notes", "detect_seconds")}, status="ok", error=None, cached=det["cached"])
+        publishing.append({"row": row, "files": {"masks": det["mask_path"], "pseudo_gt": made["path"]},
+                           "regions": det["regions"], "keys": None})
+    publish_batch(publishing, output_dir, len(publishing))
     write_run_report(rows, output_dir, run_id)
     failed = [r for r in rows if r["status"] != "ok"]
     message = f"{len(rows) - len(failed)} ok, {len(failed)} failed of {len(rows)} image(s)"

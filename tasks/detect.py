@@ -5,12 +5,13 @@ import time
 
 import numpy as np
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from desra_core import DesraError, DetectionConfig, __version__, build_pseudo_gt, detect_artifacts
 from desra_core.image import read_image, read_label_map, read_mask, write_image
 from tasks.store import Store, step_key
 
-__all__ = ["build_pseudo_gt_image", "detect_image", "detect_key", "pseudo_gt_key"]
+__all__ = ["build_pseudo_gt_image", "build_pseudo_gts", "detect_image", "detect_key", "pseudo_gt_key"]
 
 DETECT_VERSION = f"detect-1/{__version__}"
 PSEUDO_VERSION = f"pseudo-1/{__version__}"
@@ -37,7 +38,7 @@ def pseudo_gt_key(mse: dict, gan: dict, detection_key: str, feather: float) -> s
                     feather=feather)
 
 
-@task(name="detect", task_run_name="detect {stem}")
+@task(name="detect", cache_policy=NO_CACHE, persist_result=False, task_run_name="detect {stem}")
 def detect_image(stem: str, mse: dict | None, gan: dict | None, labels: dict | None, config: dict, output_dir: str,
                  upstream_error: str | None = None) -> dict:
     """Detect artifacts in one MSE/GAN pair; returns the image-level record with its regions.
@@ -72,8 +73,21 @@ def detect_image(stem: str, mse: dict | None, gan: dict | None, labels: dict | N
     return {**record, "cached": False}
 
 
-@task(name="pseudo-gt", task_run_name="pseudo-gt {stem}")
-def build_pseudo_gt_image(stem: str, mse: dict, gan: dict, detection: dict, feather: float, output_dir: str) -> dict:
+@task(name="pseudo-gt", cache_policy=NO_CACHE, persist_result=False, task_run_name="pseudo-gt x{count}")
+def build_pseudo_gts(jobs: list[dict], feather: float, output_dir: str, count: int = 0) -> dict[str, dict]:
+    """Pseudo-GT for a batch of detected images (``{"stem", "mse", "gan", "detection"}`` each);
+    returns ``stem → {"key", "path", "cached", "error"}`` (a failure is reported per image)."""
+    out = {}
+    for job in jobs:
+        try:
+            out[job["stem"]] = {**build_pseudo_gt_image(job["mse"], job["gan"], job["detection"], feather,
+                                                        output_dir), "error": None}
+        except DesraError as e:
+            out[job["stem"]] = {"key": None, "path": None, "cached": False, "error": str(e)}
+    return out
+
+
+def build_pseudo_gt_image(mse: dict, gan: dict, detection: dict, feather: float, output_dir: str) -> dict:
     """MSE pixels inside the mask, GAN pixels elsewhere; returns ``{"key", "path", "cached"}``."""
     store = Store(output_dir)
     key = pseudo_gt_key(mse, gan, detection["key"], feather)

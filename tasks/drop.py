@@ -3,6 +3,7 @@
 from pathlib import Path
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from desra_core import DesraError
 from desra_core.image import list_images
@@ -11,7 +12,7 @@ from tasks.store import file_sha256
 __all__ = ["match_labels", "scan_drop"]
 
 
-@task(name="scan-drop")
+@task(name="scan-drop", cache_policy=NO_CACHE, persist_result=False)
 def scan_drop(input_dir: str, stems: list[str] | None = None) -> list[dict]:
     """``[{"stem", "path", "sha256", "error"}]`` for the drop's images (all, or only ``stems``)."""
     images = list_images(input_dir)
@@ -31,7 +32,7 @@ def scan_drop(input_dir: str, stems: list[str] | None = None) -> list[dict]:
     return items
 
 
-@task(name="match-labels")
+@task(name="match-labels", cache_policy=NO_CACHE, persist_result=False)
 def match_labels(items: list[dict], labels_dir: str) -> list[dict]:
     """Precomputed label maps by stem: ``[{"stem", "key", "path", "error"}]``."""
     labels = list_images(labels_dir)

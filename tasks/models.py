@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
 
 from desra_core import DesraError, __version__
@@ -58,7 +59,7 @@ def _gpu_slot(device: str):
     return concurrency(GPU_LIMIT, occupy=1, strict=False) if device.startswith("cuda") else contextlib.nullcontext()
 
 
-@task(name="super-resolve", task_run_name="{role}-sr x{count}", retries=0)
+@task(name="super-resolve", cache_policy=NO_CACHE, persist_result=False, task_run_name="{role}-sr x{count}", retries=0)
 def super_resolve_batch(items: list[dict], model: str, role: str, output_dir: str, tile: int, overlap: int,
                         device: str = "auto", count: int = 0) -> list[dict]:
     """Upscale each item's image (``{"stem", "path", "sha256"}``) with one model; cached by content."""
@@ -91,7 +92,7 @@ def super_resolve_batch(items: list[dict], model: str, role: str, output_dir: st
     return out
 
 
-@task(name="segment", task_run_name="segment x{count}")
+@task(name="segment", cache_policy=NO_CACHE, persist_result=False, task_run_name="segment x{count}")
 def segment_batch(gan_records: list[dict], segmenter: str, output_dir: str, device: str = "auto",
                   count: int = 0) -> list[dict]:
     """ADE20K label maps of GAN-SR results (records from :func:`super_resolve_batch`); cached by content."""

@@ -18,10 +18,11 @@ from pathlib import Path
 import pandas as pd
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
 
 from desra_core.image import atomic_path, atomic_write_bytes
 
-__all__ = ["IMAGE_COLUMNS", "is_published", "publish_image", "write_run_report"]
+__all__ = ["IMAGE_COLUMNS", "is_published", "publish_batch", "publish_image", "write_run_report"]
 
 IMAGE_COLUMNS = [
     "stem", "status", "error", "artifact_fraction", "region_count", "height", "width", "min_area", "notes",
@@ -72,7 +73,13 @@ def is_published(output_dir: str, stem: str, keys: dict) -> bool:
     return marker.is_file() and json.loads(marker.read_text()) == keys
 
 
-@task(name="publish", task_run_name="publish {row[stem]}")
+@task(name="publish", cache_policy=NO_CACHE, persist_result=False, task_run_name="publish x{count}")
+def publish_batch(entries: list[dict], output_dir: str, count: int = 0) -> None:
+    """:func:`publish_image` for each ``{"row", "files", "regions", "keys"}`` of a batch."""
+    for e in entries:
+        publish_image(e["row"], e["files"], e["regions"], output_dir, e["keys"])
+
+
 def publish_image(row: dict, files: dict[str, str], regions: list[dict], output_dir: str,
                   keys: dict | None = None) -> dict:
     """Link the image's store entries to ``masks/``, ``pseudo_gt/``, ``sr/…``, ``labels/`` and write
@@ -95,7 +102,7 @@ def publish_image(row: dict, files: dict[str, str], regions: list[dict], output_
     return row
 
 
-@task(name="run-report")
+@task(name="run-report", cache_policy=NO_CACHE, persist_result=False)
 def write_run_report(rows: list[dict], output_dir: str, run_id: str) -> str:
     """``runs/<run_id>.parquet`` (one row per image), a table artifact (worst first) and a summary."""
     frame = _frame(rows, IMAGE_COLUMNS)
