@@ -5,6 +5,8 @@
 ``desra upscale`` super-resolve a folder with any SR model spandrel loads
 ``desra run``     the full pipeline (flow ``desra``) in this process, on Prefect's embedded API
 ``desra deploy``  register the Prefect deployments (work pool ``desra``) on a Prefect server
+``desra finetune`` fine-tune a GAN-SR model on pseudo-GT from detected artifacts (DeSRA's delete step)
+``desra evaluate`` artifact fraction and kept detail per image, before/after fine-tuning
 """
 
 from __future__ import annotations
@@ -228,6 +230,49 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0 if state.is_completed() else 1
 
 
+def _loss_bar(total: int):
+    """A progress callback showing the losses when stderr is a terminal, else a no-op."""
+    if not sys.stderr.isatty():
+        return lambda record: None
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc="finetune", unit="it", file=sys.stderr)
+
+    def update(record):
+        bar.update(1)
+        bar.set_postfix(l1=f"{record['l1']:.4f}", perc=f"{record['perceptual']:.3f}", gan=f"{record['gan']:.3f}")
+    update.close = bar.close
+    return update
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from desra.finetuning import run_finetune
+
+    return run_finetune(args, _device(args.device), _loss_bar)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from desra.finetuning import run_evaluate
+
+    return run_evaluate(args, _device(args.device))
+
+
+def _add_model_pair_options(p: argparse.ArgumentParser, *, many_gans: bool) -> None:
+    p.add_argument("--gan", required=True, action="append" if many_gans else "store",
+                   help="GAN-SR model: known name or weights file" + (" (repeat to compare)" if many_gans else ""))
+    p.add_argument("--mse", required=True, help="MSE-SR model: known name or weights file")
+    p.add_argument("--images", type=Path, required=True, help="folder of low-resolution real-world images")
+    sem = p.add_mutually_exclusive_group(required=True)
+    sem.add_argument("--labels", type=Path, help="folder of ADE20K label maps of the GAN results, by stem")
+    sem.add_argument("--segmenter", metavar="ID_OR_PATH", help="segment the GAN results with this SegFormer")
+    sem.add_argument("--no-semantic", action="store_true", help="skip the semantic adjustment")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--threshold", type=float, default=0.7, help="detection threshold (default: %(default)s)")
+    p.add_argument("--min-area", type=int, default=4000, help="detection area limit (default: %(default)s)")
+    p.add_argument("--tile", type=int, default=512, help="largest SR tile side in input pixels")
+    p.add_argument("--device", default="auto", help="torch device; auto = cuda when available")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="desra", description="Detect and remove GAN super-resolution artifacts.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -279,6 +324,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pool", default="desra", help="process work pool to create if missing and deploy to "
                                                    "(default: %(default)s)")
     p.set_defaults(func=_cmd_deploy)
+
+    p = sub.add_parser("finetune", help="fine-tune a GAN-SR model so that the detected artifacts go away")
+    _add_model_pair_options(p, many_gans=False)
+    p.add_argument("--iterations", type=int, default=1000, help="training iterations (default: %(default)s)")
+    p.add_argument("--batch", type=int, default=12, help="crops per iteration (default: %(default)s)")
+    p.add_argument("--crop", type=int, default=256, help="HR crop side, a multiple of the scale (default: 256)")
+    p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default: %(default)s)")
+    p.add_argument("--ema", type=float, default=0.999, help="EMA decay of the generator; 0 = off")
+    p.add_argument("--no-perceptual", action="store_true", help="drop the VGG19 perceptual term")
+    p.add_argument("--no-gan", action="store_true", help="drop the adversarial term (L1 [+ perceptual] only)")
+    p.add_argument("--discriminator", type=Path, help="pretrained U-Net discriminator (e.g. *_netD.pth)")
+    p.add_argument("--vgg-weights", help="local VGG19 weights file (offline machines)")
+    p.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (resumable)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_finetune)
+
+    p = sub.add_parser("evaluate", help="artifact fraction and kept detail per image and GAN model")
+    _add_model_pair_options(p, many_gans=True)
+    p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("run", help="run the whole pipeline on a folder of low-resolution images (embedded Prefect)")
     p.add_argument("input_dir", type=Path, help="folder of real-world (low-resolution) images")

@@ -24,6 +24,7 @@ from pydantic import Field
 from desra_core.image import list_images
 from desra_core.models.segmentation import DEFAULT_SEGMENTER
 from flows.batch import detection_config, process_batch
+from flows.finetune import finetune as finetune_flow
 from tasks.gpu import ensure_gpu_limit
 from tasks.report import IMAGE_COLUMNS, write_run_report
 
@@ -81,19 +82,19 @@ def desra(
     overlap: Annotated[int, Field(ge=0)] = 32,
     feather: Annotated[float, Field(ge=0.0)] = 0.0,
     finetune: bool = False,
+    finetune_settings: dict | None = None,
     batch_size: Annotated[int, Field(ge=1)] = 32,
     scale_out: bool | None = None,
     device: str = "auto",
 ):
     """Detect (and, with ``finetune``, delete) GAN-SR artifacts in every image of ``input_dir``.
 
+    ``finetune``: afterwards, fine-tune the GAN model on the images with artifacts (flow ``finetune``;
+    ``finetune_settings`` passes its options, e.g. ``{"iterations": 1000, "batch": 12}``).
     ``scale_out``: run batches as ``desra-batch`` deployment runs; by default only when this run
     itself comes from a deployment and the drop has more than one batch.
     """
     logger = get_run_logger()
-    if finetune:
-        return Failed(message="finetune=True: fine-tuning is not part of this version of desra yet; "
-                              "run without it to detect artifacts and build pseudo-GT")
     detection_config(threshold, min_area, min_area_fraction)  # fail fast on bad options
     ensure_gpu_limit()
     run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{str(runtime_flow_run.id or 'local')[:8]}"
@@ -120,6 +121,16 @@ def desra(
     write_run_report(rows, output_dir, run_id)
     failed = [r for r in rows if r.get("status") != "ok"]
     message = f"{len(rows) - len(failed)} ok, {len(failed)} failed of {len(rows)} image(s)"
+    if finetune:
+        flagged = [r["stem"] for r in rows if r.get("status") == "ok" and (r.get("region_count") or 0) > 0]
+        if flagged:
+            tuned = finetune_flow(input_dir=input_dir, output_dir=output_dir, mse_model=mse_model,
+                                  gan_model=gan_model, segmenter=segmenter, labels_dir=labels_dir,
+                                  threshold=threshold, min_area=min_area, device=device, stems=flagged,
+                                  **(finetune_settings or {}))
+            message += f"; fine-tuned {gan_model} on {tuned['pairs']} image(s): {tuned['generator']}"
+        else:
+            message += "; no artifacts found, nothing to fine-tune"
     if failed:
         return Failed(message=message + "; first: " + f"{failed[0]['stem']}: {failed[0].get('error')}")
     return Completed(message=message)

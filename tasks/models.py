@@ -19,7 +19,7 @@ from desra_core.models.sr import SRModel, load_sr_model, upscale
 from desra_core.models.weights import resolve_weights
 from tasks.store import Store, file_sha256, step_key
 
-__all__ = ["GPU_LIMIT", "model_digest", "segment_batch", "super_resolve_batch"]
+__all__ = ["GPU_LIMIT", "gpu_slot", "model_digest", "resolve_device", "segment_batch", "super_resolve_batch"]
 
 GPU_LIMIT = "gpu"
 SR_VERSION = f"sr-1/{__version__}"
@@ -52,7 +52,7 @@ def _segmenter(spec: str, device: str):
     return load_segmenter(spec, device=device)
 
 
-def _gpu_slot(device: str):
+def gpu_slot(device: str):
     # Only work on a GPU competes for the slot; strict=False lets a run without the limit proceed.
     import contextlib
 
@@ -75,7 +75,7 @@ def super_resolve_batch(items: list[dict], model: str, role: str, output_dir: st
         if not record["cached"]:
             todo.append((item, record))
     if todo:
-        with _gpu_slot(device):
+        with gpu_slot(device):
             sr = _sr_model(str(weights), digest, device)
             for item, record in todo:
                 start = time.perf_counter()
@@ -110,7 +110,7 @@ def segment_batch(gan_records: list[dict], segmenter: str, output_dir: str, devi
         if record["error"] is None and not record["cached"]:
             todo.append((rec, record))
     if todo:
-        with _gpu_slot(device):
+        with gpu_slot(device):
             seg = _segmenter(segmenter, device)
             for rec, record in todo:
                 start = time.perf_counter()

@@ -127,8 +127,23 @@ def test_bad_options_fail_before_any_work(tmp_path, tiny_models, counted):
     write_lr(drop / "a.png", 0)
     state = _run(drop, tmp_path / "out", tiny_models, min_area_fraction=None, threshold=2.0)
     assert state.is_failed() and counted["upscale"] == 0
-    state = _run(drop, tmp_path / "out", tiny_models, finetune=True)
-    assert state.is_failed() and "fine-tuning" in state.message
+
+
+
+def test_finetune_option_tunes_the_gan_model_on_flagged_images(tmp_path, tiny_models):
+    from spandrel import ModelLoader
+
+    drop, out = tmp_path / "drop", tmp_path / "out"
+    for i in range(2):
+        write_lr(drop / f"img{i}.png", i)
+    settings = {"iterations": 2, "batch": 2, "crop": 64, "perceptual": 0.0, "ema": 0.0}
+    state = _run(drop, out, tiny_models, finetune=True, finetune_settings=settings)
+    assert state.is_completed(), state.message
+    assert "fine-tuned" in state.message
+    (generator,) = out.glob("finetune/*/generator.safetensors")
+    assert ModelLoader().load_from_file(generator).scale == 4
+    log = pd.read_parquet(generator.parent / "train_log.parquet")
+    assert list(log["step"]) == [1, 2]
 
 
 @pytest.mark.slow
