@@ -55,6 +55,7 @@ class FinetuneConfig:
     checkpoint_every: int = 100
     seed: int = 0
     vgg_weights_path: str | None = None
+    precision: str = "auto"  # on CUDA: "auto" (bf16, else fp16), "bf16", "fp16" or "fp32"; the CPU runs fp32
 
     def __post_init__(self) -> None:
         for name in ("iterations", "batch", "crop", "checkpoint_every"):
@@ -62,6 +63,8 @@ class FinetuneConfig:
                 raise ConfigError(f"expected {name} to be a whole number ≥ 1, got {getattr(self, name)!r}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ConfigError(f"expected lr > 0, got {self.lr}")
+        if self.precision not in ("auto", "bf16", "fp16", "fp32"):
+            raise ConfigError(f"expected precision auto, bf16, fp16 or fp32, got {self.precision!r}")
         if self.discriminator_warmup < 0:
             raise ConfigError(f"expected discriminator_warmup ≥ 0, got {self.discriminator_warmup}")
 
@@ -127,8 +130,12 @@ def finetune(generator: torch.nn.Module, pairs: Sequence[TrainingPair], config: 
     ema = EMA(generator, decay=config.ema) if config.ema > 0 else None
 
     cuda = device.type == "cuda"
-    amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda else torch.float32
-    scaler = torch.amp.GradScaler("cuda", enabled=cuda and amp_dtype == torch.float16)
+    amp_dtype = torch.float32
+    if cuda and config.precision != "fp32":
+        auto = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        amp_dtype = {"auto": auto, "bf16": torch.bfloat16, "fp16": torch.float16}[config.precision]
+    amp = amp_dtype != torch.float32
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16)
     if cuda:
         torch.backends.cudnn.benchmark = True
         generator.to(memory_format=torch.channels_last)
@@ -154,7 +161,7 @@ def finetune(generator: torch.nn.Module, pairs: Sequence[TrainingPair], config: 
         if cuda:
             lr_batch = lr_batch.contiguous(memory_format=torch.channels_last)
         adversarial = disc is not None and step >= warmup
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=cuda):
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
             sr = generator(lr_batch).float()
             l1 = torch.nn.functional.l1_loss(sr, hr_batch)
             l_perc = perceptual(sr, hr_batch) if perceptual is not None else sr.new_zeros(())
@@ -168,7 +175,7 @@ def finetune(generator: torch.nn.Module, pairs: Sequence[TrainingPair], config: 
         d_loss = float("nan")
         if disc is not None:
             disc.requires_grad_(True)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=cuda):
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
                 loss_d = discriminator_loss(disc(hr_batch), disc(sr.detach()))
             opt_d.zero_grad(set_to_none=True)
             scaler.scale(loss_d).backward()
