@@ -209,6 +209,9 @@ def save_generator(module: torch.nn.Module, path: str | Path) -> Path:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}, str(tmp))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # like any file the user writes, not private
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
