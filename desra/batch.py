@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from desra_core import DesraError, DetectionConfig, build_pseudo_gt, detect_artifacts
-from desra_core.image import atomic_path, list_images, read_image, read_label_map, to_bit_depth, write_image
+from desra_core.image import atomic_path, list_images, read_image, read_label_map, to_bit_depth, to_float32, write_image
 
 __all__ = ["REPORT_COLUMNS", "DetectJob", "pair_by_stem", "run_detect", "run_upscale", "write_report"]
 
@@ -56,9 +56,7 @@ def _common_dtype(mse, gan) -> tuple[np.ndarray, np.ndarray]:
 
 def _for_detector(image: np.ndarray) -> np.ndarray:
     """The detector takes uint8 or float32 in [0, 1]."""
-    if image.dtype == np.uint16:
-        return image.astype(np.float32) / np.float32(65535.0)
-    return image
+    return image if image.dtype == np.uint8 else to_float32(image)
 
 
 def _detect_one(stem: str, job: DetectJob, paths: dict[str, Path | None]) -> dict:

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from desra_core import DesraError, DetectionConfig
-from desra_core.image import atomic_path, list_images, read_image, read_label_map
+from desra_core.finetune.pipeline import label_source
+from desra_core.image import atomic_path, list_images, read_image
 
-__all__ = ["label_source", "load_images", "run_evaluate", "run_finetune"]
+__all__ = ["load_images", "run_evaluate", "run_finetune"]
 
 
 def load_images(folder: Path) -> dict[str, np.ndarray]:
@@ -26,24 +26,6 @@ def load_images(folder: Path) -> dict[str, np.ndarray]:
     if not images:
         raise DesraError(f"expected at least one readable image in {folder}, got none")
     return images
-
-
-def label_source(labels_dir: Path | None, segmenter: str | None, device: str) -> Callable:
-    """``labels(stem, gan_sr)``: a label map from the folder, from the segmenter, or ``None``."""
-    if labels_dir is not None:
-        maps = list_images(labels_dir)
-
-        def from_folder(stem, gan_sr):
-            if stem not in maps:
-                raise DesraError(f"expected a label map with stem '{stem}' in {labels_dir}, found none")
-            return read_label_map(maps[stem])
-        return from_folder
-    if segmenter:
-        from desra_core.models.segmentation import load_segmenter, segment
-
-        seg = load_segmenter(segmenter, device=device)
-        return lambda stem, gan_sr: segment(seg, gan_sr)
-    return lambda stem, gan_sr: None
 
 
 def _write_parquet(frame: pd.DataFrame, path: Path) -> None:

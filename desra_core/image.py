@@ -28,7 +28,7 @@ from PIL import Image, UnidentifiedImageError
 from .errors import ConfigError, InputImageError, LabelMapError, ShapeError
 
 __all__ = ["IMAGE_SUFFIXES", "MAX_PIXELS", "LoadedImage", "atomic_path", "atomic_write_bytes", "list_images",
-           "read_image", "read_label_map", "read_mask", "to_bit_depth", "write_image"]
+           "read_image", "read_label_map", "read_mask", "to_bit_depth", "to_float32", "write_image"]
 
 StrPath = str | os.PathLike[str]
 
@@ -77,8 +77,7 @@ class LoadedImage:
 
     def to_float32(self) -> np.ndarray:
         """``float32 (H, W, 3)`` in [0, 1]: the pixels divided by 255 (8-bit) or 65535 (16-bit)."""
-        scale = np.float32(255.0 if self.bit_depth == 8 else 65535.0)
-        return self.pixels.astype(np.float32) / scale
+        return to_float32(self.pixels)
 
 
 @dataclass(frozen=True, slots=True)
@@ -487,3 +486,15 @@ def to_bit_depth(image: np.ndarray, bit_depth: int) -> np.ndarray:
         raise ConfigError(f"expected a bit depth of 8 or 16, got {bit_depth}")
     top = 255.0 if bit_depth == 8 else 65535.0
     return np.rint(np.clip(image, 0.0, 1.0) * top).astype(np.uint8 if bit_depth == 8 else np.uint16)
+
+
+def to_float32(image: np.ndarray) -> np.ndarray:
+    """``uint8`` / ``uint16`` pixels → ``float32`` in [0, 1]; ``float32`` is returned as is."""
+    image = np.asarray(image)
+    if image.dtype == np.uint8:
+        return image.astype(np.float32) / np.float32(255.0)
+    if image.dtype == np.uint16:
+        return image.astype(np.float32) / np.float32(65535.0)
+    if image.dtype == np.float32:
+        return image
+    raise ShapeError(f"expected pixels of dtype uint8, uint16 or float32, got {image.dtype}")

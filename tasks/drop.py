@@ -1,11 +1,9 @@
 """Reading a drop: which images there are, their content digests, and the label maps that go with them."""
 
-from pathlib import Path
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from desra_core import DesraError
 from desra_core.image import list_images
 from tasks.store import file_sha256
 
@@ -47,7 +45,3 @@ def match_labels(items: list[dict], labels_dir: str) -> list[dict]:
         out.append(rec)
     return out
 
-
-def check_dir(path: str, what: str) -> None:
-    if not Path(path).is_dir():
-        raise DesraError(f"expected the {what} folder to exist, got {path}")

@@ -10,25 +10,13 @@ from prefect.cache_policies import NO_CACHE
 
 from desra_core import DesraError, DetectionConfig
 from desra_core.finetune.losses import LossWeights
-from desra_core.finetune.pipeline import build_pairs
+from desra_core.finetune.pipeline import build_pairs, label_source
 from desra_core.finetune.trainer import FinetuneConfig, finetune, save_generator
-from desra_core.image import atomic_path, list_images, read_image, read_label_map
+from desra_core.image import atomic_path, list_images, read_image
 from desra_core.models.sr import load_sr_model
 from tasks.models import gpu_slot, resolve_device
 
 __all__ = ["finetune_generator"]
-
-
-def _labels(labels_dir: str | None, segmenter: str | None, device: str):
-    if labels_dir:
-        maps = list_images(labels_dir)
-        return lambda stem, gan_sr: read_label_map(maps[stem]) if stem in maps else None
-    if segmenter:
-        from desra_core.models.segmentation import load_segmenter, segment
-
-        seg = load_segmenter(segmenter, device=device)
-        return lambda stem, gan_sr: segment(seg, gan_sr)
-    return lambda stem, gan_sr: None
 
 
 def _curve_markdown(log: list[dict], rows: int = 20) -> str:
@@ -61,7 +49,7 @@ def finetune_generator(input_dir: str, output_dir: str, mse_model: str, gan_mode
     with gpu_slot(device):
         gan = load_sr_model(gan_model, device=device)
         mse = load_sr_model(mse_model, expected_scale=gan.scale, device=device)
-        pairs, scores = build_pairs(images, mse, gan, _labels(labels_dir, segmenter, device),
+        pairs, scores = build_pairs(images, mse, gan, label_source(labels_dir, segmenter, device),
                                     DetectionConfig(**detection))
         result = finetune(gan.descriptor.model, pairs, config, work_dir=work, device=device)
     generator = save_generator(result.generator, work / "generator.safetensors")

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, ShapeError, ShapeMismatchError
+from ..image import to_float32
 from ..pseudo_gt import build_pseudo_gt
 
 __all__ = ["CropConfig", "PairSampler", "TrainingPair", "make_pair"]
@@ -68,14 +69,10 @@ class TrainingPair:
 
 
 def _to_float32(arr: np.ndarray, what: str, name: str) -> np.ndarray:
-    arr = np.asarray(arr)
-    if arr.dtype == np.uint8:
-        return arr.astype(np.float32) / np.float32(255.0)
-    if arr.dtype == np.uint16:
-        return arr.astype(np.float32) / np.float32(65535.0)
-    if arr.dtype == np.float32:
-        return arr
-    raise ShapeError(f"expected {what} of dtype uint8, uint16 or float32, got {arr.dtype} (pair: {name})")
+    try:
+        return to_float32(arr)
+    except ShapeError as e:
+        raise ShapeError(f"{what}: {e} (pair: {name})") from e
 
 
 def make_pair(lr: np.ndarray, gan_sr: np.ndarray, mse_sr: np.ndarray, mask: np.ndarray, *, name: str,

@@ -12,19 +12,39 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
 
 from ..detection import DetectionConfig, detect_artifacts
-from ..image import to_bit_depth
+from ..errors import DesraError
+from ..image import list_images, read_label_map, to_bit_depth
 from ..models.sr import SRModel, upscale
 from .data import TrainingPair, make_pair
 
-__all__ = ["ImageScore", "build_pairs", "detail_kept", "evaluate_models", "score_image"]
+__all__ = ["ImageScore", "build_pairs", "detail_kept", "evaluate_models", "label_source", "score_image"]
 
 LabelSource = Callable[[str, np.ndarray], np.ndarray | None]
 """``labels(stem, gan_sr_uint8) -> uint8 (H, W) label map or None`` (no semantic adjustment)."""
+
+
+def label_source(labels_dir: str | Path | None, segmenter: str | None, device: str = "cpu") -> LabelSource:
+    """Label maps from a folder (by stem), from a segmenter run on the GAN result, or none at all."""
+    if labels_dir:
+        maps = list_images(labels_dir)
+
+        def from_folder(stem: str, gan_sr: np.ndarray) -> np.ndarray:
+            if stem not in maps:
+                raise DesraError(f"expected a label map with stem '{stem}' in {labels_dir}, found none")
+            return read_label_map(maps[stem])
+        return from_folder
+    if segmenter:
+        from ..models.segmentation import load_segmenter, segment
+
+        seg = load_segmenter(segmenter, device=device)
+        return lambda stem, gan_sr: segment(seg, gan_sr)
+    return lambda stem, gan_sr: None
 
 
 def _local_std(image: np.ndarray, sigma: float) -> np.ndarray:

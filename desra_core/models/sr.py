@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, ModelLoadError, ShapeError
+from ..image import to_float32
 
 __all__ = ["Precision", "SRModel", "check_same_scale", "load_sr_model", "upscale"]
 
@@ -112,13 +113,7 @@ def _as_float(image: np.ndarray) -> np.ndarray:
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3:
         raise ShapeError(f"expected an RGB image of shape (H, W, 3), got {image.shape}")
-    if image.dtype == np.uint8:
-        return image.astype(np.float32) / np.float32(255)
-    if image.dtype == np.uint16:
-        return image.astype(np.float32) / np.float32(65535)
-    if image.dtype == np.float32:
-        return image
-    raise ShapeError(f"expected a uint8, uint16 or float32 image, got {image.dtype}")
+    return to_float32(image)
 
 
 def _axis_windows(length: int, tile: int, overlap: int) -> tuple[list[int], int]:
