@@ -73,7 +73,7 @@ def main() -> int:
     parser.add_argument("--min-area", type=int, default=100)
     args = parser.parse_args()
 
-    from flows.full import desra
+    from flows.full import run_in_process
 
     work = Path(tempfile.mkdtemp(prefix="desra-bench-"))
     drop = work / "drop"
@@ -86,12 +86,12 @@ def main() -> int:
     loop = time.perf_counter() - start
 
     params = dict(input_dir=str(drop), mse_model=mse, gan_model=gan, segmenter=None, min_area=args.min_area)
-    desra(**params, output_dir=str(work / "flow_warm"), batch_size=args.images, return_state=True)  # API start-up
+    run_in_process(**params, output_dir=str(work / "flow_warm"), batch_size=args.images)  # API start-up
     start = time.perf_counter()
-    state = desra(**params, output_dir=str(work / "flow"), batch_size=args.images, return_state=True)
+    state = run_in_process(**params, output_dir=str(work / "flow"), batch_size=args.images)
     first = time.perf_counter() - start
     start = time.perf_counter()
-    cached_state = desra(**params, output_dir=str(work / "flow"), batch_size=args.images, return_state=True)
+    cached_state = run_in_process(**params, output_dir=str(work / "flow"), batch_size=args.images)
     cached = time.perf_counter() - start
 
     print(f"{args.images} images of {args.size}×{args.size} (x4 by tiny RRDBNet + Compact), no segmenter")

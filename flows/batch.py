@@ -13,7 +13,6 @@ import json
 from typing import Annotated
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
@@ -22,6 +21,7 @@ from desra_core.models.segmentation import DEFAULT_SEGMENTER
 from tasks.detect import build_pseudo_gts, detect_image, detect_key, pseudo_gt_key
 from tasks.drop import match_labels, scan_drop
 from tasks.models import segment_batch, super_resolve_batch
+from tasks.progress import Progress
 from tasks.report import is_published, publish_batch
 from tasks.store import Store
 
@@ -83,7 +83,7 @@ def process_batch(input_dir: str, output_dir: str, stems: list[str] | None, mse_
     store = Store(output_dir)
     items = scan_drop(input_dir, stems)
     good = [i for i in items if i["error"] is None]
-    progress = create_progress_artifact(0.0, description=f"desra-batch: {len(items)} image(s)")
+    progress = Progress(f"desra-batch: {len(items)} image(s)")
 
     mse_future = super_resolve_batch.submit(good, mse_model, "mse", output_dir, tile, overlap, device, len(good))
     gan_future = super_resolve_batch.submit(good, gan_model, "gan", output_dir, tile, overlap, device, len(good))
@@ -133,7 +133,7 @@ def process_batch(input_dir: str, output_dir: str, stems: list[str] | None, mse_
             logger.warning("%s failed: %s", row["stem"], row["error"])
             publishing.append({"row": row, "files": {}, "regions": [], "keys": None})
         rows.append(row)
-        update_progress_artifact(progress, 90.0 * n / len(pending))
+        progress.update(90.0 * n / len(pending))
     pseudo = build_pseudo_gts([{"stem": r["stem"], "mse": m, "gan": g, "detection": d}
                                for r, d, m, g, _, _ in detected], feather, output_dir, len(detected))
     for row, record, mse, gan, labels, keys in detected:
@@ -150,7 +150,7 @@ def process_batch(input_dir: str, output_dir: str, stems: list[str] | None, mse_
         publishing.append({"row": row, "files": files, "regions": record["regions"], "keys": keys})
     if publishing:
         publish_batch(publishing, output_dir, len(publishing))
-    update_progress_artifact(progress, 100.0)
+    progress.done()
     order = {item["stem"]: i for i, item in enumerate(items)}
     return sorted(rows, key=lambda r: order[r["stem"]])
 

@@ -14,7 +14,6 @@ from typing import Annotated
 
 import pandas as pd
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.runtime import deployment as runtime_deployment
 from prefect.runtime import flow_run as runtime_flow_run
 from prefect.states import Completed, Failed
@@ -26,9 +25,10 @@ from desra_core.models.segmentation import DEFAULT_SEGMENTER
 from flows.batch import detection_config, process_batch
 from flows.finetune import finetune as finetune_flow
 from tasks.gpu import ensure_gpu_limit
+from tasks.progress import Progress
 from tasks.report import IMAGE_COLUMNS, write_run_report
 
-__all__ = ["BATCH_DEPLOYMENT", "desra"]
+__all__ = ["BATCH_DEPLOYMENT", "desra", "run_in_process"]
 
 BATCH_DEPLOYMENT = "desra-batch/desra-batch"
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -49,7 +49,7 @@ def _run_batches_on_workers(batches: list[list[str]], parameters: dict, progress
             for run_id in list(pending):
                 if client.read_flow_run(run_id).state.is_final():
                     pending.discard(run_id)
-            update_progress_artifact(progress, 100.0 * (len(runs) - len(pending)) / len(runs))
+            progress.update(100.0 * (len(runs) - len(pending)) / len(runs))
 
 
 def _gather(output_dir: str, stems: list[str], run_id: str) -> list[dict]:
@@ -104,7 +104,7 @@ def desra(
                       segmenter=segmenter, labels_dir=labels_dir, threshold=threshold, min_area=min_area,
                       min_area_fraction=min_area_fraction, tile=tile, overlap=overlap, feather=feather,
                       device=device, run_id=run_id)
-    progress = create_progress_artifact(0.0, description=f"desra: {len(stems)} image(s) in {len(batches)} batch(es)")
+    progress = Progress(f"desra: {len(stems)} image(s) in {len(batches)} batch(es)")
     if scale_out is None:
         scale_out = runtime_deployment.id is not None and len(batches) > 1
     if scale_out and batches:
@@ -117,7 +117,7 @@ def desra(
         # In process, batches run inline (a subflow per batch would cost a flow run each for nothing).
         for i, batch in enumerate(batches, start=1):
             rows += process_batch(**parameters, stems=batch)
-            update_progress_artifact(progress, 100.0 * i / len(batches))
+            progress.update(100.0 * i / len(batches))
     write_run_report(rows, output_dir, run_id)
     failed = [r for r in rows if r.get("status") != "ok"]
     message = f"{len(rows) - len(failed)} ok, {len(failed)} failed of {len(rows)} image(s)"
@@ -134,3 +134,23 @@ def desra(
     if failed:
         return Failed(message=message + "; first: " + f"{failed[0]['stem']}: {failed[0].get('error')}")
     return Completed(message=message)
+
+
+def run_in_process(**parameters):
+    """Run flow ``desra`` in this process and return its final state (what ``desra run`` does).
+
+    Without ``PREFECT_API_URL`` the run goes to Prefect's embedded API, which lives and dies with this
+    process. Flow-run heartbeats are then switched off: they exist so that a server can mark a run whose
+    process died as crashed, and the embedded server dies with it, so nobody would read them, while
+    stopping the heartbeat thread costs up to a second at the end of every flow run. Against a real
+    server (``PREFECT_API_URL`` set) Prefect's heartbeat setting is left as it is.
+    """
+    import contextlib
+
+    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    embedded = not PREFECT_API_URL.value()
+    scope = (temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}) if embedded
+             else contextlib.nullcontext())
+    with scope:
+        return desra(**parameters, return_state=True)

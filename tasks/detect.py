@@ -3,12 +3,12 @@
 import json
 import time
 
-import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from desra_core import DesraError, DetectionConfig, __version__, build_pseudo_gt, detect_artifacts
-from desra_core.image import read_image, read_label_map, read_mask, write_image
+from desra_core.image import read_label_map, to_float32, write_image
+from tasks import pixels
 from tasks.store import Store, step_key
 
 __all__ = ["build_pseudo_gt_image", "build_pseudo_gts", "detect_image", "detect_key", "pseudo_gt_key"]
@@ -18,13 +18,14 @@ PSEUDO_VERSION = f"pseudo-1/{__version__}"
 
 
 def _pair(mse_path: str, gan_path: str):
-    mse, gan = read_image(mse_path), read_image(gan_path)
-    if mse.pixels.shape != gan.pixels.shape:
-        raise DesraError(f"expected MSE and GAN results of one size, got {mse.width}×{mse.height} and "
-                         f"{gan.width}×{gan.height} (files: {mse_path}, {gan_path})")
-    if mse.pixels.dtype == np.uint8 and gan.pixels.dtype == np.uint8:
-        return mse.pixels, gan.pixels
-    return mse.to_float32(), gan.to_float32()
+    """The MSE and GAN results' pixels: both ``uint8``, or both ``float32`` when either is 16-bit."""
+    mse, gan = pixels.read_pixels(mse_path), pixels.read_pixels(gan_path)
+    if mse.shape != gan.shape:
+        raise DesraError(f"expected MSE and GAN results of one size, got {mse.shape[1]}×{mse.shape[0]} and "
+                         f"{gan.shape[1]}×{gan.shape[0]} (files: {mse_path}, {gan_path})")
+    if mse.dtype == gan.dtype:
+        return mse, gan
+    return to_float32(mse), to_float32(gan)
 
 
 def detect_key(mse: dict, gan: dict, labels: dict | None, config: dict) -> str:
@@ -59,7 +60,7 @@ def detect_image(stem: str, mse: dict | None, gan: dict | None, labels: dict | N
     label_map = None if labels is None else read_label_map(labels["path"])
     det = detect_artifacts(mse_px, gan_px, label_map, DetectionConfig(**config))
     mask_path = store.path("detect", key, ".png")
-    write_image(mask_path, det.mask)
+    pixels.write_mask(mask_path, det.mask)
     record = {
         "stem": stem, "key": key, "mask_path": str(mask_path), "height": int(det.mask.shape[0]),
         "width": int(det.mask.shape[1]), "artifact_fraction": det.artifact_fraction,
@@ -94,12 +95,6 @@ def build_pseudo_gt_image(mse: dict, gan: dict, detection: dict, feather: float,
     path = store.path("pseudo_gt", key, ".png")
     if path.is_file():
         return {"key": key, "path": str(path), "cached": True}
-    mse_img, gan_img = read_image(mse["path"]), read_image(gan["path"])
-
-    mask = read_mask(detection["mask_path"])
-    if mse_img.pixels.dtype == gan_img.pixels.dtype:
-        pseudo = build_pseudo_gt(gan_img.pixels, mse_img.pixels, mask, feather=feather)
-    else:
-        pseudo = build_pseudo_gt(gan_img.to_float32(), mse_img.to_float32(), mask, feather=feather)
-    write_image(path, pseudo)
+    mse_px, gan_px = _pair(mse["path"], gan["path"])
+    write_image(path, build_pseudo_gt(gan_px, mse_px, pixels.read_mask(detection["mask_path"]), feather=feather))
     return {"key": key, "path": str(path), "cached": False}

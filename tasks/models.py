@@ -14,9 +14,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
 
 from desra_core import DesraError, __version__
-from desra_core.image import read_image, to_bit_depth, write_image
+from desra_core.image import read_image, to_bit_depth, to_float32, write_image
 from desra_core.models.sr import SRModel, load_sr_model, upscale
 from desra_core.models.weights import resolve_weights
+from tasks import pixels
 from tasks.store import Store, file_sha256, step_key
 
 __all__ = ["GPU_LIMIT", "gpu_slot", "model_digest", "resolve_device", "segment_batch", "super_resolve_batch"]
@@ -82,7 +83,7 @@ def super_resolve_batch(items: list[dict], model: str, role: str, output_dir: st
                 try:
                     image = read_image(item["path"])
                     result = upscale(sr, image.pixels, tile=tile, overlap=overlap)
-                    write_image(record["path"], to_bit_depth(result, image.bit_depth))
+                    pixels.write_image(record["path"], to_bit_depth(result, image.bit_depth))
                 except DesraError as e:
                     record["error"] = str(e)
                 except Exception as e:  # reported per image; the batch goes on
@@ -115,7 +116,7 @@ def segment_batch(gan_records: list[dict], segmenter: str, output_dir: str, devi
             for rec, record in todo:
                 start = time.perf_counter()
                 try:
-                    write_image(record["path"], segment(seg, read_image(rec["path"]).to_float32()))
+                    write_image(record["path"], segment(seg, to_float32(pixels.read_pixels(rec["path"]))))
                 except DesraError as e:
                     record["error"] = str(e)
                 record["seconds"] = time.perf_counter() - start
