@@ -106,10 +106,11 @@ def process_batch(input_dir: str, output_dir: str, stems: list[str] | None, mse_
         mse, gan, labels = mse_recs.get(stem), gan_recs.get(stem), label_recs.get(stem)
         row = {"stem": stem, "input_path": item["path"], "input_sha256": item["sha256"], "mse_model": mse_model,
                "gan_model": gan_model, "segmenter": seg_id, "config_hash": config_hash, "run_id": run_id,
-               "status": "failed", "cached": False}
+               "status": "failed", "cached": False, "computed": ""}
         if mse is not None:
             row.update(mse_model_sha256=mse["model_sha256"], gan_model_sha256=gan["model_sha256"],
-                       sr_seconds=mse["seconds"] + gan["seconds"])
+                       sr_seconds=mse["seconds"] + gan["seconds"],
+                       computed=_computed({"sr/mse": mse, "sr/gan": gan, "labels": None if labels_dir else labels}))
         upstream = item["error"] or _first_error(mse, gan, labels)
         keys = None
         if upstream is None:
@@ -146,13 +147,20 @@ def process_batch(input_dir: str, output_dir: str, stems: list[str] | None, mse_
                  "sr/gan": gan["path"]}
         if labels is not None and not labels_dir:
             files["labels"] = labels["path"]
-        _ok_row(row, record, cached=bool(mse["cached"] and gan["cached"] and record["cached"]))
+        row["computed"] = _computed({"sr/mse": mse, "sr/gan": gan, "labels": None if labels_dir else labels,
+                                     "detect": record, "pseudo_gt": made})
+        _ok_row(row, record, cached=not row["computed"])
         publishing.append({"row": row, "files": files, "regions": record["regions"], "keys": keys})
     if publishing:
         publish_batch(publishing, output_dir, len(publishing))
     progress.done()
     order = {item["stem"]: i for i, item in enumerate(items)}
     return sorted(rows, key=lambda r: order[r["stem"]])
+
+
+def _computed(steps: dict[str, dict | None]) -> str:
+    """The steps this run computed for an image (the rest came from the store), e.g. ``"detect,pseudo_gt"``."""
+    return ",".join(step for step, rec in steps.items() if rec is not None and not rec.get("cached", True))
 
 
 def _ok_row(row: dict, record: dict, cached: bool) -> dict:

@@ -52,25 +52,27 @@ def detect_image(stem: str, mse: dict | None, gan: dict | None, labels: dict | N
         raise DesraError(upstream_error)
     store = Store(output_dir)
     key = detect_key(mse, gan, labels, config)
-    cached = store.read_json("detect", key)
-    if cached is not None and store.has("detect", key, ".png"):
-        return {**cached, "cached": True}
-    start = time.perf_counter()
-    mse_px, gan_px = _pair(mse["path"], gan["path"])
-    label_map = None if labels is None else read_label_map(labels["path"])
-    det = detect_artifacts(mse_px, gan_px, label_map, DetectionConfig(**config))
-    mask_path = store.path("detect", key, ".png")
-    pixels.write_mask(mask_path, det.mask)
-    record = {
-        "stem": stem, "key": key, "mask_path": str(mask_path), "height": int(det.mask.shape[0]),
-        "width": int(det.mask.shape[1]), "artifact_fraction": det.artifact_fraction,
-        "region_count": len(det.regions), "min_area": det.min_area, "notes": "; ".join(det.notes),
-        "regions": [{"id": r.id, "x": r.bbox[0], "y": r.bbox[1], "w": r.bbox[2], "h": r.bbox[3], "area": r.area,
-                     "classes": json.dumps([[c.index, c.name, round(c.fraction, 4)] for c in r.classes]),
-                     "mean_adjusted": r.mean_adjusted} for r in det.regions],
-        "detect_seconds": time.perf_counter() - start,
-    }
-    store.write_json("detect", key, record)  # written last: the record marks the entry complete
+    with store.claim("detect", key, blocking=True):  # another run may be detecting this very image
+        cached = store.read_json("detect", key)
+        if cached is not None and store.has("detect", key, ".png"):
+            return {**cached, "cached": True}
+        start = time.perf_counter()
+        mse_px, gan_px = _pair(mse["path"], gan["path"])
+        label_map = None if labels is None else read_label_map(labels["path"])
+        det = detect_artifacts(mse_px, gan_px, label_map, DetectionConfig(**config))
+        mask_path = store.path("detect", key, ".png")
+        pixels.write_mask(mask_path, det.mask)
+        record = {
+            "stem": stem, "key": key, "mask_path": str(mask_path), "height": int(det.mask.shape[0]),
+            "width": int(det.mask.shape[1]), "artifact_fraction": det.artifact_fraction,
+            "region_count": len(det.regions), "min_area": det.min_area, "notes": "; ".join(det.notes),
+            "regions": [{"id": r.id, "x": r.bbox[0], "y": r.bbox[1], "w": r.bbox[2], "h": r.bbox[3],
+                         "area": r.area, "mean_adjusted": r.mean_adjusted,
+                         "classes": json.dumps([[c.index, c.name, round(c.fraction, 4)] for c in r.classes])}
+                        for r in det.regions],
+            "detect_seconds": time.perf_counter() - start,
+        }
+        store.write_json("detect", key, record)  # written last: the record marks the entry complete
     return {**record, "cached": False}
 
 
@@ -85,6 +87,8 @@ def build_pseudo_gts(jobs: list[dict], feather: float, output_dir: str, count: i
                                                         output_dir), "error": None}
         except DesraError as e:
             out[job["stem"]] = {"key": None, "path": None, "cached": False, "error": str(e)}
+        except OSError as e:  # e.g. a full disk: this image fails, the rest of the batch goes on
+            out[job["stem"]] = {"key": None, "path": None, "cached": False, "error": f"{type(e).__name__}: {e}"}
     return out
 
 
@@ -93,8 +97,10 @@ def build_pseudo_gt_image(mse: dict, gan: dict, detection: dict, feather: float,
     store = Store(output_dir)
     key = pseudo_gt_key(mse, gan, detection["key"], feather)
     path = store.path("pseudo_gt", key, ".png")
-    if path.is_file():
-        return {"key": key, "path": str(path), "cached": True}
-    mse_px, gan_px = _pair(mse["path"], gan["path"])
-    write_image(path, build_pseudo_gt(gan_px, mse_px, pixels.read_mask(detection["mask_path"]), feather=feather))
+    with store.claim("pseudo_gt", key, blocking=True):
+        if path.is_file():
+            return {"key": key, "path": str(path), "cached": True}
+        mse_px, gan_px = _pair(mse["path"], gan["path"])
+        mask = pixels.read_mask(detection["mask_path"])
+        write_image(path, build_pseudo_gt(gan_px, mse_px, mask, feather=feather))
     return {"key": key, "path": str(path), "cached": False}

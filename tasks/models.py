@@ -18,6 +18,7 @@ from desra_core.image import read_image, to_bit_depth, to_float32, write_image
 from desra_core.models.sr import SRModel, load_sr_model, upscale
 from desra_core.models.weights import resolve_weights
 from tasks import pixels
+from tasks.claims import compute_missing
 from tasks.store import Store, file_sha256, step_key
 
 __all__ = ["GPU_LIMIT", "gpu_slot", "model_digest", "resolve_device", "segment_batch", "super_resolve_batch"]
@@ -78,7 +79,9 @@ def super_resolve_batch(items: list[dict], model: str, role: str, output_dir: st
     if todo:
         with gpu_slot(device):
             sr = _sr_model(str(weights), digest, device)
-            for item, record in todo:
+
+            def work(job: tuple[dict, dict]) -> None:
+                item, record = job
                 start = time.perf_counter()
                 try:
                     image = read_image(item["path"])
@@ -89,7 +92,10 @@ def super_resolve_batch(items: list[dict], model: str, role: str, output_dir: st
                 except Exception as e:  # reported per image; the batch goes on
                     record["error"] = f"{type(e).__name__}: {e} (file: {item['path']})"
                 record["seconds"] = time.perf_counter() - start
-    logger.info("%s SR: %d image(s), %d from the store", role, len(items), len(items) - len(todo))
+
+            for _, record in compute_missing(store, "sr", ".png", todo, lambda job: job[1]["key"], work):
+                record["cached"] = True
+    logger.info("%s SR: %d image(s), %d from the store", role, len(items), sum(r["cached"] for r in out))
     return out
 
 
@@ -113,13 +119,18 @@ def segment_batch(gan_records: list[dict], segmenter: str, output_dir: str, devi
     if todo:
         with gpu_slot(device):
             seg = _segmenter(segmenter, device)
-            for rec, record in todo:
+
+            def work(job: tuple[dict, dict]) -> None:
+                rec, record = job
                 start = time.perf_counter()
                 try:
                     write_image(record["path"], segment(seg, to_float32(pixels.read_pixels(rec["path"]))))
                 except DesraError as e:
                     record["error"] = str(e)
                 record["seconds"] = time.perf_counter() - start
+
+            for _, record in compute_missing(store, "segment", ".png", todo, lambda job: job[1]["key"], work):
+                record["cached"] = True
     return out
 
 

@@ -5,14 +5,30 @@ sha256 of everything the output depends on: the input files' digests, the model 
 step's configuration and its code version. A key that exists is a finished result (files are written
 atomically, so a crash never leaves a half-written entry under a key); re-running an unchanged drop
 finds every key and does no model work, and changing one input re-runs exactly what depends on it.
+
+Two runs on one output root coordinate through claims: :meth:`Store.claim` holds an exclusive
+``flock`` on ``<root>/.desra/locks/<step>/<key>.lock`` while one of them computes an entry, so the
+other waits for it (or, non-blocking, defers that entry and comes back to it later) instead of
+computing it twice. The kernel drops the lock when its holder dies, so a killed run leaves no stale
+claim. Lock files are empty and are never deleted (deleting one while another process waits on it
+would let two holders in).
 """
 
+import contextlib
 import hashlib
 import json
+import os
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from desra_core.image import atomic_path, atomic_write_bytes
+
+try:
+    import fcntl
+except ImportError:  # not POSIX (Windows is not a target): claims do not exclude anything there
+    fcntl = None
 
 __all__ = ["Store", "file_sha256", "step_key"]
 
@@ -43,7 +59,9 @@ class Store:
     """Content-addressed outputs under ``root/.desra/store``."""
 
     def __init__(self, root: str | Path) -> None:
-        self.base = Path(root) / ".desra" / "store"
+        self.root = Path(root)
+        self.base = self.root / ".desra" / "store"
+        self.locks = self.root / ".desra" / "locks"
 
     def path(self, step: str, key: str, suffix: str) -> Path:
         return self.base / step / key[:2] / f"{key}{suffix}"
@@ -68,3 +86,43 @@ class Store:
         if not path.is_file():
             return None
         return json.loads(path.read_text())
+
+    def lock_path(self, step: str, key: str) -> Path:
+        """The lock file behind :meth:`claim` (``<root>/.desra/locks/<step>/<key>.lock``)."""
+        if not step or not key or any(sep in step + key for sep in ("/", "\\", "\0")) or ".." in (step, key):
+            raise ValueError(f"expected a step and key without path separators, got {step!r}, {key!r}")
+        return self.locks / step / f"{key}.lock"
+
+    @contextlib.contextmanager
+    def claim(self, step: str, key: str, *, blocking: bool) -> Iterator[bool]:
+        """Hold the exclusive claim on one entry for the ``with`` block; yields whether it is held.
+
+        ``blocking=True`` waits until no other holder is left and always yields ``True``;
+        ``blocking=False`` yields ``False`` at once when another process (or another ``claim`` in this
+        process) holds it, so the caller can defer the entry and claim it, blocking, later. A holder
+        should check :meth:`has` again after getting the claim: the previous holder may have finished
+        the entry. The claim ends with the block, or when the holding process dies.
+        """
+        path = self.lock_path(step, key)
+        if fcntl is None:
+            warnings.warn("fcntl is not available: store claims do not exclude other runs on this platform",
+                          RuntimeWarning, stacklevel=3)
+            yield True
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held = True
+            except BlockingIOError:
+                held = False
+            if not held:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
