@@ -55,6 +55,7 @@ def _add_detection_options(p: argparse.ArgumentParser) -> None:
 
 def _cmd_detect(args: argparse.Namespace) -> int:
     from desra.batch import DetectJob, run_detect, write_report
+    from desra_core.review import write_review_page
 
     config = DetectionConfig(threshold=args.threshold, min_area=args.min_area,
                              min_area_fraction=args.min_area_fraction)
@@ -74,6 +75,15 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     ok = report[report["status"] == "ok"]
     print(f"{len(ok)} ok, {len(failed)} failed; {int((ok['region_count'] > 0).sum())} image(s) with artifacts; "
           f"report: {report_path}")
+    semantic = (f"labels from {args.labels}" if args.labels else f"segmenter {args.segmenter}" if args.segmenter
+                else "off (every class weighs 1.0)")
+    page = write_review_page(
+        [{**r, "detect_seconds": r["seconds"]} for r in report.to_dict("records")], args.out,
+        title=f"desra detect: {args.gan}",
+        run_numbers={"Threshold": args.threshold, "Min area fraction": args.min_area_fraction,
+                     "Semantic adjustment": semantic, "Feather (px)": args.feather, "MSE folder": str(args.mse),
+                     "GAN folder": str(args.gan)})
+    print(f"review page: {page}")
     return 1 if len(failed) else 0
 
 
@@ -216,15 +226,25 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    import tasks  # noqa: F401  (Prefect environment defaults before Prefect loads)
-    from flows.full import desra
+    import httpx
 
-    state = desra(
-        input_dir=str(args.input_dir), output_dir=str(args.out), mse_model=args.mse_model,
-        gan_model=args.gan_model, segmenter=None if args.no_semantic or args.labels else args.segmenter,
-        labels_dir=str(args.labels) if args.labels else None, threshold=args.threshold, min_area=args.min_area,
-        min_area_fraction=args.min_area_fraction, tile=args.tile, overlap=args.overlap, feather=args.feather,
-        batch_size=args.batch_size, device=args.device, return_state=True)
+    import tasks  # noqa: F401  (Prefect environment defaults before Prefect loads)
+    from flows.full import run_in_process
+
+    try:
+        state = run_in_process(
+            input_dir=str(args.input_dir), output_dir=str(args.out), mse_model=args.mse_model,
+            gan_model=args.gan_model, segmenter=None if args.no_semantic or args.labels else args.segmenter,
+            labels_dir=str(args.labels) if args.labels else None, threshold=args.threshold,
+            min_area=args.min_area, min_area_fraction=args.min_area_fraction, tile=args.tile, overlap=args.overlap,
+            feather=args.feather, batch_size=args.batch_size, device=args.device)
+    except httpx.HTTPError as e:  # the Prefect API went away for longer than the client's retries
+        from prefect.settings import PREFECT_API_URL
+
+        print(f"error: lost the Prefect API at {PREFECT_API_URL.value() or 'the embedded server'} "
+              f"({type(e).__name__}: {e}); finished images are kept in the store under {args.out}: run again "
+              "to finish the rest", file=sys.stderr)
+        return 1
     print(f"desra run: {state.name}: {state.message or ''}".rstrip(": "))
     print(f"outputs: {args.out} (masks/, pseudo_gt/, sr/, reports/, runs/)")
     return 0 if state.is_completed() else 1

@@ -8,6 +8,7 @@ final one.
 
 import time
 
+from prefect import get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 __all__ = ["Progress"]
@@ -26,7 +27,10 @@ class Progress:
         now = time.monotonic()
         if percent == self.sent or not (force or percent >= 100.0 or now - self._last >= self.interval):
             return
-        update_progress_artifact(self.id, percent)
+        try:
+            update_progress_artifact(self.id, percent)
+        except Exception as e:  # progress is a courtesy: losing the API for a moment must not fail the run
+            get_run_logger().warning("could not update the progress artifact: %s: %s", type(e).__name__, e)
         self.sent, self._last = percent, now
 
     def done(self) -> None:

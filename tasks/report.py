@@ -19,15 +19,17 @@ import pandas as pd
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run as runtime_flow_run
 
-from desra_core.image import atomic_path, atomic_write_bytes
+from desra_core.image import atomic_path, atomic_write_bytes, list_images
+from desra_core.review import write_review_page
 
 __all__ = ["IMAGE_COLUMNS", "is_published", "publish_batch", "publish_image", "write_run_report"]
 
 IMAGE_COLUMNS = [
     "stem", "status", "error", "artifact_fraction", "region_count", "height", "width", "min_area", "notes",
     "input_path", "input_sha256", "mse_model", "gan_model", "mse_model_sha256", "gan_model_sha256",
-    "segmenter", "config_hash", "sr_seconds", "detect_seconds", "cached", "run_id",
+    "segmenter", "config_hash", "sr_seconds", "detect_seconds", "cached", "computed", "run_id",
 ]
 REGION_COLUMNS = ["region_id", "x", "y", "w", "h", "area", "classes", "mean_adjusted"]
 
@@ -104,7 +106,11 @@ def publish_image(row: dict, files: dict[str, str], regions: list[dict], output_
 
 @task(name="run-report", cache_policy=NO_CACHE, persist_result=False)
 def write_run_report(rows: list[dict], output_dir: str, run_id: str) -> str:
-    """``runs/<run_id>.parquet`` (one row per image), a table artifact (worst first) and a summary."""
+    """``runs/<run_id>.parquet`` (one row per image), ``report.html`` (a self-contained review page of the
+    run's images, worst first), a table artifact (worst first) and a summary that links to the page.
+
+    The page's threshold and input folder come from the calling flow run's parameters when there is one;
+    for flow ``detect`` (parameters ``gan_dir`` and ``mse_dir``) the page shows the SR inputs themselves."""
     frame = _frame(rows, IMAGE_COLUMNS)
     path = Path(output_dir) / "runs" / f"{run_id}.parquet"
     _write_parquet(frame, path)
@@ -124,6 +130,14 @@ def write_run_report(rows: list[dict], output_dir: str, run_id: str) -> str:
              f"* from the store (no model work): {int(frame['cached'].fillna(False).sum())}",
              f"* output: `{Path(output_dir).resolve()}` (`masks/`, `pseudo_gt/`, `sr/`, `reports/`)",
              f"* run report: `{path.resolve()}`"]
+    params = runtime_flow_run.parameters or {}
+    page_rows = rows
+    if params.get("gan_dir") and params.get("mse_dir"):  # flow ``detect``: no sr/ folders, the inputs are the SR
+        mse_files = list_images(params["mse_dir"])
+        page_rows = [{**r, "gan_path": r.get("input_path"), "mse_path": mse_files.get(r["stem"])} for r in rows]
+    page = write_review_page(page_rows, output_dir, title=f"desra run {run_id}", run_numbers={
+        "Threshold": params.get("threshold"), "Input folder": params.get("input_dir") or params.get("gan_dir")})
+    lines.append(f"* review page: [report.html]({page.resolve().as_uri()}) (`{page.resolve()}`)")
     if failed:
         lines += ["", "## Failed", ""] + [f"* `{r.stem}`: {r.error}" for r in ranked.itertuples() if r.status != "ok"]
     create_markdown_artifact("\n".join(lines), key="desra-summary", description="desra run summary")

@@ -1,0 +1,571 @@
+"""A self-contained HTML review page of a run: ``report.html``, worst images first.
+
+The page needs nothing but the file itself: every picture is an embedded ``data:`` URI, the style sheet
+and the one small script are inline, and a Content-Security-Policy forbids every fetch except ``data:``
+images. Pictures are downscaled previews (panels at most :data:`PANEL_SIDE` pixels on the longest side,
+the before/after comparison at most :data:`COMPARE_SIDE`, JPEG quality :data:`JPEG_QUALITY`) so that a
+run of hundreds of images stays a page a browser opens; each panel links to its full-resolution file.
+
+Per image (``ok`` rows): GAN-SR, MSE-SR, the artifact mask over the GAN-SR image (red tint, outlined
+regions) and the pseudo-GT, side by side, then a GAN-SR / pseudo-GT comparison with a draggable divider
+(an ``<input type=range>`` over a clipped copy; the arrow keys move it). Failed rows show their error.
+Viewing works without JavaScript; only the divider needs it.
+
+Array contract: previews are ``uint8 (H, W, 3)`` RGB, masks ``bool (H, W)``. Files are read through
+:mod:`desra_core.image`; the previews are encoded to JPEG in memory for the page.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import io
+import math
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import quote
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from .errors import ConfigError, DesraError, ShapeError
+from .image import atomic_write_bytes, read_image, read_mask, to_bit_depth, to_float32
+
+__all__ = [
+    "COMPARE_SIDE",
+    "JPEG_QUALITY",
+    "PAGE_NAME",
+    "PANEL_SIDE",
+    "mask_overlay",
+    "order_rows",
+    "preview",
+    "render_review_page",
+    "write_review_page",
+]
+
+PAGE_NAME = "report.html"
+PANEL_SIDE = 512
+"""Longest side, in pixels, of the four panels' previews."""
+COMPARE_SIDE = 1024
+"""Longest side, in pixels, of the two pictures of the before/after comparison."""
+JPEG_QUALITY = 90
+_MIN_COMPARE_DISPLAY = 480  # smaller comparisons are shown enlarged by a whole factor
+
+# Where each panel's file is, by default, under the output folder; a row may name its own files instead
+# (``gan_path``, ``mse_path``, ``mask_path``, ``pseudo_gt_path``, as ``desra detect``'s report does).
+_DEFAULT_FOLDERS = {"gan": "sr/gan", "mse": "sr/mse", "mask": "masks", "pseudo_gt": "pseudo_gt"}
+_PANEL_TITLES = {"gan": "GAN-SR", "mse": "MSE-SR", "mask": "Artifact mask over GAN-SR", "pseudo_gt": "Pseudo-GT"}
+_TINT_RGB = np.array([255.0, 32.0, 32.0], dtype=np.float32)
+_TINT_ALPHA = 0.45
+_OUTLINE_RGB = (255, 214, 10)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Pictures
+
+
+def preview(pixels: np.ndarray, longest_side: int) -> np.ndarray:
+    """``pixels`` (``uint8 (H, W, 3)`` RGB) shrunk so that its longest side is at most ``longest_side``.
+
+    Area interpolation; never enlarges (a small image is returned as is). Raises ShapeError for other
+    shapes or dtypes, ConfigError for a side below 1.
+    """
+    if longest_side < 1:
+        raise ConfigError(f"expected a preview side of at least 1 pixel, got {longest_side}")
+    if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
+        raise ShapeError(f"expected a uint8 (H, W, 3) image, got {pixels.shape} {pixels.dtype}")
+    h, w = pixels.shape[:2]
+    scale = longest_side / max(h, w)
+    if scale >= 1.0:
+        return pixels
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
+
+
+def _fit_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``mask`` (``bool (h, w)``) resampled to ``(height, width)``: a pixel is set where most of the area
+    it covers is set."""
+    if mask.shape == (height, width):
+        return mask
+    scaled = cv2.resize(mask.astype(np.uint8) * 255, (width, height), interpolation=cv2.INTER_AREA)
+    return scaled >= 128
+
+
+def mask_overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The artifact mask drawn over ``image``: a semi-transparent red tint where ``mask`` is set and a
+    yellow outline around each region.
+
+    Args:
+        image: ``uint8 (H, W, 3)`` RGB.
+        mask: ``bool (H, W)``, ``True`` = artifact; another size is resampled to the image's.
+
+    Returns:
+        A new ``uint8 (H, W, 3)`` RGB image; ``image`` is left unchanged.
+    """
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ShapeError(f"expected a uint8 (H, W, 3) image, got {image.shape} {image.dtype}")
+    if mask.ndim != 2:
+        raise ShapeError(f"expected a (H, W) mask, got shape {mask.shape}")
+    h, w = image.shape[:2]
+    mask = _fit_mask(mask.astype(bool, copy=False), h, w)
+    out = image.astype(np.float32)
+    out[mask] = out[mask] * (1.0 - _TINT_ALPHA) + _TINT_RGB * _TINT_ALPHA
+    out = np.rint(out).astype(np.uint8)
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    if contours:
+        cv2.drawContours(out, contours, -1, _OUTLINE_RGB, thickness=max(1, round(max(h, w) / 400)))
+    return out
+
+
+def _rgb8(path: Path) -> np.ndarray:
+    """The file as ``uint8 (H, W, 3)`` RGB (16-bit files are rounded to 8 bits)."""
+    pixels = read_image(path).pixels
+    return pixels if pixels.dtype == np.uint8 else to_bit_depth(to_float32(pixels), 8)
+
+
+def _jpeg_uri(pixels: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(pixels)).save(buffer, format="JPEG", quality=JPEG_QUALITY, subsampling=0,
+                                                      optimize=True)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Rows
+
+
+def _missing(value: object) -> bool:
+    """True for None, NaN and pandas' NA (whose comparisons cannot be turned into a bool)."""
+    if value is None:
+        return True
+    try:
+        return bool(value != value)
+    except TypeError:
+        return True
+
+
+def _get(row: Mapping, key: str) -> object | None:
+    value = row.get(key)
+    return None if _missing(value) else value
+
+
+def _failed(row: Mapping) -> bool:
+    return _get(row, "status") != "ok"
+
+
+def order_rows(rows: Iterable[Mapping]) -> list[Mapping]:
+    """Worst first: failed rows (by stem), then by ``artifact_fraction`` descending (missing last), then
+    by stem."""
+    def key(row: Mapping) -> tuple:
+        fraction = _get(row, "artifact_fraction")
+        return (not _failed(row), fraction is None, -float(fraction or 0.0), str(_get(row, "stem") or ""))
+    return sorted(rows, key=key)
+
+
+def _safe_stem(stem: str) -> bool:
+    """Whether ``<folder>/<stem>.png`` stays inside ``<folder>``."""
+    return bool(stem) and stem not in (".", "..") and not any(c in stem for c in ("/", "\\", "\0"))
+
+
+def _sources(row: Mapping, output_dir: Path) -> dict[str, Path | None]:
+    """Each panel's file: the row's own ``<panel>_path``, else ``output_dir/<folder>/<stem>.png``."""
+    stem = str(_get(row, "stem") or "")
+    found = {}
+    for panel, folder in _DEFAULT_FOLDERS.items():
+        given = _get(row, f"{panel}_path")
+        if given is not None:
+            found[panel] = Path(str(given))
+        else:
+            found[panel] = output_dir / folder / f"{stem}.png" if _safe_stem(stem) else None
+    return found
+
+
+# ----------------------------------------------------------------------------------------------------------
+# HTML pieces
+
+
+def _e(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _number(value: object) -> str:
+    """Counts with thousands separators, other numbers with up to 6 significant digits, yes/no."""
+    if isinstance(value, bool | np.bool_):
+        return "yes" if value else "no"
+    if isinstance(value, int | np.integer):
+        return f"{int(value):,}"
+    if isinstance(value, float | np.floating):
+        return f"{float(value):.6g}"
+    return str(value)
+
+
+def _percent(fraction: object) -> str:
+    return "—" if _missing(fraction) else f"{100.0 * float(fraction):.2f} %"
+
+
+def _seconds(value: object) -> str:
+    return "—" if _missing(value) else f"{float(value):.2f} s"
+
+
+def _href(path: Path, page_dir: Path) -> str:
+    """A link to ``path`` from the page: relative when possible (the folder can move), else ``file:``."""
+    try:
+        return quote(Path(os.path.relpath(path.resolve(), page_dir.resolve())).as_posix(), safe="/")
+    except ValueError:  # another drive
+        return path.resolve().as_uri()
+
+
+def _unique(rows: list[Mapping], key: str) -> list:
+    seen = []
+    for row in rows:
+        value = _get(row, key)
+        if value is not None and value not in seen:
+            seen.append(value)
+    return seen
+
+
+def _run_numbers(rows: list[Mapping], output_dir: Path, extra: Mapping[str, object]) -> dict[str, str]:
+    ok = [r for r in rows if not _failed(r)]
+    numbers = {
+        "Images": _number(len(rows)),
+        "OK": _number(len(ok)),
+        "Failed": _number(len(rows) - len(ok)),
+        "With artifacts": _number(sum(1 for r in ok if (_get(r, "region_count") or 0) > 0)),
+    }
+    for label, key in (("Min area (px)", "min_area"), ("Config hash", "config_hash"), ("MSE model", "mse_model"),
+                       ("GAN model", "gan_model"), ("Segmenter", "segmenter"), ("Run id", "run_id")):
+        values = _unique(rows, key)
+        if values:
+            numbers[label] = ", ".join(_number(v) for v in values)
+    for label, key in (("SR time, total", "sr_seconds"), ("Detection time, total", "detect_seconds")):
+        times = [float(_get(r, key)) for r in rows if _get(r, key) is not None]
+        if times:
+            numbers[label] = _seconds(sum(times))
+    cached = [bool(_get(r, "cached")) for r in rows if _get(r, "cached") is not None]
+    if cached:
+        numbers["From the store (cached)"] = _number(sum(cached))
+    for label, value in extra.items():
+        if not _missing(value):
+            numbers[str(label)] = _number(value)
+    numbers["Output folder"] = str(output_dir.resolve())
+    return numbers
+
+
+def _dl(items: Mapping[str, str], css: str) -> str:
+    body = "".join(f"<div><dt>{_e(k)}</dt><dd>{_e(v)}</dd></div>" for k, v in items.items())
+    return f'<dl class="{css}">{body}</dl>'
+
+
+def _image_numbers(row: Mapping) -> dict[str, str]:
+    numbers = {} if _failed(row) else {"Artifacts": _percent(_get(row, "artifact_fraction"))}
+    for label, key in (("Regions", "region_count"), ("Min area (px)", "min_area")):
+        if _get(row, key) is not None:
+            numbers[label] = _number(_get(row, key))
+    if _get(row, "width") is not None and _get(row, "height") is not None:
+        numbers["Size"] = f"{int(_get(row, 'width'))} × {int(_get(row, 'height'))}"
+    for label, key in (("SR time", "sr_seconds"), ("Detection time", "detect_seconds")):
+        if _get(row, key) is not None:
+            numbers[label] = _seconds(_get(row, key))
+    if _get(row, "cached") is not None:
+        numbers["Cached"] = _number(bool(_get(row, "cached")))
+    if _get(row, "notes"):
+        numbers["Notes"] = str(_get(row, "notes"))
+    return numbers
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    """One panel's picture, or why there is none."""
+
+    pixels: np.ndarray | None
+    path: Path | None
+    problem: str | None
+
+
+def _load(path: Path | None, reader) -> _Loaded:
+    if path is None:
+        return _Loaded(None, None, "no file for this image name")
+    try:
+        return _Loaded(reader(path), path, None)
+    except (DesraError, OSError, ValueError, cv2.error) as e:  # shown in the page, in place of the picture
+        return _Loaded(None, path, str(e) or type(e).__name__)
+
+
+def _figure(panel: str, uri: str | None, loaded: _Loaded, stem: str, page_dir: Path) -> str:
+    title = _PANEL_TITLES[panel]
+    if uri is None:
+        body = f'<div class="missing" role="img" aria-label="{_e(title)} unavailable">' \
+               f"<span>not available</span><small>{_e(loaded.problem)}</small></div>"
+    else:
+        img = f'<img src="{uri}" alt="{_e(title)} of {_e(stem)}" decoding="async">'
+        href = _href(loaded.path, page_dir) if loaded.path is not None else None
+        body = f'<a href="{_e(href)}" title="full resolution: {_e(loaded.path)}">{img}</a>' if href else img
+    return f'<figure class="panel">{body}<figcaption>{_e(title)}</figcaption></figure>'
+
+
+def _comparison(gan: np.ndarray, pseudo: np.ndarray, stem: str, side: int) -> str:
+    """GAN-SR (left of the divider) over the pseudo-GT (right), both at one preview size."""
+    left = preview(gan, side)
+    h, w = left.shape[:2]
+    right = cv2.resize(pseudo, (w, h), interpolation=cv2.INTER_AREA) if pseudo.shape[:2] != (h, w) else pseudo
+    # Small images are shown enlarged by a whole factor (crisp pixels), so that the divider has room.
+    zoom = max(1, math.ceil(_MIN_COMPARE_DISPLAY / max(h, w)))
+    shown_w, shown_h = w * zoom, h * zoom
+    label = f"Divider between GAN-SR (left) and pseudo-GT (right) of {stem}"
+    return (
+        f'<figure class="compare{" compare-zoomed" if zoom > 1 else ""}" data-width="{w}" data-height="{h}">'
+        f'<div class="compare-frame">'
+        f'<img class="compare-base" src="{_jpeg_uri(right)}" width="{shown_w}" height="{shown_h}" '
+        f'alt="Pseudo-GT of {_e(stem)}">'
+        f'<div class="compare-top"><img src="{_jpeg_uri(left)}" width="{shown_w}" height="{shown_h}" '
+        f'alt="GAN-SR of {_e(stem)}"></div>'
+        f'<span class="compare-tag compare-tag-left" aria-hidden="true">GAN-SR</span>'
+        f'<span class="compare-tag compare-tag-right" aria-hidden="true">pseudo-GT</span>'
+        f'<input class="compare-range" type="range" min="0" max="100" step="0.5" value="50" '
+        f'aria-label="{_e(label)}" aria-valuetext="50% GAN-SR">'
+        f'<span class="compare-line" aria-hidden="true"></span>'
+        f"</div>"
+        f"<figcaption>Before/after: GAN-SR left of the divider, pseudo-GT right "
+        f"(drag, or focus and use the arrow keys; {w} × {h} preview"
+        f"{f', shown {zoom}× enlarged' if zoom > 1 else ''})</figcaption>"
+        f"</figure>"
+    )
+
+
+def _section(rank: int, row: Mapping, output_dir: Path, page_dir: Path, panel_side: int, compare_side: int) -> str:
+    stem = str(_get(row, "stem") or "(no name)")
+    failed = _failed(row)
+    fraction = _get(row, "artifact_fraction")
+    if failed:
+        badge = f'<span class="badge badge-failed">{_e(_get(row, "status") or "failed")}</span>'
+    elif (_get(row, "region_count") or 0) > 0:
+        badge = f'<span class="badge badge-artifacts">{_e(_percent(fraction))} artifacts</span>'
+    else:
+        badge = '<span class="badge badge-clean">clean</span>'
+    parts = [f'<section class="image{" image-failed" if failed else ""}" id="img-{rank}" '
+             f'aria-labelledby="img-{rank}-name">',
+             f'<header><h2 id="img-{rank}-name"><span class="rank">#{rank}</span> <span class="stem">{_e(stem)}'
+             f"</span></h2>{badge}</header>"]
+    if failed:
+        parts.append(f'<pre class="error">{_e(_get(row, "error") or "failed without an error message")}</pre>')
+    numbers = _image_numbers(row)
+    if numbers:
+        parts.append(_dl(numbers, "numbers"))
+    if not failed:
+        sources = _sources(row, output_dir)
+        gan = _load(sources["gan"], _rgb8)
+        loaded = {"gan": gan, "mse": _load(sources["mse"], _rgb8), "mask": _load(sources["mask"], read_mask),
+                  "pseudo_gt": _load(sources["pseudo_gt"], _rgb8)}
+        uris = {}
+        for panel in ("gan", "mse", "pseudo_gt"):
+            pixels = loaded[panel].pixels
+            uris[panel] = None if pixels is None else _jpeg_uri(preview(pixels, panel_side))
+        if loaded["mask"].pixels is not None and gan.pixels is not None:
+            uris["mask"] = _jpeg_uri(mask_overlay(preview(gan.pixels, panel_side), loaded["mask"].pixels))
+        else:
+            uris["mask"] = None
+            if loaded["mask"].problem is None:
+                loaded["mask"] = _Loaded(None, loaded["mask"].path, f"no GAN-SR image to draw on: {gan.problem}")
+        figures = "".join(_figure(p, uris[p], loaded[p], stem, page_dir) for p in _DEFAULT_FOLDERS)
+        parts.append(f'<div class="panels">{figures}</div>')
+        if gan.pixels is not None and loaded["pseudo_gt"].pixels is not None:
+            parts.append(_comparison(gan.pixels, loaded["pseudo_gt"].pixels, stem, compare_side))
+    parts.append('<p class="top-link"><a href="#top">back to top</a></p></section>')
+    return "".join(parts)
+
+
+def _index(ordered: list[Mapping]) -> str:
+    lines = []
+    for rank, row in enumerate(ordered, start=1):
+        failed = _failed(row)
+        regions = _get(row, "region_count")
+        status = _e(_get(row, "status") or "failed")
+        lines.append(
+            f'<tr class="{"row-failed" if failed else ""}"><td class="num">{rank}</td>'
+            f'<td><a href="#img-{rank}">{_e(_get(row, "stem") or "(no name)")}</a></td>'
+            f"<td>{status}</td><td class='num'>{'' if failed else _e(_percent(_get(row, 'artifact_fraction')))}"
+            f"</td><td class='num'>{'' if regions is None else _e(_number(regions))}</td></tr>")
+    return ('<details class="index" open><summary>All images, worst first</summary><table><thead><tr>'
+            '<th class="num">#</th><th>Image</th><th>Status</th><th class="num">Artifacts</th>'
+            '<th class="num">Regions</th></tr></thead><tbody>' + "".join(lines) + "</tbody></table></details>")
+
+
+_CSS = """
+:root { color-scheme: dark; --bg: #141518; --card: #1d1f23; --line: #2e3137; --text: #e4e6ea; --muted: #9aa0aa;
+  --accent: #6cb2ff; --bad: #ff6b6b; --warn: #ffd60a; --good: #5fd38d; --thumb: 24px; }
+* { box-sizing: border-box; }
+html { scroll-behavior: smooth; }
+body { margin: 0; background: var(--bg); color: var(--text); line-height: 1.45;
+  font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; }
+main { max-width: 1680px; margin: 0 auto; padding: 24px 28px 64px; }
+h1 { font-size: 1.6rem; font-weight: 600; margin: 0 0 4px; overflow-wrap: anywhere; }
+.sub { color: var(--muted); margin: 0 0 20px; }
+a { color: var(--accent); }
+dl { margin: 0; }
+.run { display: grid; grid-template-columns: repeat(auto-fill, minmax(190px, 1fr)); gap: 10px; margin: 0 0 18px; }
+.run > div, .numbers > div { background: var(--card); border: 1px solid var(--line); border-radius: 8px;
+  padding: 8px 12px; min-width: 0; }
+dt { color: var(--muted); font-size: .78rem; text-transform: uppercase; letter-spacing: .04em; }
+dd { margin: 2px 0 0; font-variant-numeric: tabular-nums; overflow-wrap: anywhere; }
+.run dd { font-size: 1.05rem; }
+.note { color: var(--muted); font-size: .9rem; margin: 0 0 18px; }
+.index { background: var(--card); border: 1px solid var(--line); border-radius: 8px; padding: 10px 14px;
+  margin: 0 0 28px; }
+.index summary { cursor: pointer; font-weight: 600; }
+.index table { border-collapse: collapse; width: 100%; margin-top: 8px; font-variant-numeric: tabular-nums; }
+.index th, .index td { text-align: left; padding: 4px 10px; border-bottom: 1px solid var(--line);
+  overflow-wrap: anywhere; }
+.index .num { text-align: right; white-space: nowrap; }
+.row-failed td { color: var(--bad); }
+.image { background: var(--card); border: 1px solid var(--line); border-radius: 12px; padding: 16px 18px;
+  margin: 0 0 28px; }
+.image-failed { border-color: #6b2a2a; }
+.image header { display: flex; align-items: baseline; gap: 12px; flex-wrap: wrap; margin-bottom: 10px; }
+.image h2 { font-size: 1.15rem; font-weight: 600; margin: 0; overflow-wrap: anywhere; }
+.rank { color: var(--muted); font-weight: 400; margin-right: 4px; }
+.stem { font-family: ui-monospace, "SFMono-Regular", Menlo, Consolas, monospace; }
+.badge { border-radius: 999px; padding: 2px 10px; font-size: .8rem; font-weight: 600; }
+.badge-failed { background: #4a1d1d; color: var(--bad); }
+.badge-artifacts { background: #443a0c; color: var(--warn); }
+.badge-clean { background: #173826; color: var(--good); }
+.error { background: #2a1616; color: #ffb3b3; border: 1px solid #6b2a2a; border-radius: 8px; padding: 10px 12px;
+  white-space: pre-wrap; overflow-wrap: anywhere; margin: 0 0 12px; font-size: .88rem; }
+.numbers { display: flex; flex-wrap: wrap; gap: 8px; margin: 0 0 14px; }
+.numbers > div { padding: 5px 10px; }
+.panels { display: grid; grid-template-columns: repeat(4, minmax(0, 1fr)); gap: 12px; }
+@media (max-width: 1000px) { .panels { grid-template-columns: repeat(2, minmax(0, 1fr)); } }
+.panel { margin: 0; min-width: 0; }
+.panel img { display: block; width: 100%; height: auto; border-radius: 6px; background: #000; }
+.panel a:focus-visible img { outline: 3px solid var(--accent); outline-offset: 2px; }
+figcaption { color: var(--muted); font-size: .85rem; margin-top: 6px; }
+.missing { aspect-ratio: 4 / 3; display: flex; flex-direction: column; align-items: center; justify-content: center;
+  gap: 6px; border: 1px dashed var(--line); border-radius: 6px; color: var(--muted); padding: 12px;
+  text-align: center; overflow-wrap: anywhere; }
+.missing small { font-size: .75rem; }
+.compare { margin: 18px 0 0; --pos: 50%; }
+.compare-frame { position: relative; display: inline-block; max-width: 100%; line-height: 0; user-select: none;
+  border-radius: 6px; overflow: hidden; background: #000; }
+.compare-frame img { display: block; max-width: 100%; height: auto; }
+.compare-top { position: absolute; inset: 0; clip-path: inset(0 calc(100% - var(--pos)) 0 0); }
+.compare-top img { width: 100%; height: 100%; }
+.compare-zoomed img { image-rendering: pixelated; }
+.compare-line { position: absolute; top: 0; bottom: 0; left: var(--pos); width: 2px; margin-left: -1px;
+  background: #fff; box-shadow: 0 0 4px rgba(0, 0, 0, .8); pointer-events: none; }
+.compare-line::after { content: ""; position: absolute; top: 50%; left: 50%; width: 30px; height: 30px;
+  margin: -15px 0 0 -15px; border-radius: 50%; background: rgba(20, 21, 24, .7); border: 2px solid #fff; }
+.compare-tag { position: absolute; top: 8px; padding: 2px 8px; border-radius: 4px; line-height: 1.4;
+  background: rgba(0, 0, 0, .6); color: #fff; font-size: .75rem; pointer-events: none; }
+.compare-tag-left { left: 8px; }
+.compare-tag-right { right: 8px; }
+.compare-range { display: none; position: absolute; top: 0; bottom: 0; margin: 0; padding: 0;
+  left: calc(var(--thumb) / -2); width: calc(100% + var(--thumb)); height: 100%;
+  -webkit-appearance: none; appearance: none; background: transparent; cursor: ew-resize; }
+.js .compare-range { display: block; }
+.compare-range:focus { outline: none; }
+.compare-range:focus-visible ~ .compare-line::after { border-color: var(--accent);
+  box-shadow: 0 0 0 3px rgba(108, 178, 255, .5); }
+.compare-range::-webkit-slider-runnable-track { height: 100%; background: transparent; }
+.compare-range::-webkit-slider-thumb { -webkit-appearance: none; appearance: none; width: var(--thumb);
+  height: 100%; background: transparent; border: 0; }
+.compare-range::-moz-range-track { height: 100%; background: transparent; }
+.compare-range::-moz-range-thumb { width: var(--thumb); height: 100%; background: transparent; border: 0; }
+.top-link { margin: 12px 0 0; font-size: .85rem; }
+footer { color: var(--muted); font-size: .82rem; margin-top: 32px; }
+"""
+
+# The only script: marks the page as scripted (showing the dividers) and moves a divider on input.
+_JS = """
+document.documentElement.classList.add("js");
+for (const range of document.querySelectorAll(".compare-range")) {
+  const figure = range.closest(".compare");
+  const move = () => {
+    figure.style.setProperty("--pos", range.value + "%");
+    range.setAttribute("aria-valuetext", Math.round(range.value) + "% GAN-SR");
+  };
+  range.addEventListener("input", move);
+  move();
+}
+"""
+
+
+def _csp_hash(text: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode("ascii") + "'"
+
+
+def render_review_page(rows: Iterable[Mapping], output_dir: str | os.PathLike[str], *, title: str,
+                       run_numbers: Mapping[str, object] | None = None, page_dir: str | os.PathLike[str] | None = None,
+                       panel_side: int = PANEL_SIDE, compare_side: int = COMPARE_SIDE) -> str:
+    """The review page as an HTML string (see the module docstring).
+
+    Args:
+        rows: one mapping per image with the run report's columns (``stem``, ``status``, ``error``,
+            ``artifact_fraction``, ``region_count``, ``height``, ``width``, ``min_area``, ``notes``,
+            ``sr_seconds``, ``detect_seconds``, ``cached``, ``mse_model``, ``gan_model``, ``config_hash``,
+            ``run_id``…; absent or NaN values are shown as missing). A row may name its pictures with
+            ``gan_path``, ``mse_path``, ``mask_path``, ``pseudo_gt_path``; otherwise they are read from
+            ``output_dir`` (``sr/gan/``, ``sr/mse/``, ``masks/``, ``pseudo_gt/`` + ``<stem>.png``).
+            A missing or unreadable file shows as a placeholder that says why.
+        output_dir: the run's output folder.
+        title: the page's title (escaped).
+        run_numbers: further run-level numbers shown on top, label → value (e.g. ``{"Threshold": 0.7}``);
+            a label that the page computes itself (e.g. ``"Images"``) is replaced; None values are left out.
+        page_dir: the folder the page will be in, for the links to the full-resolution files
+            (default: ``output_dir``).
+        panel_side, compare_side: longest side in pixels of the panel and comparison previews.
+
+    Raises:
+        ConfigError: a preview side below 1.
+    """
+    for name, side in (("panel_side", panel_side), ("compare_side", compare_side)):
+        if not isinstance(side, int) or side < 1:
+            raise ConfigError(f"expected {name} to be a whole number of pixels of at least 1, got {side!r}")
+    out = Path(output_dir)
+    page_dir = Path(page_dir) if page_dir is not None else out
+    ordered = order_rows(rows)
+    numbers = _run_numbers(ordered, out, run_numbers or {})
+    sections = "".join(_section(rank, row, out, page_dir, panel_side, compare_side)
+                       for rank, row in enumerate(ordered, start=1))
+    csp = (f"default-src 'none'; img-src data:; style-src {_csp_hash(_CSS)}; script-src {_csp_hash(_JS)}; "
+           "base-uri 'none'; form-action 'none'")
+    written = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return (
+        "<!DOCTYPE html>\n"
+        '<html lang="en"><head><meta charset="utf-8">'
+        f'<meta http-equiv="Content-Security-Policy" content="{_e(csp)}">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        '<meta name="referrer" content="no-referrer">'
+        '<link rel="icon" href="data:,">'
+        f"<title>{_e(title)}</title><style>{_CSS}</style></head>"
+        f'<body><main id="top"><h1>{_e(title)}</h1>'
+        f'<p class="sub">desra review page, written {_e(written)}; images with failures first, then by the '
+        f"share of pixels flagged as artifacts.</p>"
+        f"{_dl(numbers, 'run')}"
+        f'<p class="note">Pictures are embedded previews, not the files themselves: panels at most {panel_side} px '
+        f"on the longest side, the before/after comparison at most {compare_side} px, JPEG quality "
+        f"{JPEG_QUALITY}. Click a panel for the full-resolution file in the output folder. The mask panel tints "
+        f"artifact pixels red and outlines each region in yellow.</p>"
+        "<noscript><p class=\"note\">JavaScript is off: everything is visible, but the comparison dividers stay "
+        "in the middle.</p></noscript>"
+        f"{_index(ordered)}{sections}"
+        f"<footer>Written by desra. This page loads nothing from the network.</footer>"
+        f"</main><script>{_JS}</script></body></html>\n"
+    )
+
+
+def write_review_page(rows: Iterable[Mapping], output_dir: str | os.PathLike[str], *, title: str,
+                      run_numbers: Mapping[str, object] | None = None, path: str | os.PathLike[str] | None = None,
+                      panel_side: int = PANEL_SIDE, compare_side: int = COMPARE_SIDE) -> Path:
+    """Write :func:`render_review_page`'s page to ``path`` (default ``output_dir/report.html``), atomically.
+
+    Returns the path written. Arguments as for :func:`render_review_page`.
+    """
+    target = Path(path) if path is not None else Path(output_dir) / PAGE_NAME
+    page = render_review_page(rows, output_dir, title=title, run_numbers=run_numbers, page_dir=target.parent,
+                              panel_side=panel_side, compare_side=compare_side)
+    atomic_write_bytes(target, page.encode("utf-8"))
+    return target

@@ -1,0 +1,79 @@
+"""A process worker SIGKILLed (with the flow-run process it started) while the ``desra/full`` run is
+inside a task: no half-written file is trusted, and a new worker's run completes every image without
+redoing the finished ones."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from tests.faults.conftest import latest_run, store_files, untrustworthy_files
+from tests.flows.conftest import write_lr
+from tests.integration.conftest import POOL, PREFECT_FILE, Stack, _descendants
+
+pytestmark = pytest.mark.integration
+
+IMAGES = 8
+RUN_TIMEOUT = 240.0
+
+
+def _start_worker(stack: Stack, name: str):
+    return stack.start(name, "worker", "start", "--pool", POOL, "--type", "process", "--name", name, "--limit", "1")
+
+
+def _sigkill_tree(stack: Stack, proc) -> list[int]:
+    """SIGKILL ``proc``'s process group and every descendant (the flow-run process has its own session)."""
+    victims = _descendants(proc.popen.pid)
+    os.killpg(proc.popen.pid, signal.SIGKILL)
+    for pid in victims:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.stop(grace=0)  # reaps it and closes its log
+    stack.procs.remove(proc)  # a dead process that wait_for should not complain about
+    return victims
+
+
+def test_worker_killed_mid_task_then_a_new_worker_finishes_the_drop(server_stack: Stack, tmp_path):
+    stack = server_stack
+    drop, out = tmp_path / "drop", tmp_path / "out"
+    stems = [f"img{i}" for i in range(IMAGES)]
+    for i, stem in enumerate(stems):
+        write_lr(drop / f"{stem}.png", i, size=96)
+    stack.cli("work-pool", "create", POOL, "--type", "process")
+    stack.cli("--no-prompt", "deploy", "--prefect-file", str(PREFECT_FILE), "--name", "full")
+    worker = _start_worker(stack, "worker-1")
+    params = {"input_dir": str(drop), "output_dir": str(out), "min_area": 10, "batch_size": 2, "scale_out": False}
+    killed_run = stack.run_deployment("desra/full", params)
+
+    detect = out / ".desra" / "store" / "detect"
+    stack.wait_for("two finished detections in the store", lambda: len(list(detect.rglob("*.json"))) >= 2,
+                   RUN_TIMEOUT, interval=0.1)
+    with stack.client() as client:
+        assert client.read_flow_run(killed_run).state.is_running(), "the run is not inside its tasks"
+    victims = _sigkill_tree(stack, worker)
+    assert victims, "the worker had no flow-run process to kill"
+
+    finished = store_files(out)
+    assert finished, "nothing was stored before the kill"
+    assert len(list(detect.rglob("*.json"))) < IMAGES, "the run finished before the kill"
+    assert untrustworthy_files(out, temp_allowed=True) == []
+    with stack.client() as client:
+        state = client.read_flow_run(killed_run).state
+    # Prefect 3 is not told of the kill: without flow-run heartbeats and an automation that crashes runs
+    # whose heartbeats stop, the run stays Running on the server. It must never read as Completed.
+    assert not state.is_completed(), state
+
+    _start_worker(stack, "worker-2")
+    rerun = stack.wait_for_flow_run(stack.run_deployment("desra/full", params), RUN_TIMEOUT)
+    assert rerun.state.message == f"{IMAGES} ok, 0 failed of {IMAGES} image(s)"
+    for path, mtime in finished.items():
+        assert path.stat().st_mtime_ns == mtime, f"{path} was redone although it was finished"
+    assert untrustworthy_files(out, temp_allowed=True) == []
+    run = latest_run(out)
+    assert sorted(run.index) == stems and (run["status"] == "ok").all(), run[["status", "error"]]
+    done_before = {p.stem for p in finished if p.parent.parent.name == "detect" and p.suffix == ".json"}
+    assert len(done_before) >= 2
