@@ -20,11 +20,13 @@ from prefect.states import Completed, Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
+from desra_core import DesraError
 from desra_core.image import list_images
 from desra_core.models.segmentation import DEFAULT_SEGMENTER
 from flows.batch import detection_config, process_batch
 from flows.finetune import finetune as finetune_flow
 from tasks.gpu import ensure_gpu_limit
+from tasks.models import check_models
 from tasks.progress import Progress
 from tasks.report import IMAGE_COLUMNS, write_run_report
 
@@ -96,6 +98,10 @@ def desra(
     """
     logger = get_run_logger()
     detection_config(threshold, min_area, min_area_fraction)  # fail fast on bad options
+    try:
+        check_models(mse_model, gan_model)  # and on bad models, before any image is touched
+    except DesraError as e:
+        return Failed(message=f"refused the models: {e}")
     ensure_gpu_limit()
     run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{str(runtime_flow_run.id or 'local')[:8]}"
     stems = sorted(list_images(input_dir))

@@ -15,13 +15,14 @@ from prefect.concurrency.sync import concurrency
 
 from desra_core import DesraError, __version__
 from desra_core.image import read_image, to_bit_depth, to_float32, write_image
-from desra_core.models.sr import SRModel, load_sr_model, upscale
+from desra_core.models.sr import SRModel, check_same_scale, load_sr_model, upscale
 from desra_core.models.weights import resolve_weights
 from tasks import pixels
 from tasks.claims import compute_missing
 from tasks.store import Store, file_sha256, step_key
 
-__all__ = ["GPU_LIMIT", "gpu_slot", "model_digest", "resolve_device", "segment_batch", "super_resolve_batch"]
+__all__ = ["GPU_LIMIT", "check_models", "gpu_slot", "model_digest", "resolve_device", "segment_batch",
+           "super_resolve_batch"]
 
 GPU_LIMIT = "gpu"
 SR_VERSION = f"sr-1/{__version__}"
@@ -59,6 +60,19 @@ def gpu_slot(device: str):
     import contextlib
 
     return concurrency(GPU_LIMIT, occupy=1, strict=False) if device.startswith("cuda") else contextlib.nullcontext()
+
+
+@task(name="check-models", cache_policy=NO_CACHE, persist_result=False)
+def check_models(mse_model: str, gan_model: str) -> dict:
+    """Resolve and load both SR models on the CPU, before any image is touched, and check that their
+    scales agree. Raises :class:`~desra_core.ModelLoadError` naming the file for a missing, truncated,
+    non-SR or code-running checkpoint, or for two different scales."""
+    loaded = {}
+    for role, spec in (("mse", mse_model), ("gan", gan_model)):
+        path, digest = model_digest(spec)
+        loaded[role] = _sr_model(str(path), digest, "cpu")
+    check_same_scale(loaded["mse"], loaded["gan"])
+    return {role: {"architecture": m.architecture, "scale": m.scale} for role, m in loaded.items()}
 
 
 @task(name="super-resolve", cache_policy=NO_CACHE, persist_result=False, task_run_name="{role}-sr x{count}", retries=0)
