@@ -99,7 +99,7 @@ def desra(
     logger = get_run_logger()
     detection_config(threshold, min_area, min_area_fraction)  # fail fast on bad options
     try:
-        check_models(mse_model, gan_model)  # and on bad models, before any image is touched
+        check_models(mse_model, gan_model, output_dir)  # and on bad models, before any image is touched
     except DesraError as e:
         return Failed(message=f"refused the models: {e}")
     ensure_gpu_limit()

@@ -63,16 +63,23 @@ def gpu_slot(device: str):
 
 
 @task(name="check-models", cache_policy=NO_CACHE, persist_result=False)
-def check_models(mse_model: str, gan_model: str) -> dict:
+def check_models(mse_model: str, gan_model: str, output_dir: str | None = None) -> dict:
     """Resolve and load both SR models on the CPU, before any image is touched, and check that their
     scales agree. Raises :class:`~desra_core.ModelLoadError` naming the file for a missing, truncated,
-    non-SR or code-running checkpoint, or for two different scales."""
-    loaded = {}
-    for role, spec in (("mse", mse_model), ("gan", gan_model)):
-        path, digest = model_digest(spec)
-        loaded[role] = _sr_model(str(path), digest, "cpu")
+    non-SR or code-running checkpoint, or for two different scales. With ``output_dir``, a pair that
+    passed is remembered in its store (by the files' digests), so a re-run does not load them again."""
+    specs = {"mse": mse_model, "gan": gan_model}
+    digests = {role: model_digest(spec) for role, spec in specs.items()}
+    store = None if output_dir is None else Store(output_dir)
+    key = step_key("check-models", SR_VERSION, **{role: d for role, (_, d) in digests.items()})
+    if store is not None and (known := store.read_json("check-models", key)) is not None:
+        return known
+    loaded = {role: _sr_model(str(path), digest, "cpu") for role, (path, digest) in digests.items()}
     check_same_scale(loaded["mse"], loaded["gan"])
-    return {role: {"architecture": m.architecture, "scale": m.scale} for role, m in loaded.items()}
+    result = {role: {"architecture": m.architecture, "scale": m.scale} for role, m in loaded.items()}
+    if store is not None:
+        store.write_json("check-models", key, result)
+    return result
 
 
 @task(name="super-resolve", cache_policy=NO_CACHE, persist_result=False, task_run_name="{role}-sr x{count}", retries=0)
