@@ -220,6 +220,16 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
         _print_registered(args.pool, names)
     except Exception as e:  # the deployments exist; only the summary failed
         print(f"  {', '.join(names)} (could not list them: {type(e).__name__}: {e}; try `prefect deployment ls`)")
+    if args.zombie_automation:
+        from desra.automations import ZOMBIE_AUTOMATION_NAME, ensure_zombie_automation
+
+        try:
+            print(ensure_zombie_automation().summary())
+        except Exception as e:  # the deployments exist; say what is missing and how to add it
+            print(f"error: the deployments are registered, but the automation {ZOMBIE_AUTOMATION_NAME!r} that marks "
+                  f"runs of dead workers Crashed could not be created ({type(e).__name__}: {e}); run desra deploy "
+                  "again", file=sys.stderr)
+            return 1
     print(f"start a worker (same PREFECT_API_URL, code at {env['DESRA_PROJECT_DIR']}):\n"
           f"  prefect worker start --pool {args.pool}")
     return 0
@@ -343,6 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "checkout).")
     p.add_argument("--pool", default="desra", help="process work pool to create if missing and deploy to "
                                                    "(default: %(default)s)")
+    p.add_argument("--no-zombie-automation", dest="zombie_automation", action="store_false",
+                   help="do not create the automation that marks flow runs Crashed when their heartbeats stop "
+                        "(their worker died; see PREFECT_FLOWS_HEARTBEAT_FREQUENCY)")
     p.set_defaults(func=_cmd_deploy)
 
     p = sub.add_parser("finetune", help="fine-tune a GAN-SR model so that the detected artifacts go away")

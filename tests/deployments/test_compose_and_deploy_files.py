@@ -112,8 +112,9 @@ def test_compose_worker_registers_deployments_and_reserves_the_gpu(compose):
     script = " ".join(worker["command"]) if isinstance(worker["command"], list) else worker["command"]
     create = script.index("prefect work-pool create desra --type process")
     deploy = script.index("prefect --no-prompt deploy --prefect-file deployments/prefect.yaml --all")
+    zombies = script.index("python -m desra.automations")
     start = script.index("prefect worker start --pool desra")
-    assert create < deploy < start
+    assert create < deploy < zombies < start
 
     devices = worker["deploy"]["resources"]["reservations"]["devices"]
     assert devices == [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]

@@ -1,14 +1,17 @@
 """A process worker SIGKILLed (with the flow-run process it started) while the ``desra/full`` run is
-inside a task: no half-written file is trusted, and a new worker's run completes every image without
-redoing the finished ones."""
+inside a task: no half-written file is trusted, the zombie automation of ``desra deploy`` marks the dead run
+Crashed once its heartbeats stop, and a new worker's run completes every image without redoing the finished
+ones."""
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 
 import pytest
 
+from desra.automations import crash_message, ensure_zombie_automation
 from tests.faults.conftest import latest_run, store_files, untrustworthy_files
 from tests.flows.conftest import write_lr
 from tests.integration.conftest import POOL, PREFECT_FILE, Stack, _descendants
@@ -17,6 +20,10 @@ pytestmark = pytest.mark.integration
 
 IMAGES = 8
 RUN_TIMEOUT = 240.0
+HEARTBEAT_SECONDS = 30  # the shortest interval Prefect allows
+ZOMBIE_WITHIN = 45  # seconds without a heartbeat before the automation crashes a run
+CRASH_TIMEOUT = 180.0  # from the kill until the run reads Crashed: the window, plus the server's 5 s
+                       # proactive evaluation period and the lag of its event pipeline
 
 
 def _start_worker(stack: Stack, name: str):
@@ -37,14 +44,43 @@ def _sigkill_tree(stack: Stack, proc) -> list[int]:
     return victims
 
 
+def _create_zombie_automation(stack: Stack) -> None:
+    """The automation ``desra deploy`` creates, with a short window, on this test's server (twice: the second
+    call must find it)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: stack.api_url}):
+        first, second = ensure_zombie_automation(ZOMBIE_WITHIN), ensure_zombie_automation(ZOMBIE_WITHIN)
+    assert first.status == "created" and first.within_seconds == ZOMBIE_WITHIN, first
+    assert second.status == "present" and second.automation_id == first.automation_id, second
+    with stack.client() as client:
+        assert [str(a.id) for a in client.read_automations_by_name(first.name)] == [first.automation_id]
+
+
+def _wait_crashed(stack: Stack, flow_run_id: str, deadline: float):
+    """Poll the API until the flow run is final; it must be Crashed by then. Returns its state."""
+    with stack.client() as client:
+        while True:
+            state = client.read_flow_run(flow_run_id).state
+            if state.is_final() or time.monotonic() > deadline:
+                break
+            time.sleep(1.0)
+    if not state.is_crashed():
+        pytest.fail(f"the killed run {flow_run_id} is {state.name} ({state.message}), not Crashed, "
+                    f"{CRASH_TIMEOUT:.0f} s after the kill\n{stack.logs()}")
+    return state
+
+
 def test_worker_killed_mid_task_then_a_new_worker_finishes_the_drop(server_stack: Stack, tmp_path):
     stack = server_stack
+    stack.env["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] = str(HEARTBEAT_SECONDS)  # workers pass it to their runs
     drop, out = tmp_path / "drop", tmp_path / "out"
     stems = [f"img{i}" for i in range(IMAGES)]
     for i, stem in enumerate(stems):
         write_lr(drop / f"{stem}.png", i, size=96)
     stack.cli("work-pool", "create", POOL, "--type", "process")
     stack.cli("--no-prompt", "deploy", "--prefect-file", str(PREFECT_FILE), "--name", "full")
+    _create_zombie_automation(stack)
     worker = _start_worker(stack, "worker-1")
     params = {"input_dir": str(drop), "output_dir": str(out), "min_area": 10, "batch_size": 2, "scale_out": False}
     killed_run = stack.run_deployment("desra/full", params)
@@ -55,6 +91,7 @@ def test_worker_killed_mid_task_then_a_new_worker_finishes_the_drop(server_stack
     with stack.client() as client:
         assert client.read_flow_run(killed_run).state.is_running(), "the run is not inside its tasks"
     victims = _sigkill_tree(stack, worker)
+    killed_at, crash_deadline = time.time(), time.monotonic() + CRASH_TIMEOUT
     assert victims, "the worker had no flow-run process to kill"
 
     finished = store_files(out)
@@ -63,8 +100,8 @@ def test_worker_killed_mid_task_then_a_new_worker_finishes_the_drop(server_stack
     assert untrustworthy_files(out, temp_allowed=True) == []
     with stack.client() as client:
         state = client.read_flow_run(killed_run).state
-    # Prefect 3 is not told of the kill: without flow-run heartbeats and an automation that crashes runs
-    # whose heartbeats stop, the run stays Running on the server. It must never read as Completed.
+    # Prefect 3 is not told of the kill: the run reads Running until the zombie automation crashes it. It
+    # must never read as Completed.
     assert not state.is_completed(), state
 
     _start_worker(stack, "worker-2")
@@ -77,3 +114,11 @@ def test_worker_killed_mid_task_then_a_new_worker_finishes_the_drop(server_stack
     assert sorted(run.index) == stems and (run["status"] == "ok").all(), run[["status", "error"]]
     done_before = {p.stem for p in finished if p.parent.parent.name == "detect" and p.suffix == ".json"}
     assert len(done_before) >= 2
+
+    crashed = _wait_crashed(stack, killed_run, crash_deadline)
+    assert crashed.message == crash_message(ZOMBIE_WITHIN)
+    assert crashed.timestamp.timestamp() > killed_at, (crashed.timestamp, killed_at)
+    assert crashed.message == ("no heartbeat for 45 s: its worker or machine probably died; run the deployment "
+                               "again — finished images are kept in the store")
+    with stack.client() as client:
+        assert client.read_flow_run(rerun.id).state.is_completed(), "the automation crashed a healthy run"
