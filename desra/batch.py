@@ -1,7 +1,10 @@
 """Folder-level detection: pair images by stem, detect, write masks, pseudo-GT and a Parquet report.
 
 Every image gets one report row; an image that cannot be processed gets a row with ``status ==
-"failed"`` and the reason, and the others still run. Every file is written atomically.
+"failed"`` and the reason, and the others still run. Every file is written atomically, under the output
+folder: stems come from :func:`desra_core.image.list_image_entries`, so they are safe as file names, and
+entries it refuses (a name that is not UTF-8, a symbolic link out of the folder, a directory…) become
+failed rows. Paths in rows are printable text.
 """
 
 from __future__ import annotations
@@ -16,8 +19,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from desra_core import DesraError, DetectionConfig, build_pseudo_gt, detect_artifacts
-from desra_core.image import atomic_path, list_images, read_image, read_label_map, to_bit_depth, to_float32, write_image
+from desra_core import DesraError, DetectionConfig, InputImageError, build_pseudo_gt, detect_artifacts
+from desra_core.image import (
+    ImageEntry,
+    atomic_path,
+    list_image_entries,
+    printable_path,
+    read_image,
+    read_label_map,
+    to_bit_depth,
+    to_float32,
+    write_image,
+)
 
 __all__ = ["REPORT_COLUMNS", "DetectJob", "pair_by_stem", "run_detect", "run_upscale", "write_report"]
 
@@ -40,9 +53,10 @@ class DetectJob:
     feather: float = 0.0
 
 
-def pair_by_stem(*folders: Path | None) -> tuple[list[str], list[dict[str, Path]]]:
-    """Image files of each folder by stem; returns the sorted union of stems and one map per folder."""
-    maps = [list_images(f) if f is not None else {} for f in folders]
+def pair_by_stem(*folders: Path | None) -> tuple[list[str], list[dict[str, ImageEntry]]]:
+    """Image entries of each folder by stem; returns the sorted union of the first two folders' stems and
+    one map per folder (entries may carry a ``problem``: see :func:`list_image_entries`)."""
+    maps = [list_image_entries(f) if f is not None else {} for f in folders]
     stems = sorted(set().union(*(m.keys() for m in maps[:2])))
     return stems, maps
 
@@ -59,19 +73,24 @@ def _for_detector(image: np.ndarray) -> np.ndarray:
     return image if image.dtype == np.uint8 else to_float32(image)
 
 
-def _detect_one(stem: str, job: DetectJob, paths: dict[str, Path | None]) -> dict:
-    mse_path, gan_path, labels_path = paths["mse"], paths["gan"], paths["labels"]
-    if mse_path is None:
-        raise DesraError(f"expected an MSE image with stem '{stem}' in {job.mse_dir}, found none")
-    if gan_path is None:
-        raise DesraError(f"expected a GAN image with stem '{stem}' in {job.gan_dir}, found none")
-    if job.labels_dir is not None and labels_path is None:
-        raise DesraError(f"expected a label map with stem '{stem}' in {job.labels_dir}, found none")
-    mse, gan = read_image(mse_path), read_image(gan_path)
+def _detect_one(stem: str, job: DetectJob, entries: dict[str, ImageEntry | None]) -> dict:
+    mse_entry, gan_entry, labels_entry = entries["mse"], entries["gan"], entries["labels"]
+    if mse_entry is None:
+        raise DesraError(f"expected an MSE image with stem '{stem}' in {printable_path(job.mse_dir)}, found none")
+    if gan_entry is None:
+        raise DesraError(f"expected a GAN image with stem '{stem}' in {printable_path(job.gan_dir)}, found none")
+    if job.labels_dir is not None and labels_entry is None:
+        raise DesraError(f"expected a label map with stem '{stem}' in {printable_path(job.labels_dir)}, found none")
+    for entry in (mse_entry, gan_entry, labels_entry):
+        if entry is not None and entry.problem is not None:
+            raise InputImageError(entry.problem)
+    mse_path, gan_path = mse_entry.shown, gan_entry.shown
+    labels_path = None if labels_entry is None else labels_entry.shown
+    mse, gan = read_image(mse_entry.path), read_image(gan_entry.path)
     if mse.pixels.shape != gan.pixels.shape:
         raise DesraError(f"expected MSE and GAN images of one size, got {mse.width}×{mse.height} "
                          f"({mse_path}) and {gan.width}×{gan.height} ({gan_path})")
-    labels = read_label_map(labels_path) if labels_path is not None else None
+    labels = read_label_map(labels_entry.path) if labels_entry is not None else None
     mse_px, gan_px = _common_dtype(mse, gan)
     written_labels = None
     if labels is None and job.segmenter is not None:
@@ -110,12 +129,12 @@ def run_detect(job: DetectJob, progress: Callable[[Iterable[str]], Iterable[str]
                              sort_keys=True)
     rows = []
     for stem in progress(stems):
-        paths = {"mse": mse_map.get(stem), "gan": gan_map.get(stem), "labels": label_map.get(stem)}
+        entries = {"mse": mse_map.get(stem), "gan": gan_map.get(stem), "labels": label_map.get(stem)}
         row = {"stem": stem, "config": config_json,
-               **{f"{k}_path": (str(v) if v is not None else None) for k, v in paths.items()}}
+               **{f"{k}_path": (v.shown if v is not None else None) for k, v in entries.items()}}
         start = time.perf_counter()
         try:
-            row.update(_detect_one(stem, job, paths), status="ok", error=None)
+            row.update(_detect_one(stem, job, entries), status="ok", error=None)
         except DesraError as e:
             row.update(status="failed", error=str(e))
         except Exception as e:  # a bug or an environment fault: report it with its type, keep going
@@ -145,12 +164,14 @@ def run_upscale(model, in_dir: Path, out_dir: Path, *, tile: int | None, overlap
     from desra_core.models.sr import upscale
 
     rows = []
-    images = list_images(in_dir)
+    images = list_image_entries(in_dir)
     for stem in progress(images):
         start = time.perf_counter()
         row = {"stem": stem, "status": "ok", "error": None, "notes": "", "path": None}
         try:
-            loaded = read_image(images[stem])
+            if images[stem].problem is not None:
+                raise InputImageError(images[stem].problem)
+            loaded = read_image(images[stem].path)
             result = upscale(model, loaded.pixels, tile=tile, overlap=overlap, batch_size=batch_size,
                              precision=precision)
             path = out_dir / f"{stem}.png"
@@ -159,7 +180,7 @@ def run_upscale(model, in_dir: Path, out_dir: Path, *, tile: int | None, overlap
         except DesraError as e:
             row.update(status="failed", error=str(e))
         except Exception as e:  # report with its type, keep going with the rest
-            row.update(status="failed", error=f"{type(e).__name__}: {e} (file: {images[stem]})")
+            row.update(status="failed", error=f"{type(e).__name__}: {e} (file: {images[stem].shown})")
         row["seconds"] = time.perf_counter() - start
         rows.append(row)
     return rows

@@ -4,7 +4,9 @@ Array contract: ``LoadedImage.pixels`` is RGB ``(H, W, 3)``, ``uint8`` for 8-bit
 for 16-bit ones (``to_float32()`` gives ``float32`` in [0, 1]); label maps are ``uint8 (H, W)``; masks
 are ``bool (H, W)``. Reading decides the format by content, checks the header's pixel count before
 decoding, refuses truncated files and applies the EXIF orientation. Writing is atomic: a temporary file
-beside the target is written, flushed to disk and renamed onto it.
+beside the target is written, flushed to disk and renamed onto it. Listing a folder gives every entry a
+stem that is safe as a file name and as text, and says which entries cannot be used (a file name that is
+not UTF-8, a symbolic link out of the folder, a directory named like an image…) and why.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ import numbers
 import os
 import re
 import secrets
+import stat
 import struct
+import unicodedata
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,10 +31,13 @@ from PIL import Image, UnidentifiedImageError
 
 from .errors import ConfigError, InputImageError, LabelMapError, ShapeError
 
-__all__ = ["IMAGE_SUFFIXES", "MAX_PIXELS", "LoadedImage", "atomic_path", "atomic_write_bytes", "list_images",
-           "read_image", "read_label_map", "read_mask", "to_bit_depth", "to_float32", "write_image"]
+__all__ = ["IMAGE_SUFFIXES", "MAX_PIXELS", "MAX_STEM_BYTES", "ImageEntry", "LoadedImage", "atomic_path",
+           "atomic_write_bytes", "list_image_entries", "list_images", "printable_path", "read_image",
+           "read_label_map", "read_mask", "safe_stem", "stem_problem", "to_bit_depth", "to_float32",
+           "write_image"]
 
 StrPath = str | os.PathLike[str]
+BytesPath = bytes | os.PathLike[bytes]
 
 MAX_PIXELS: int = 268_435_456
 """Default limit on width × height (16384 × 16384) checked before decoding."""
@@ -46,6 +53,20 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # A JPEG marker: 0xFF followed by anything but a stuffed zero, a restart marker or another fill byte.
 _JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 _ORIENTATION_TAG = 0x0112
+
+MAX_STEM_BYTES: int = 200
+"""Longest stem (UTF-8 bytes) that :func:`list_image_entries` accepts: outputs add a suffix, temporary
+files a prefix, and a file name may have at most 255 bytes."""
+
+
+def printable_path(path: StrPath | BytesPath) -> str:
+    """``path`` as printable text: bytes of the name that are not valid UTF-8 become ``\\xNN`` escapes.
+
+    A file name that is not UTF-8 decodes (``os.fsdecode``) to a string with lone surrogates, which
+    Parquet, JSON and most terminals refuse; use this text in messages and reports, and the path itself
+    only to open the file.
+    """
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +106,7 @@ class _Source:
     """A file whose header passed the checks; ``image`` is Pillow's lazily opened view of ``data``."""
 
     path: str
+    shown: str  # printable_path(path): for messages
     data: bytes
     image: Image.Image
     format: str
@@ -156,44 +178,84 @@ def _orientation(image: Image.Image) -> int:
         return 1
 
 
-def _open(path: StrPath, max_pixels: int, error: type[InputImageError]) -> _Source:
+def _special_kind(mode: int) -> str | None:
+    """What a file of this ``st_mode`` is when it is not a regular file (reading a FIFO would block)."""
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device or other special file"
+
+
+def _signature_format(data: bytes) -> str | None:
+    """The format that the file's first bytes announce (for messages), or None."""
+    if data.startswith(_PNG_SIGNATURE):
+        return "PNG"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        return "TIFF"
+    return None
+
+
+def _open(path: StrPath | BytesPath, max_pixels: int, error: type[InputImageError]) -> _Source:
     """Read the file, check its header (format, size, completeness); decode nothing yet."""
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, numbers.Integral) or max_pixels < 1:
         raise ConfigError(f"expected max_pixels to be a positive integer, got {max_pixels!r}")
-    name = os.fspath(path)
     try:
+        name = os.fsdecode(path)
+    except TypeError:
+        raise ConfigError(f"expected a path (str, bytes or os.PathLike), got {type(path).__name__}") from None
+    shown = printable_path(name)
+    try:
+        kind = _special_kind(os.stat(name).st_mode)
+        if kind is not None:
+            raise error(f"expected a readable image file, got {kind}", shown)
         data = Path(name).read_bytes()
     except OSError as exc:
         reason = {FileNotFoundError: "a path that does not exist", IsADirectoryError: "a directory",
                   PermissionError: "permission denied"}.get(type(exc), exc.strerror or str(exc))
-        raise error(f"expected a readable image file, got {reason}", name) from None
+        raise error(f"expected a readable image file, got {reason}", shown) from None
+    except ValueError:  # an embedded NUL
+        raise error("expected a file name without NUL characters, got one containing NUL", shown) from None
     if not data:
-        raise error("expected an image file, got an empty (0-byte) file", name)
+        raise error("expected an image file, got an empty (0-byte) file", shown)
     # A PNG header is checked before Pillow sees it: Pillow refuses a header without pixel data
     # as "not an image", which would hide the more useful "too large".
     if data.startswith(_PNG_SIGNATURE) and len(data) >= 24 and data[12:16] == b"IHDR":
         width, height = struct.unpack(">II", data[16:24])
-        _check_size(width, height, max_pixels, name, error)
+        _check_size(width, height, max_pixels, shown, error)
     try:
         image = _pil_open(data)
     except Image.DecompressionBombError as exc:
         raise error(f"expected at most {max_pixels} pixels, got an image that Pillow refuses before "
-                    f"decoding: {exc}", name) from None
-    except UnidentifiedImageError:
-        raise error("expected a PNG, JPEG, WebP, TIFF or BMP image, got data in no known image format",
-                    name) from None
-    except OSError as exc:
+                    f"decoding: {exc}", shown) from None
+    except (UnidentifiedImageError, OSError) as exc:
+        signed = _signature_format(data)
+        if signed is not None:  # e.g. a JPEG cut inside its header: Pillow cannot even identify it
+            reason = "not identified" if isinstance(exc, UnidentifiedImageError) else str(exc) or type(exc).__name__
+            raise error(f"expected a complete {signed} file, got a truncated or corrupt one (it starts like "
+                        f"a {signed} file but cannot be opened: {reason})", shown) from None
+        if isinstance(exc, UnidentifiedImageError):
+            raise error("expected a PNG, JPEG, WebP, TIFF or BMP image, got data in no known image format",
+                        shown) from None
         raise error(f"expected a PNG, JPEG, WebP, TIFF or BMP image, got data that cannot be opened ({exc})",
-                    name) from None
+                    shown) from None
     if image.format not in _FORMATS:
-        raise error(f"expected a PNG, JPEG, WebP, TIFF or BMP image, got {image.format}", name)
-    _check_size(image.width, image.height, max_pixels, name, error)
+        raise error(f"expected a PNG, JPEG, WebP, TIFF or BMP image, got {image.format}", shown)
+    _check_size(image.width, image.height, max_pixels, shown, error)
     orientation = _orientation(image)  # before verify(), which closes the image
     reason = _truncation(image, data)
     if reason is not None:
         raise error(f"expected a complete {_FORMATS[image.format]} file, got a truncated or corrupt one "
-                    f"({reason})", name)
-    return _Source(name, data, image, image.format, orientation)
+                    f"({reason})", shown)
+    return _Source(name, shown, data, image, image.format, orientation)
 
 
 def _decode_with_pillow(src: _Source, error: type[InputImageError]) -> np.ndarray:
@@ -209,9 +271,9 @@ def _decode_with_pillow(src: _Source, error: type[InputImageError]) -> np.ndarra
             pixels = None if mode in ("I", "F") else np.asarray(image.convert(target))
     except Exception as exc:  # any decoder failure means the file cannot be used
         raise error(f"expected a decodable {_FORMATS[src.format]} file, got one that fails to decode "
-                    f"({exc})", src.path) from None
+                    f"({exc})", src.shown) from None
     if pixels is None:
-        raise error(f"expected 8- or 16-bit integer samples, got Pillow mode {mode}", src.path)
+        raise error(f"expected 8- or 16-bit integer samples, got Pillow mode {mode}", src.shown)
     return pixels
 
 
@@ -236,9 +298,9 @@ def _decode(src: _Source, error: type[InputImageError]) -> tuple[np.ndarray, boo
             pixels = pixels[..., [2, 1, 0, 3]] if pixels.shape[2] == 4 else pixels[..., 2::-1]
         oriented = src.format == "TIFF"
     if pixels.dtype not in (np.uint8, np.uint16):
-        raise error(f"expected 8- or 16-bit integer samples, got {pixels.dtype}", src.path)
+        raise error(f"expected 8- or 16-bit integer samples, got {pixels.dtype}", src.shown)
     if pixels.ndim == 3 and pixels.shape[2] not in (2, 3, 4):
-        raise error(f"expected 1 to 4 channels, got {pixels.shape[2]}", src.path)
+        raise error(f"expected 1 to 4 channels, got {pixels.shape[2]}", src.shown)
     return pixels, oriented
 
 
@@ -256,14 +318,16 @@ def _orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
     return transforms[orientation](pixels) if orientation in transforms else pixels
 
 
-def read_image(path: StrPath, *, max_pixels: int = MAX_PIXELS) -> LoadedImage:
+def read_image(path: StrPath | BytesPath, *, max_pixels: int = MAX_PIXELS) -> LoadedImage:
     """Read a PNG, JPEG, WebP, TIFF or BMP file (8- or 16-bit) as RGB.
 
     Gray is replicated to 3 channels, alpha is dropped, palette and CMYK images are converted, and the
     EXIF orientation is applied; each such step leaves a note.
 
     Args:
-        path: the file; its format is decided by content, not by extension.
+        path: the file (``str``, ``bytes`` or path-like; a name that is not UTF-8 is fine); its format is
+            decided by content, not by extension. ``LoadedImage.path`` is ``os.fsdecode(path)``; messages
+            show :func:`printable_path`.
         max_pixels: largest width × height accepted, checked on the header before decoding. Pillow's
             own decompression-bomb guard (``2 * PIL.Image.MAX_IMAGE_PIXELS``) applies as well.
 
@@ -271,8 +335,9 @@ def read_image(path: StrPath, *, max_pixels: int = MAX_PIXELS) -> LoadedImage:
         ``LoadedImage`` with ``pixels`` RGB ``(H, W, 3)``, ``uint8`` or ``uint16``.
 
     Raises:
-        InputImageError: missing, unreadable, empty, truncated, corrupt, too large or unsupported file.
-        ConfigError: ``max_pixels`` is not a positive integer.
+        InputImageError: missing, unreadable, empty, truncated, corrupt, too large or unsupported file, a
+            directory, or a special file (a FIFO is refused rather than read, which would block).
+        ConfigError: ``max_pixels`` is not a positive integer, or ``path`` is not a path.
     """
     src = _open(path, max_pixels, InputImageError)
     pixels, oriented = _decode(src, InputImageError)
@@ -309,15 +374,15 @@ def _read_single_channel(path: StrPath, what: str, error: type[InputImageError])
             with _pil_open(src.data) as image:
                 pixels = np.asarray(image)  # the stored indices, not the colours
         except Exception as exc:  # any decoder failure means the file cannot be used
-            raise error(f"expected a decodable {what}, got one that fails to decode ({exc})", src.path) from None
+            raise error(f"expected a decodable {what}, got one that fails to decode ({exc})", src.shown) from None
     else:
         pixels, _ = _decode(src, error)
     if pixels.ndim == 3:
         channels = pixels.shape[2]
         if channels != 3:
-            raise error(f"expected a single-channel {what}, got {channels} channels (with alpha)", src.path)
+            raise error(f"expected a single-channel {what}, got {channels} channels (with alpha)", src.shown)
         if not (np.array_equal(pixels[..., 0], pixels[..., 1]) and np.array_equal(pixels[..., 0], pixels[..., 2])):
-            raise error(f"expected a single-channel {what}, got a colour image whose 3 channels differ", src.path)
+            raise error(f"expected a single-channel {what}, got a colour image whose 3 channels differ", src.shown)
         pixels = pixels[..., 0]
     return np.ascontiguousarray(pixels)
 
@@ -339,7 +404,7 @@ def read_label_map(path: StrPath) -> np.ndarray:
             values = np.unique(labels[too_big])
             shown = ", ".join(str(v) for v in values[:5]) + (", …" if values.size > 5 else "")
             raise LabelMapError(f"expected label values of at most 255, got {int(too_big.sum())} pixels "
-                                f"above it (values {shown})", path)
+                                f"above it (values {shown})", printable_path(path))
         labels = labels.astype(np.uint8)
     return labels
 
@@ -452,32 +517,159 @@ def write_image(path: StrPath, array: np.ndarray) -> None:
     atomic_write_bytes(target, encoded.tobytes())
 
 
-def list_images(directory: StrPath) -> dict[str, Path]:
-    """Image files directly inside ``directory`` (not recursive), by stem, sorted by stem.
+@dataclass(frozen=True, slots=True)
+class ImageEntry:
+    """One entry of a folder that looks like an image file (see :func:`list_image_entries`).
 
-    Files count as images by suffix (:data:`IMAGE_SUFFIXES`, any case); hidden files are skipped.
+    ``stem`` is unique in the folder and safe both as text (valid UTF-8, printable) and as a file name
+    (see :func:`stem_problem`): the file's own stem when that is safe, else :func:`safe_stem` of it.
+    ``path`` is the entry itself (it may hold surrogate escapes: open it, never print it); ``shown`` is
+    :func:`printable_path` of it. ``problem`` says why the entry cannot be used, in the form
+    "expected …, got … (file: …)", or is ``None``.
+    """
+
+    stem: str
+    path: Path
+    shown: str
+    problem: str | None = None
+
+
+def stem_problem(stem: str) -> str | None:
+    """Why ``stem`` is not safe to use as an output file name and as report text, or ``None``.
+
+    Safe means: valid UTF-8 (no surrogate escapes), no control characters, no ``/`` or ``\\``, not
+    empty, not starting with ``.`` (so never ``.`` or ``..``) and at most :data:`MAX_STEM_BYTES` bytes.
+    """
+    try:
+        size = len(stem.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "a name that is not valid UTF-8"
+    if not stem:
+        return "an empty name"
+    bad = sorted({c for c in stem if c in "/\\" or unicodedata.category(c) == "Cc"})
+    if bad:
+        return f"a name containing {', '.join(repr(c) for c in bad)}"
+    if stem.startswith("."):
+        return "a name starting with '.'"
+    if size > MAX_STEM_BYTES:
+        return f"a name of {size} bytes (more than {MAX_STEM_BYTES})"
+    return None
+
+
+def safe_stem(stem: str) -> str:
+    """``stem`` unchanged when :func:`stem_problem` finds nothing, else a printable stand-in.
+
+    The stand-in writes each byte that is not UTF-8 and each control character, ``/`` or ``\\`` as
+    ``%XX``, and leading dots as ``%2E`` (``caf\\xe9`` → ``caf%E9``, ``../x`` → ``%2E%2E%2Fx``), then
+    cuts it to :data:`MAX_STEM_BYTES` bytes. Different stems may share a stand-in.
+    """
+    if stem_problem(stem) is None:
+        return stem
+    parts = []
+    for c in stem:
+        if 0xDC80 <= ord(c) <= 0xDCFF:  # a byte that os.fsdecode could not decode
+            parts.append(f"%{ord(c) - 0xDC00:02X}")
+        elif c in "/\\" or unicodedata.category(c) == "Cc" or 0xD800 <= ord(c) <= 0xDFFF:
+            parts.append("".join(f"%{b:02X}" for b in c.encode("utf-8", "surrogatepass")))
+        else:
+            parts.append(c)
+    text = "".join(parts)
+    dots = len(text) - len(text.lstrip("."))
+    text = "%2E" * dots + text[dots:]
+    return text.encode("utf-8")[:MAX_STEM_BYTES].decode("utf-8", "ignore") or "%"
+
+
+def _kind_problem(entry: Path, root: Path) -> str | None:
+    """Why the entry is not a regular file inside ``root`` (the folder, resolved), or ``None``."""
+    try:
+        mode = entry.lstat().st_mode
+        if stat.S_ISLNK(mode):
+            try:
+                target = entry.resolve(strict=True)
+            except (OSError, RuntimeError):  # missing target, or a loop
+                return "expected an image file, got a symbolic link to nothing (broken or looping)"
+            if not target.is_relative_to(root):
+                return (f"expected an image file inside the folder, got a symbolic link to "
+                        f"{printable_path(target)}, which is outside it (refused)")
+            mode = target.stat().st_mode
+    except OSError as exc:
+        return f"expected a readable image file, got {exc.strerror or exc}"
+    kind = _special_kind(mode)
+    return None if kind is None else f"expected an image file, got {kind}"
+
+
+def list_image_entries(directory: StrPath | BytesPath) -> dict[str, ImageEntry]:
+    """Entries directly inside ``directory`` (not recursive) that look like images, by stem, sorted.
+
+    An entry looks like an image by its suffix (:data:`IMAGE_SUFFIXES`, any case), whatever it is;
+    hidden names (a single leading ``.``, e.g. temporary files and macOS ``._`` files) are skipped. An
+    entry gets a ``problem`` (and, for a bad name, a :func:`safe_stem` stand-in as its stem, with
+    ``~2``, ``~3``… added when that is taken) when:
+
+    * its name is not valid UTF-8, has control characters or ``\\``, starts with ``..`` or has a stem
+      over :data:`MAX_STEM_BYTES` bytes: stems name output files and report rows;
+    * it is a symbolic link that leads out of the folder, or to nothing (a link to a file inside the
+      folder is fine);
+    * it is a directory, a FIFO, a socket or a device;
+    * another image has the same stem (``a.png`` and ``a.jpg``): both are refused, the second under
+      a stand-in stem (``a~2``).
 
     Raises:
-        InputImageError: ``directory`` is missing or not a folder, or two images share a stem.
+        InputImageError: ``directory`` is missing or not a folder.
     """
-    folder = Path(directory)
+    folder = Path(os.fsdecode(directory))
+    shown = printable_path(folder)
     if not folder.exists():
-        raise InputImageError("expected an existing folder of images, got a path that does not exist", folder)
+        raise InputImageError("expected an existing folder of images, got a path that does not exist", shown)
     if not folder.is_dir():
-        raise InputImageError("expected a folder of images, got a file", folder)
+        raise InputImageError("expected a folder of images, got a file", shown)
     try:
         entries = sorted(folder.iterdir())
+        root = folder.resolve(strict=True)
     except OSError as exc:
-        raise InputImageError(f"expected a readable folder, got {exc.strerror or exc}", folder) from None
-    found: dict[str, Path] = {}
+        raise InputImageError(f"expected a readable folder, got {exc.strerror or exc}", shown) from None
+    found: dict[str, ImageEntry] = {}
+    renamed: list[tuple[Path, str]] = []  # entries with a bad name get their stand-in stems last
     for entry in entries:
-        if entry.name.startswith(".") or entry.suffix.lower() not in IMAGE_SUFFIXES or not entry.is_file():
+        name = entry.name
+        if (name.startswith(".") and not name.startswith("..")) or entry.suffix.lower() not in IMAGE_SUFFIXES:
             continue
-        if entry.stem in found:
-            raise InputImageError(f"expected one image per stem, got both '{found[entry.stem].name}' and "
-                                  f"'{entry.name}'", folder)
-        found[entry.stem] = entry
+        problem = stem_problem(entry.stem)
+        if problem is not None:
+            renamed.append((entry, f"expected a file name usable for output files and reports, got {problem}; "
+                                   "rename the file"))
+            continue
+        if entry.stem in found:  # outputs are named by stem: neither file can be used, and both are reported
+            first = found[entry.stem]
+            clash = (f"expected one image per stem, got '{first.path.name}' and '{name}'; rename one of them "
+                     "(both refused)")
+            found[entry.stem] = ImageEntry(first.stem, first.path, first.shown, clash)
+            renamed.append((entry, clash))
+            continue
+        found[entry.stem] = ImageEntry(entry.stem, entry, printable_path(entry), _kind_problem(entry, root))
+    for entry, problem in renamed:
+        base = stem = safe_stem(entry.stem)
+        n = 1
+        while stem in found:
+            n += 1
+            stem = f"{base}~{n}"
+        shown_entry = printable_path(entry)
+        found[stem] = ImageEntry(stem, entry, shown_entry, f"{problem} (file: {shown_entry})")
+    for stem, item in found.items():
+        if item.problem is not None and "(file:" not in item.problem:
+            found[stem] = ImageEntry(stem, item.path, item.shown, f"{item.problem} (file: {item.shown})")
     return dict(sorted(found.items()))
+
+
+def list_images(directory: StrPath | BytesPath) -> dict[str, Path]:
+    """The usable entries of :func:`list_image_entries` (no ``problem``): path by stem, sorted by stem.
+
+    Use :func:`list_image_entries` where refused entries must be reported (a drop's report rows).
+
+    Raises:
+        InputImageError: ``directory`` is missing or not a folder.
+    """
+    return {stem: entry.path for stem, entry in list_image_entries(directory).items() if entry.problem is None}
 
 
 def to_bit_depth(image: np.ndarray, bit_depth: int) -> np.ndarray:

@@ -21,7 +21,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
 from desra_core import DesraError
-from desra_core.image import list_images
+from desra_core.image import list_image_entries
 from desra_core.models.segmentation import DEFAULT_SEGMENTER
 from flows.batch import detection_config, process_batch
 from flows.finetune import finetune as finetune_flow
@@ -104,7 +104,7 @@ def desra(
         return Failed(message=f"refused the models: {e}")
     ensure_gpu_limit()
     run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{str(runtime_flow_run.id or 'local')[:8]}"
-    stems = sorted(list_images(input_dir))
+    stems = sorted(list_image_entries(input_dir))  # refused entries too: each gets its report row
     batches = [stems[i:i + batch_size] for i in range(0, len(stems), batch_size)]
     parameters = dict(input_dir=input_dir, output_dir=output_dir, mse_model=mse_model, gan_model=gan_model,
                       segmenter=segmenter, labels_dir=labels_dir, threshold=threshold, min_area=min_area,

@@ -3,6 +3,7 @@
 import json
 import time
 
+import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -18,12 +19,12 @@ PSEUDO_VERSION = f"pseudo-1/{__version__}"
 
 
 def _pair(mse_path: str, gan_path: str):
-    """The MSE and GAN results' pixels: both ``uint8``, or both ``float32`` when either is 16-bit."""
+    """The MSE and GAN results' pixels as ``detect_artifacts`` takes them: both ``uint8``, else both ``float32``."""
     mse, gan = pixels.read_pixels(mse_path), pixels.read_pixels(gan_path)
     if mse.shape != gan.shape:
         raise DesraError(f"expected MSE and GAN results of one size, got {mse.shape[1]}×{mse.shape[0]} and "
                          f"{gan.shape[1]}×{gan.shape[0]} (files: {mse_path}, {gan_path})")
-    if mse.dtype == gan.dtype:
+    if mse.dtype == gan.dtype == np.uint8:
         return mse, gan
     return to_float32(mse), to_float32(gan)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import cv2
 import numpy as np
@@ -170,3 +171,31 @@ def test_metrics_command(tmp_path, capsys):
     result = json.loads(captured.out.strip().splitlines()[-1])
     assert result == {"iou": 0.5, "precision": 1.0, "recall": 1.0}
     assert "only_pred" in captured.err
+
+
+def test_unsafe_names_and_links_out_of_the_folder_become_rows(drop, tmp_path, capsys):
+    """Refused entries get a failed row under a safe stem; nothing is written outside --out."""
+    outside = tmp_path / "elsewhere"  # beside mse/ and gan/, outside both
+    mse, gan = _pair(seed=3)
+    _write_rgb(outside / "elsewhere.png", gan)
+    for sub, img in (("mse", mse), ("gan", gan)):
+        for name in (b"caf\xe9.png", b"..%2f..%2fetc.png", b"link.png"):
+            path = os.path.join(os.fsencode(drop / sub), name)
+            with open(path, "wb") as fh:
+                fh.write(cv2.imencode(".png", img)[1].tobytes())
+    os.remove(drop / "gan" / "link.png")
+    (drop / "gan" / "link.png").symlink_to(outside / "elsewhere.png")
+    (drop / "gan" / "dir.png").mkdir()
+    _write_rgb(drop / "mse" / "dir.png", mse)
+    rc, out, report = _detect(drop, labels=False)
+    assert rc == 1
+    expected = {"caf%E9": r"not valid UTF-8; rename the file (file: ", "%2E%2E%2f..%2fetc": "starting with '.'",
+                "link": "outside it", "dir": "got a directory"}
+    err = capsys.readouterr().err
+    for stem, text in expected.items():
+        assert report.loc[stem, "status"] == "failed" and text in report.loc[stem, "error"], report.loc[stem, "error"]
+        assert f"failed: {stem}: " in err
+    assert "caf\\xe9.png" in report.loc["caf%E9", "gan_path"]
+    assert (report.loc[["painted", "clean"], "status"] == "ok").all()
+    assert sorted(p.name for p in (out / "masks").iterdir()) == ["clean.png", "painted.png"]
+    assert not list(outside.parent.glob("etc*")) and sorted(p.name for p in outside.iterdir()) == ["elsewhere.png"]

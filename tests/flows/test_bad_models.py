@@ -45,7 +45,7 @@ def _bad_model(kind: str, folder, good: str, marker) -> str:
 def test_a_bad_model_is_refused_before_any_image_is_touched(tmp_path, tiny_models, counted, kind, role):  # noqa: F811
     drop, out, marker = tmp_path / "drop", tmp_path / "out", tmp_path / "code-ran"
     write_lr(drop / "a.png", 0)
-    models = dict(zip(("mse", "gan"), tiny_models))
+    models = dict(zip(("mse", "gan"), tiny_models, strict=True))
     models[role] = _bad_model(kind, tmp_path, models[role], marker)
     state = desra(input_dir=str(drop), output_dir=str(out), mse_model=models["mse"], gan_model=models["gan"],
                   segmenter=None, min_area=10, return_state=True)
@@ -62,5 +62,5 @@ def test_a_bad_model_is_refused_before_any_image_is_touched(tmp_path, tiny_model
 def test_check_models_raises_model_load_error_for_a_bad_file(tmp_path, tiny_models):
     from desra_core import ModelLoadError
 
-    with pytest.raises(ModelLoadError, match="truncated.pth"):
+    with pytest.raises(ModelLoadError, match=r"truncated\.pth"):
         tasks.models.check_models.fn(_bad_model("truncated", tmp_path, tiny_models[0], None), tiny_models[1])
