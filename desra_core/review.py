@@ -18,12 +18,13 @@ Array contract: previews are ``uint8 (H, W, 3)`` RGB, masks ``bool (H, W)``. Fil
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import html
 import io
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -54,6 +55,7 @@ PANEL_SIDE = 512
 COMPARE_SIDE = 1024
 """Longest side, in pixels, of the two pictures of the before/after comparison."""
 JPEG_QUALITY = 90
+_FRAGMENT_VERSION = "review-pictures-1"  # change with the pictures' HTML or encoding
 _MIN_COMPARE_DISPLAY = 480  # smaller comparisons are shown enlarged by a whole factor
 
 # Where each panel's file is, by default, under the output folder; a row may name its own files instead
@@ -122,9 +124,12 @@ def mask_overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def _rgb8(path: Path) -> np.ndarray:
-    """The file as ``uint8 (H, W, 3)`` RGB (16-bit files are rounded to 8 bits)."""
-    pixels = read_image(path).pixels
+def _read_pixels(path: Path) -> np.ndarray:
+    return read_image(path).pixels
+
+
+def _rgb8(pixels: np.ndarray) -> np.ndarray:
+    """``uint8 (H, W, 3)`` RGB (16-bit pixels are rounded to 8 bits)."""
     return pixels if pixels.dtype == np.uint8 else to_bit_depth(to_float32(pixels), 8)
 
 
@@ -337,7 +342,8 @@ def _comparison(gan: np.ndarray, pseudo: np.ndarray, stem: str, side: int) -> st
     )
 
 
-def _section(rank: int, row: Mapping, output_dir: Path, page_dir: Path, panel_side: int, compare_side: int) -> str:
+def _section(rank: int, row: Mapping, output_dir: Path, page_dir: Path, panel_side: int, compare_side: int,
+             fragments: Path | None = None, readers: tuple = (_read_pixels, read_mask)) -> str:
     stem = str(_get(row, "stem") or "(no name)")
     failed = _failed(row)
     fraction = _get(row, "artifact_fraction")
@@ -357,26 +363,61 @@ def _section(rank: int, row: Mapping, output_dir: Path, page_dir: Path, panel_si
     if numbers:
         parts.append(_dl(numbers, "numbers"))
     if not failed:
-        sources = _sources(row, output_dir)
-        gan = _load(sources["gan"], _rgb8)
-        loaded = {"gan": gan, "mse": _load(sources["mse"], _rgb8), "mask": _load(sources["mask"], read_mask),
-                  "pseudo_gt": _load(sources["pseudo_gt"], _rgb8)}
-        uris = {}
-        for panel in ("gan", "mse", "pseudo_gt"):
-            pixels = loaded[panel].pixels
-            uris[panel] = None if pixels is None else _jpeg_uri(preview(pixels, panel_side))
-        if loaded["mask"].pixels is not None and gan.pixels is not None:
-            uris["mask"] = _jpeg_uri(mask_overlay(preview(gan.pixels, panel_side), loaded["mask"].pixels))
-        else:
-            uris["mask"] = None
-            if loaded["mask"].problem is None:
-                loaded["mask"] = _Loaded(None, loaded["mask"].path, f"no GAN-SR image to draw on: {gan.problem}")
-        figures = "".join(_figure(p, uris[p], loaded[p], stem, page_dir) for p in _DEFAULT_FOLDERS)
-        parts.append(f'<div class="panels">{figures}</div>')
-        if gan.pixels is not None and loaded["pseudo_gt"].pixels is not None:
-            parts.append(_comparison(gan.pixels, loaded["pseudo_gt"].pixels, stem, compare_side))
+        parts.append(_pictures(row, stem, output_dir, page_dir, panel_side, compare_side, fragments, readers))
     parts.append('<p class="top-link"><a href="#top">back to top</a></p></section>')
     return "".join(parts)
+
+
+def _fragment_key(sources: Mapping[str, Path | None], stem: str, page_dir: Path, sides: tuple[int, int]) -> str | None:
+    """Identity of a section's pictures: the files (path, size, modification time), the stem, where the page
+    links from and the preview sizes; None when a file cannot be examined (nothing is cached then)."""
+    parts = [_FRAGMENT_VERSION, stem, str(page_dir.resolve()), *map(str, sides)]
+    for panel in sorted(sources):
+        path = sources[panel]
+        try:
+            st = os.stat(path) if path is not None else None
+        except OSError:
+            return None
+        parts.append(f"{panel}={path}:{None if st is None else (st.st_size, st.st_mtime_ns)}")
+    return hashlib.sha256("\0".join(parts).encode("utf-8", "backslashreplace")).hexdigest()
+
+
+def _pictures(row: Mapping, stem: str, output_dir: Path, page_dir: Path, panel_side: int, compare_side: int,
+              fragments: Path | None, readers: tuple) -> str:
+    """The four panels and the comparison of one image; with ``fragments`` (a folder), kept there by the
+    identity of their files so that a page written again over unchanged files encodes no picture."""
+    sources = _sources(row, output_dir)
+    key = None if fragments is None else _fragment_key(sources, stem, page_dir, (panel_side, compare_side))
+    cached = None if key is None else fragments / key[:2] / f"{key}.html"
+    if cached is not None and cached.is_file():
+        return cached.read_text(encoding="utf-8")
+    parts = []
+
+    def read_rgb8(path: Path) -> np.ndarray:
+        return _rgb8(readers[0](path))
+
+    gan = _load(sources["gan"], read_rgb8)
+    loaded = {"gan": gan, "mse": _load(sources["mse"], read_rgb8), "mask": _load(sources["mask"], readers[1]),
+              "pseudo_gt": _load(sources["pseudo_gt"], read_rgb8)}
+    uris = {}
+    for panel in ("gan", "mse", "pseudo_gt"):
+        pixels = loaded[panel].pixels
+        uris[panel] = None if pixels is None else _jpeg_uri(preview(pixels, panel_side))
+    if loaded["mask"].pixels is not None and gan.pixels is not None:
+        uris["mask"] = _jpeg_uri(mask_overlay(preview(gan.pixels, panel_side), loaded["mask"].pixels))
+    else:
+        uris["mask"] = None
+        if loaded["mask"].problem is None:
+            loaded["mask"] = _Loaded(None, loaded["mask"].path, f"no GAN-SR image to draw on: {gan.problem}")
+    figures = "".join(_figure(p, uris[p], loaded[p], stem, page_dir) for p in _DEFAULT_FOLDERS)
+    parts.append(f'<div class="panels">{figures}</div>')
+    if gan.pixels is not None and loaded["pseudo_gt"].pixels is not None:
+        parts.append(_comparison(gan.pixels, loaded["pseudo_gt"].pixels, stem, compare_side))
+    html_text = "".join(parts)
+    if cached is not None and all(item.problem is None for item in loaded.values()):
+        with contextlib.suppress(OSError):  # a cache that cannot be written is no reason to fail the page
+            atomic_write_bytes(cached, html_text.encode("utf-8"))
+    return html_text
 
 
 def _index(ordered: list[Mapping]) -> str:
@@ -499,7 +540,10 @@ def _csp_hash(text: str) -> str:
 
 def render_review_page(rows: Iterable[Mapping], output_dir: str | os.PathLike[str], *, title: str,
                        run_numbers: Mapping[str, object] | None = None, page_dir: str | os.PathLike[str] | None = None,
-                       panel_side: int = PANEL_SIDE, compare_side: int = COMPARE_SIDE) -> str:
+                       panel_side: int = PANEL_SIDE, compare_side: int = COMPARE_SIDE,
+                       fragments: str | os.PathLike[str] | None = None,
+                       read_pixels: Callable[[Path], np.ndarray] | None = None,
+                       read_mask_file: Callable[[Path], np.ndarray] | None = None) -> str:
     """The review page as an HTML string (see the module docstring).
 
     Args:
@@ -517,6 +561,12 @@ def render_review_page(rows: Iterable[Mapping], output_dir: str | os.PathLike[st
         page_dir: the folder the page will be in, for the links to the full-resolution files
             (default: ``output_dir``).
         panel_side, compare_side: longest side in pixels of the panel and comparison previews.
+        fragments: a folder in which to keep each image's encoded pictures, by the identity of its files
+            (paths, sizes, modification times), so that writing the page again over unchanged files
+            encodes nothing; None: encode every time.
+        read_pixels, read_mask_file: how to read a picture (RGB ``uint8``/``uint16``) and a mask (``bool``);
+            default :func:`~desra_core.image.read_image` (its pixels) and :func:`~desra_core.image.read_mask`.
+            The pipeline passes readers that serve images it still holds in memory.
 
     Raises:
         ConfigError: a preview side below 1.
@@ -528,7 +578,9 @@ def render_review_page(rows: Iterable[Mapping], output_dir: str | os.PathLike[st
     page_dir = Path(page_dir) if page_dir is not None else out
     ordered = order_rows(rows)
     numbers = _run_numbers(ordered, out, run_numbers or {})
-    sections = "".join(_section(rank, row, out, page_dir, panel_side, compare_side)
+    readers = (read_pixels or _read_pixels, read_mask_file or read_mask)
+    sections = "".join(_section(rank, row, out, page_dir, panel_side, compare_side,
+                                None if fragments is None else Path(fragments), readers)
                        for rank, row in enumerate(ordered, start=1))
     csp = (f"default-src 'none'; img-src data:; style-src {_csp_hash(_CSS)}; script-src {_csp_hash(_JS)}; "
            "base-uri 'none'; form-action 'none'")
@@ -559,13 +611,17 @@ def render_review_page(rows: Iterable[Mapping], output_dir: str | os.PathLike[st
 
 def write_review_page(rows: Iterable[Mapping], output_dir: str | os.PathLike[str], *, title: str,
                       run_numbers: Mapping[str, object] | None = None, path: str | os.PathLike[str] | None = None,
-                      panel_side: int = PANEL_SIDE, compare_side: int = COMPARE_SIDE) -> Path:
+                      panel_side: int = PANEL_SIDE, compare_side: int = COMPARE_SIDE,
+                      fragments: str | os.PathLike[str] | None = None,
+                      read_pixels: Callable[[Path], np.ndarray] | None = None,
+                      read_mask_file: Callable[[Path], np.ndarray] | None = None) -> Path:
     """Write :func:`render_review_page`'s page to ``path`` (default ``output_dir/report.html``), atomically.
 
     Returns the path written. Arguments as for :func:`render_review_page`.
     """
     target = Path(path) if path is not None else Path(output_dir) / PAGE_NAME
     page = render_review_page(rows, output_dir, title=title, run_numbers=run_numbers, page_dir=target.parent,
-                              panel_side=panel_side, compare_side=compare_side)
+                              panel_side=panel_side, compare_side=compare_side, fragments=fragments,
+                              read_pixels=read_pixels, read_mask_file=read_mask_file)
     atomic_write_bytes(target, page.encode("utf-8"))
     return target

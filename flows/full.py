@@ -153,10 +153,13 @@ def run_in_process(**parameters):
     """
     import contextlib
 
-    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    from prefect.context import SettingsContext, get_settings_context
 
-    embedded = not PREFECT_API_URL.value()
-    scope = (temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}) if embedded
-             else contextlib.nullcontext())
+    context = get_settings_context()
+    scope = contextlib.nullcontext()
+    if not context.settings.api.url:  # embedded API: a copy of the settings without heartbeats (a plain
+        # model copy: Prefect's temporary_settings re-reads every setting source, a tenth of a second)
+        flows = context.settings.flows.model_copy(update={"heartbeat_frequency": None})
+        scope = SettingsContext(profile=context.profile, settings=context.settings.model_copy(update={"flows": flows}))
     with scope:
         return desra(**parameters, return_state=True)

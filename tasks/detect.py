@@ -8,7 +8,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from desra_core import DesraError, DetectionConfig, __version__, build_pseudo_gt, detect_artifacts
-from desra_core.image import read_label_map, to_float32, write_image
+from desra_core.image import read_label_map, to_float32
 from tasks import pixels
 from tasks.store import Store, step_key
 
@@ -103,5 +103,5 @@ def build_pseudo_gt_image(mse: dict, gan: dict, detection: dict, feather: float,
             return {"key": key, "path": str(path), "cached": True}
         mse_px, gan_px = _pair(mse["path"], gan["path"])
         mask = pixels.read_mask(detection["mask_path"])
-        write_image(path, build_pseudo_gt(gan_px, mse_px, mask, feather=feather))
+        pixels.write_image(path, build_pseudo_gt(gan_px, mse_px, mask, feather=feather))
     return {"key": key, "path": str(path), "cached": False}

@@ -6,10 +6,11 @@ pseudo-GT step would decode them once more: for small images that is most of the
 :func:`write_image` writes a store image and keeps its pixels; :func:`read_pixels` and
 :func:`read_mask` return them while they are cached, else read the file.
 
-A cached entry is trusted only while the file still has the size and modification time it had when it
-was written, so a file replaced or removed on disk is read again (or fails as it would without the
-cache). Arrays handed out are read-only. The cache holds at most ``DESRA_PIXEL_CACHE_MB`` megabytes
-(default 1024; ``0`` turns it off), least recently used first out.
+Entries are found by the file's identity (device and inode), so a published hard link of a store file
+(``sr/gan/<stem>.png``) finds its pixels too. A cached entry is trusted only while the file still has
+the size and modification time it had when it was written, so a file replaced or removed on disk is read
+again (or fails as it would without the cache). Arrays handed out are read-only. The cache holds at most
+``DESRA_PIXEL_CACHE_MB`` megabytes (default 1024; ``0`` turns it off), least recently used first out.
 """
 
 import os
@@ -26,7 +27,7 @@ __all__ = ["clear", "read_mask", "read_pixels", "write_image", "write_mask"]
 
 class _Cache:
     def __init__(self) -> None:
-        self._entries: OrderedDict[tuple[str, str], tuple[tuple[int, int], np.ndarray]] = OrderedDict()
+        self._entries: OrderedDict[tuple[int, int, str], tuple[tuple[int, int], np.ndarray]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
 
@@ -41,7 +42,7 @@ class _Cache:
         st = os.stat(path)
         frozen = array.copy()
         frozen.flags.writeable = False
-        key = (str(path), kind)
+        key = (st.st_dev, st.st_ino, kind)
         with self._lock:
             self._drop(key)
             self._entries[key] = ((st.st_size, st.st_mtime_ns), frozen)
@@ -50,23 +51,22 @@ class _Cache:
                 self._drop(next(iter(self._entries)))
 
     def get(self, path: Path, kind: str) -> np.ndarray | None:
-        key = (str(path), kind)
-        with self._lock:
-            entry = self._entries.get(key)
-        if entry is None:
-            return None
         try:
             st = os.stat(path)
         except OSError:
-            st = None
+            return None
+        key = (st.st_dev, st.st_ino, kind)
         with self._lock:
-            if st is None or entry[0] != (st.st_size, st.st_mtime_ns):
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            if entry[0] != (st.st_size, st.st_mtime_ns):
                 self._drop(key)
                 return None
             self._entries.move_to_end(key)
         return entry[1]
 
-    def _drop(self, key: tuple[str, str]) -> None:
+    def _drop(self, key: tuple[int, int, str]) -> None:
         entry = self._entries.pop(key, None)
         if entry is not None:
             self._bytes -= entry[1].nbytes

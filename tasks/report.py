@@ -10,19 +10,23 @@ Layout under ``output_dir`` (the same as ``desra detect``, plus the SR results):
                                 ``pandas.read_parquet(output_dir / "runs")``
 """
 
+import functools
 import json
 import os
 import shutil
 from pathlib import Path
 
 import pandas as pd
-from prefect import task
+import pyarrow as pa
+import pyarrow.parquet as pq
+from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run as runtime_flow_run
 
 from desra_core.image import atomic_path, atomic_write_bytes, list_images
 from desra_core.review import write_review_page
+from tasks import pixels
 
 __all__ = ["IMAGE_COLUMNS", "is_published", "publish_batch", "publish_image", "write_run_report"]
 
@@ -48,21 +52,37 @@ def _link(src: str, dst: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        frame.to_parquet(tmp, index=False)
+_INTS = {"region_count", "height", "width", "min_area", "region_id", "x", "y", "w", "h", "area"}
+_FLOATS = {"artifact_fraction", "sr_seconds", "detect_seconds", "mean_adjusted"}
+_BOOLS = {"cached"}
 
 
 def _frame(rows: list[dict], columns: list[str]) -> pd.DataFrame:
+    """Rows as a frame with the report's dtypes (nullable ``Int64`` counts, ``float64`` numbers)."""
     frame = pd.DataFrame(rows, columns=columns)
-    for col in ("region_count", "height", "width", "min_area"):
-        if col in frame:
+    for col in columns:
+        if col in _INTS:
             frame[col] = frame[col].astype("Int64")
-    for col in ("artifact_fraction", "sr_seconds", "detect_seconds"):
-        if col in frame:
+        elif col in _FLOATS:
             frame[col] = frame[col].astype("float64")
     return frame
+
+
+@functools.cache
+def _schema(columns: tuple[str, ...]) -> pa.Schema:
+    """One Arrow schema per report kind, whatever the rows hold: every file of ``reports/`` (and of
+    ``runs/``) has the same column types, so the folder reads as one dataset, and a column that is empty
+    in one file (e.g. ``error``) is still a string column. Carries pandas' metadata, so pandas reads
+    counts back as ``Int64``."""
+    sample = {c: (1 if c in _INTS else 0.5 if c in _FLOATS else True if c in _BOOLS else "x") for c in columns}
+    return pa.Schema.from_pandas(_frame([sample], list(columns)), preserve_index=False)
+
+
+def _write_parquet(rows: list[dict], columns: list[str], path: Path) -> None:
+    table = pa.Table.from_pylist([{c: row.get(c) for c in columns} for row in rows], schema=_schema(tuple(columns)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
 
 
 def _marker(output_dir: str, stem: str) -> Path:
@@ -94,7 +114,7 @@ def publish_image(row: dict, files: dict[str, str], regions: list[dict], output_
         _link(src, out / folder / f"{stem}.png")
     image = {k: row.get(k) for k in IMAGE_COLUMNS}
     rows = [{**image, "region_id": r["id"], **{k: r[k] for k in REGION_COLUMNS[1:]}} for r in regions]
-    _write_parquet(_frame(rows or [image], IMAGE_COLUMNS + REGION_COLUMNS), out / "reports" / f"{stem}.parquet")
+    _write_parquet(rows or [image], IMAGE_COLUMNS + REGION_COLUMNS, out / "reports" / f"{stem}.parquet")
     marker = _marker(output_dir, stem)
     if keys is None:
         marker.unlink(missing_ok=True)
@@ -113,7 +133,7 @@ def write_run_report(rows: list[dict], output_dir: str, run_id: str) -> str:
     for flow ``detect`` (parameters ``gan_dir`` and ``mse_dir``) the page shows the SR inputs themselves."""
     frame = _frame(rows, IMAGE_COLUMNS)
     path = Path(output_dir) / "runs" / f"{run_id}.parquet"
-    _write_parquet(frame, path)
+    _write_parquet(rows, IMAGE_COLUMNS, path)
     ranked = frame.assign(_failed=frame["status"] != "ok").sort_values(
         ["_failed", "artifact_fraction"], ascending=[False, False], na_position="last")
     create_table_artifact(
@@ -135,9 +155,16 @@ def write_run_report(rows: list[dict], output_dir: str, run_id: str) -> str:
     if params.get("gan_dir") and params.get("mse_dir"):  # flow ``detect``: no sr/ folders, the inputs are the SR
         mse_files = list_images(params["mse_dir"])
         page_rows = [{**r, "gan_path": r.get("input_path"), "mse_path": mse_files.get(r["stem"])} for r in rows]
-    page = write_review_page(page_rows, output_dir, title=f"desra run {run_id}", run_numbers={
-        "Threshold": params.get("threshold"), "Input folder": params.get("input_dir") or params.get("gan_dir")})
-    lines.append(f"* review page: [report.html]({page.resolve().as_uri()}) (`{page.resolve()}`)")
+    try:
+        page = write_review_page(
+            page_rows, output_dir, title=f"desra run {run_id}", fragments=Path(output_dir) / ".desra" / "review",
+            read_pixels=pixels.read_pixels, read_mask_file=pixels.read_mask,
+            run_numbers={"Threshold": params.get("threshold"),
+                         "Input folder": params.get("input_dir") or params.get("gan_dir")})
+        lines.append(f"* review page: [report.html]({page.resolve().as_uri()}) (`{page.resolve()}`)")
+    except OSError as e:  # e.g. a full disk: the reports above are written; the page is a view of them
+        get_run_logger().warning("could not write the review page: %s", e)
+        lines.append(f"* review page: not written ({type(e).__name__}: {e})")
     if failed:
         lines += ["", "## Failed", ""] + [f"* `{r.stem}`: {r.error}" for r in ranked.itertuples() if r.status != "ok"]
     create_markdown_artifact("\n".join(lines), key="desra-summary", description="desra run summary")

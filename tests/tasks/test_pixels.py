@@ -39,6 +39,12 @@ def test_cached_pixels_equal_the_file_and_are_read_only(tmp_path, dtype):
         got[0, 0, 0] = 1
 
 
+def test_a_hard_link_of_a_cached_file_is_served_from_memory(tmp_path):
+    pixels.write_image(tmp_path / "store.png", rgb(4))
+    os.link(tmp_path / "store.png", tmp_path / "published.png")
+    assert pixels.read_pixels(tmp_path / "published.png") is pixels.read_pixels(tmp_path / "store.png")
+
+
 def test_masks_round_trip(tmp_path):
     mask = np.zeros((20, 30), bool)
     mask[5:9, 3:20] = True
