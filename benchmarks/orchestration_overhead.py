@@ -49,7 +49,8 @@ def plain_loop(drop: Path, out: Path, mse_path: str, gan_path: str, min_area: in
     import pandas as pd
 
     from desra_core import DetectionConfig, build_pseudo_gt, detect_artifacts
-    from desra_core.image import list_images, read_image, to_bit_depth, write_image
+    from desra_core.image import read_image, to_bit_depth, write_image
+    from desra_core.listing import list_images
     from desra_core.models.sr import load_sr_model, upscale
     from desra_core.review import write_review_page
 

@@ -2,7 +2,7 @@
 
 Every image gets one report row; an image that cannot be processed gets a row with ``status ==
 "failed"`` and the reason, and the others still run. Every file is written atomically, under the output
-folder: stems come from :func:`desra_core.image.list_image_entries`, so they are safe as file names, and
+folder: stems come from :func:`desra_core.listing.list_image_entries`, so they are safe as file names, and
 entries it refuses (a name that is not UTF-8, a symbolic link out of the folder, a directory…) become
 failed rows. Paths in rows are printable text.
 """
@@ -21,9 +21,7 @@ import pandas as pd
 
 from desra_core import DesraError, DetectionConfig, InputImageError, build_pseudo_gt, detect_artifacts
 from desra_core.image import (
-    ImageEntry,
     atomic_path,
-    list_image_entries,
     printable_path,
     read_image,
     read_label_map,
@@ -31,6 +29,7 @@ from desra_core.image import (
     to_float32,
     write_image,
 )
+from desra_core.listing import ImageEntry, list_image_entries
 
 __all__ = ["REPORT_COLUMNS", "DetectJob", "pair_by_stem", "run_detect", "run_upscale", "write_report"]
 

@@ -89,7 +89,8 @@ def _cmd_detect(args: argparse.Namespace) -> int:
 
 def _cmd_metrics(args: argparse.Namespace) -> int:
     from desra_core import artifact_metrics
-    from desra_core.image import list_images, read_mask
+    from desra_core.image import read_mask
+    from desra_core.listing import list_images
 
     pred, gt = list_images(args.pred), list_images(args.gt)
     stems = sorted(pred.keys() & gt.keys())

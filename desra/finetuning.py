@@ -10,7 +10,8 @@ import pandas as pd
 
 from desra_core import DesraError, DetectionConfig
 from desra_core.finetune.pipeline import label_source
-from desra_core.image import atomic_path, list_images, read_image
+from desra_core.image import atomic_path, read_image
+from desra_core.listing import list_images
 
 __all__ = ["load_images", "run_evaluate", "run_finetune"]
 

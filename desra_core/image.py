@@ -19,7 +19,6 @@ import re
 import secrets
 import stat
 import struct
-import unicodedata
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,19 +30,14 @@ from PIL import Image, UnidentifiedImageError
 
 from .errors import ConfigError, InputImageError, LabelMapError, ShapeError
 
-__all__ = ["IMAGE_SUFFIXES", "MAX_PIXELS", "MAX_STEM_BYTES", "ImageEntry", "LoadedImage", "atomic_path",
-           "atomic_write_bytes", "list_image_entries", "list_images", "printable_path", "read_image",
-           "read_label_map", "read_mask", "safe_stem", "stem_problem", "to_bit_depth", "to_float32",
-           "write_image"]
+__all__ = ["MAX_PIXELS", "LoadedImage", "atomic_path", "atomic_write_bytes", "printable_path", "read_image",
+           "read_label_map", "read_mask", "to_bit_depth", "to_float32", "write_image"]
 
 StrPath = str | os.PathLike[str]
 BytesPath = bytes | os.PathLike[bytes]
 
 MAX_PIXELS: int = 268_435_456
 """Default limit on width × height (16384 × 16384) checked before decoding."""
-
-IMAGE_SUFFIXES: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"})
-"""Lower-case suffixes that :func:`list_images` treats as image files."""
 
 # Pillow's format name -> the name used in messages. MPO is a JPEG with extra pictures appended.
 _FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "MPO": "JPEG", "WEBP": "WebP", "TIFF": "TIFF", "BMP": "BMP"}
@@ -53,10 +47,6 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # A JPEG marker: 0xFF followed by anything but a stuffed zero, a restart marker or another fill byte.
 _JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 _ORIENTATION_TAG = 0x0112
-
-MAX_STEM_BYTES: int = 200
-"""Longest stem (UTF-8 bytes) that :func:`list_image_entries` accepts: outputs add a suffix, temporary
-files a prefix, and a file name may have at most 255 bytes."""
 
 
 def printable_path(path: StrPath | BytesPath) -> str:
@@ -515,161 +505,6 @@ def write_image(path: StrPath, array: np.ndarray) -> None:
     if not ok or encoded is None:
         raise OSError(f"could not encode {target} as PNG")
     atomic_write_bytes(target, encoded.tobytes())
-
-
-@dataclass(frozen=True, slots=True)
-class ImageEntry:
-    """One entry of a folder that looks like an image file (see :func:`list_image_entries`).
-
-    ``stem`` is unique in the folder and safe both as text (valid UTF-8, printable) and as a file name
-    (see :func:`stem_problem`): the file's own stem when that is safe, else :func:`safe_stem` of it.
-    ``path`` is the entry itself (it may hold surrogate escapes: open it, never print it); ``shown`` is
-    :func:`printable_path` of it. ``problem`` says why the entry cannot be used, in the form
-    "expected …, got … (file: …)", or is ``None``.
-    """
-
-    stem: str
-    path: Path
-    shown: str
-    problem: str | None = None
-
-
-def stem_problem(stem: str) -> str | None:
-    """Why ``stem`` is not safe to use as an output file name and as report text, or ``None``.
-
-    Safe means: valid UTF-8 (no surrogate escapes), no control characters, no ``/`` or ``\\``, not
-    empty, not starting with ``.`` (so never ``.`` or ``..``) and at most :data:`MAX_STEM_BYTES` bytes.
-    """
-    try:
-        size = len(stem.encode("utf-8"))
-    except UnicodeEncodeError:
-        return "a name that is not valid UTF-8"
-    if not stem:
-        return "an empty name"
-    bad = sorted({c for c in stem if c in "/\\" or unicodedata.category(c) == "Cc"})
-    if bad:
-        return f"a name containing {', '.join(repr(c) for c in bad)}"
-    if stem.startswith("."):
-        return "a name starting with '.'"
-    if size > MAX_STEM_BYTES:
-        return f"a name of {size} bytes (more than {MAX_STEM_BYTES})"
-    return None
-
-
-def safe_stem(stem: str) -> str:
-    """``stem`` unchanged when :func:`stem_problem` finds nothing, else a printable stand-in.
-
-    The stand-in writes each byte that is not UTF-8 and each control character, ``/`` or ``\\`` as
-    ``%XX``, and leading dots as ``%2E`` (``caf\\xe9`` → ``caf%E9``, ``../x`` → ``%2E%2E%2Fx``), then
-    cuts it to :data:`MAX_STEM_BYTES` bytes. Different stems may share a stand-in.
-    """
-    if stem_problem(stem) is None:
-        return stem
-    parts = []
-    for c in stem:
-        if 0xDC80 <= ord(c) <= 0xDCFF:  # a byte that os.fsdecode could not decode
-            parts.append(f"%{ord(c) - 0xDC00:02X}")
-        elif c in "/\\" or unicodedata.category(c) == "Cc" or 0xD800 <= ord(c) <= 0xDFFF:
-            parts.append("".join(f"%{b:02X}" for b in c.encode("utf-8", "surrogatepass")))
-        else:
-            parts.append(c)
-    text = "".join(parts)
-    dots = len(text) - len(text.lstrip("."))
-    text = "%2E" * dots + text[dots:]
-    return text.encode("utf-8")[:MAX_STEM_BYTES].decode("utf-8", "ignore") or "%"
-
-
-def _kind_problem(entry: Path, root: Path) -> str | None:
-    """Why the entry is not a regular file inside ``root`` (the folder, resolved), or ``None``."""
-    try:
-        mode = entry.lstat().st_mode
-        if stat.S_ISLNK(mode):
-            try:
-                target = entry.resolve(strict=True)
-            except (OSError, RuntimeError):  # missing target, or a loop
-                return "expected an image file, got a symbolic link to nothing (broken or looping)"
-            if not target.is_relative_to(root):
-                return (f"expected an image file inside the folder, got a symbolic link to "
-                        f"{printable_path(target)}, which is outside it (refused)")
-            mode = target.stat().st_mode
-    except OSError as exc:
-        return f"expected a readable image file, got {exc.strerror or exc}"
-    kind = _special_kind(mode)
-    return None if kind is None else f"expected an image file, got {kind}"
-
-
-def list_image_entries(directory: StrPath | BytesPath) -> dict[str, ImageEntry]:
-    """Entries directly inside ``directory`` (not recursive) that look like images, by stem, sorted.
-
-    An entry looks like an image by its suffix (:data:`IMAGE_SUFFIXES`, any case), whatever it is;
-    hidden names (a single leading ``.``, e.g. temporary files and macOS ``._`` files) are skipped. An
-    entry gets a ``problem`` (and, for a bad name, a :func:`safe_stem` stand-in as its stem, with
-    ``~2``, ``~3``… added when that is taken) when:
-
-    * its name is not valid UTF-8, has control characters or ``\\``, starts with ``..`` or has a stem
-      over :data:`MAX_STEM_BYTES` bytes: stems name output files and report rows;
-    * it is a symbolic link that leads out of the folder, or to nothing (a link to a file inside the
-      folder is fine);
-    * it is a directory, a FIFO, a socket or a device;
-    * another image has the same stem (``a.png`` and ``a.jpg``): both are refused, the second under
-      a stand-in stem (``a~2``).
-
-    Raises:
-        InputImageError: ``directory`` is missing or not a folder.
-    """
-    folder = Path(os.fsdecode(directory))
-    shown = printable_path(folder)
-    if not folder.exists():
-        raise InputImageError("expected an existing folder of images, got a path that does not exist", shown)
-    if not folder.is_dir():
-        raise InputImageError("expected a folder of images, got a file", shown)
-    try:
-        entries = sorted(folder.iterdir())
-        root = folder.resolve(strict=True)
-    except OSError as exc:
-        raise InputImageError(f"expected a readable folder, got {exc.strerror or exc}", shown) from None
-    found: dict[str, ImageEntry] = {}
-    renamed: list[tuple[Path, str]] = []  # entries with a bad name get their stand-in stems last
-    for entry in entries:
-        name = entry.name
-        if (name.startswith(".") and not name.startswith("..")) or entry.suffix.lower() not in IMAGE_SUFFIXES:
-            continue
-        problem = stem_problem(entry.stem)
-        if problem is not None:
-            renamed.append((entry, f"expected a file name usable for output files and reports, got {problem}; "
-                                   "rename the file"))
-            continue
-        if entry.stem in found:  # outputs are named by stem: neither file can be used, and both are reported
-            first = found[entry.stem]
-            clash = (f"expected one image per stem, got '{first.path.name}' and '{name}'; rename one of them "
-                     "(both refused)")
-            found[entry.stem] = ImageEntry(first.stem, first.path, first.shown, clash)
-            renamed.append((entry, clash))
-            continue
-        found[entry.stem] = ImageEntry(entry.stem, entry, printable_path(entry), _kind_problem(entry, root))
-    for entry, problem in renamed:
-        base = stem = safe_stem(entry.stem)
-        n = 1
-        while stem in found:
-            n += 1
-            stem = f"{base}~{n}"
-        shown_entry = printable_path(entry)
-        found[stem] = ImageEntry(stem, entry, shown_entry, f"{problem} (file: {shown_entry})")
-    for stem, item in found.items():
-        if item.problem is not None and "(file:" not in item.problem:
-            found[stem] = ImageEntry(stem, item.path, item.shown, f"{item.problem} (file: {item.shown})")
-    return dict(sorted(found.items()))
-
-
-def list_images(directory: StrPath | BytesPath) -> dict[str, Path]:
-    """The usable entries of :func:`list_image_entries` (no ``problem``): path by stem, sorted by stem.
-
-    Use :func:`list_image_entries` where refused entries must be reported (a drop's report rows).
-
-    Raises:
-        InputImageError: ``directory`` is missing or not a folder.
-    """
-    return {stem: entry.path for stem, entry in list_image_entries(directory).items() if entry.problem is None}
 
 
 def to_bit_depth(image: np.ndarray, bit_depth: int) -> np.ndarray:

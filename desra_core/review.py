@@ -27,6 +27,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from importlib import resources
 from pathlib import Path
 from urllib.parse import quote
 
@@ -436,88 +437,8 @@ def _index(ordered: list[Mapping]) -> str:
             '<th class="num">Regions</th></tr></thead><tbody>' + "".join(lines) + "</tbody></table></details>")
 
 
-_CSS = """
-:root { color-scheme: dark; --bg: #141518; --card: #1d1f23; --line: #2e3137; --text: #e4e6ea; --muted: #9aa0aa;
-  --accent: #6cb2ff; --bad: #ff6b6b; --warn: #ffd60a; --good: #5fd38d; --thumb: 24px; }
-* { box-sizing: border-box; }
-html { scroll-behavior: smooth; }
-body { margin: 0; background: var(--bg); color: var(--text); line-height: 1.45;
-  font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; }
-main { max-width: 1680px; margin: 0 auto; padding: 24px 28px 64px; }
-h1 { font-size: 1.6rem; font-weight: 600; margin: 0 0 4px; overflow-wrap: anywhere; }
-.sub { color: var(--muted); margin: 0 0 20px; }
-a { color: var(--accent); }
-dl { margin: 0; }
-.run { display: grid; grid-template-columns: repeat(auto-fill, minmax(190px, 1fr)); gap: 10px; margin: 0 0 18px; }
-.run > div, .numbers > div { background: var(--card); border: 1px solid var(--line); border-radius: 8px;
-  padding: 8px 12px; min-width: 0; }
-dt { color: var(--muted); font-size: .78rem; text-transform: uppercase; letter-spacing: .04em; }
-dd { margin: 2px 0 0; font-variant-numeric: tabular-nums; overflow-wrap: anywhere; }
-.run dd { font-size: 1.05rem; }
-.note { color: var(--muted); font-size: .9rem; margin: 0 0 18px; }
-.index { background: var(--card); border: 1px solid var(--line); border-radius: 8px; padding: 10px 14px;
-  margin: 0 0 28px; }
-.index summary { cursor: pointer; font-weight: 600; }
-.index table { border-collapse: collapse; width: 100%; margin-top: 8px; font-variant-numeric: tabular-nums; }
-.index th, .index td { text-align: left; padding: 4px 10px; border-bottom: 1px solid var(--line);
-  overflow-wrap: anywhere; }
-.index .num { text-align: right; white-space: nowrap; }
-.row-failed td { color: var(--bad); }
-.image { background: var(--card); border: 1px solid var(--line); border-radius: 12px; padding: 16px 18px;
-  margin: 0 0 28px; }
-.image-failed { border-color: #6b2a2a; }
-.image header { display: flex; align-items: baseline; gap: 12px; flex-wrap: wrap; margin-bottom: 10px; }
-.image h2 { font-size: 1.15rem; font-weight: 600; margin: 0; overflow-wrap: anywhere; }
-.rank { color: var(--muted); font-weight: 400; margin-right: 4px; }
-.stem { font-family: ui-monospace, "SFMono-Regular", Menlo, Consolas, monospace; }
-.badge { border-radius: 999px; padding: 2px 10px; font-size: .8rem; font-weight: 600; }
-.badge-failed { background: #4a1d1d; color: var(--bad); }
-.badge-artifacts { background: #443a0c; color: var(--warn); }
-.badge-clean { background: #173826; color: var(--good); }
-.error { background: #2a1616; color: #ffb3b3; border: 1px solid #6b2a2a; border-radius: 8px; padding: 10px 12px;
-  white-space: pre-wrap; overflow-wrap: anywhere; margin: 0 0 12px; font-size: .88rem; }
-.numbers { display: flex; flex-wrap: wrap; gap: 8px; margin: 0 0 14px; }
-.numbers > div { padding: 5px 10px; }
-.panels { display: grid; grid-template-columns: repeat(4, minmax(0, 1fr)); gap: 12px; }
-@media (max-width: 1000px) { .panels { grid-template-columns: repeat(2, minmax(0, 1fr)); } }
-.panel { margin: 0; min-width: 0; }
-.panel img { display: block; width: 100%; height: auto; border-radius: 6px; background: #000; }
-.panel a:focus-visible img { outline: 3px solid var(--accent); outline-offset: 2px; }
-figcaption { color: var(--muted); font-size: .85rem; margin-top: 6px; }
-.missing { aspect-ratio: 4 / 3; display: flex; flex-direction: column; align-items: center; justify-content: center;
-  gap: 6px; border: 1px dashed var(--line); border-radius: 6px; color: var(--muted); padding: 12px;
-  text-align: center; overflow-wrap: anywhere; }
-.missing small { font-size: .75rem; }
-.compare { margin: 18px 0 0; --pos: 50%; }
-.compare-frame { position: relative; display: inline-block; max-width: 100%; line-height: 0; user-select: none;
-  border-radius: 6px; overflow: hidden; background: #000; }
-.compare-frame img { display: block; max-width: 100%; height: auto; }
-.compare-top { position: absolute; inset: 0; clip-path: inset(0 calc(100% - var(--pos)) 0 0); }
-.compare-top img { width: 100%; height: 100%; }
-.compare-zoomed img { image-rendering: pixelated; }
-.compare-line { position: absolute; top: 0; bottom: 0; left: var(--pos); width: 2px; margin-left: -1px;
-  background: #fff; box-shadow: 0 0 4px rgba(0, 0, 0, .8); pointer-events: none; }
-.compare-line::after { content: ""; position: absolute; top: 50%; left: 50%; width: 30px; height: 30px;
-  margin: -15px 0 0 -15px; border-radius: 50%; background: rgba(20, 21, 24, .7); border: 2px solid #fff; }
-.compare-tag { position: absolute; top: 8px; padding: 2px 8px; border-radius: 4px; line-height: 1.4;
-  background: rgba(0, 0, 0, .6); color: #fff; font-size: .75rem; pointer-events: none; }
-.compare-tag-left { left: 8px; }
-.compare-tag-right { right: 8px; }
-.compare-range { display: none; position: absolute; top: 0; bottom: 0; margin: 0; padding: 0;
-  left: calc(var(--thumb) / -2); width: calc(100% + var(--thumb)); height: 100%;
-  -webkit-appearance: none; appearance: none; background: transparent; cursor: ew-resize; }
-.js .compare-range { display: block; }
-.compare-range:focus { outline: none; }
-.compare-range:focus-visible ~ .compare-line::after { border-color: var(--accent);
-  box-shadow: 0 0 0 3px rgba(108, 178, 255, .5); }
-.compare-range::-webkit-slider-runnable-track { height: 100%; background: transparent; }
-.compare-range::-webkit-slider-thumb { -webkit-appearance: none; appearance: none; width: var(--thumb);
-  height: 100%; background: transparent; border: 0; }
-.compare-range::-moz-range-track { height: 100%; background: transparent; }
-.compare-range::-moz-range-thumb { width: var(--thumb); height: 100%; background: transparent; border: 0; }
-.top-link { margin: 12px 0 0; font-size: .85rem; }
-footer { color: var(--muted); font-size: .82rem; margin-top: 32px; }
-"""
+# The page's style sheet (data/review.css), inlined into every page and allowed by its hash.
+_CSS = resources.files("desra_core").joinpath("data/review.css").read_text("utf-8")
 
 # The only script: marks the page as scripted (showing the dividers) and moves a divider on input.
 _JS = """

@@ -21,7 +21,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
 from desra_core import DesraError
-from desra_core.image import list_image_entries
+from desra_core.listing import list_image_entries
 from desra_core.models.segmentation import DEFAULT_SEGMENTER
 from flows.batch import detection_config, process_batch
 from flows.finetune import finetune as finetune_flow

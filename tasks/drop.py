@@ -1,7 +1,7 @@
 """Reading a drop: which images there are, their content digests, and the label maps that go with them.
 
 Stems name output files (``masks/<stem>.png``, ``reports/<stem>.parquet``), task runs and report rows,
-so every stem that leaves here is safe (:func:`desra_core.image.stem_problem`) and every path in a
+so every stem that leaves here is safe (:func:`desra_core.listing.stem_problem`) and every path in a
 record is printable text. An entry that cannot be used (a name that is not UTF-8, a symbolic link out
 of the drop, a directory…) becomes an item with its error, never a crash of the listing.
 """
@@ -10,7 +10,8 @@ of the drop, a directory…) becomes an item with its error, never a crash of th
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from desra_core.image import list_image_entries, printable_path, safe_stem
+from desra_core.image import printable_path
+from desra_core.listing import list_image_entries, safe_stem
 from tasks.store import file_sha256
 
 __all__ = ["match_labels", "scan_drop"]

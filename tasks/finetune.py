@@ -12,7 +12,8 @@ from desra_core import DesraError, DetectionConfig
 from desra_core.finetune.losses import LossWeights
 from desra_core.finetune.pipeline import build_pairs, label_source
 from desra_core.finetune.trainer import FinetuneConfig, finetune, save_generator
-from desra_core.image import atomic_path, list_images, read_image
+from desra_core.image import atomic_path, read_image
+from desra_core.listing import list_images
 from desra_core.models.sr import load_sr_model
 from tasks.models import gpu_slot, resolve_device
 

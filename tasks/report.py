@@ -24,7 +24,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run as runtime_flow_run
 
-from desra_core.image import atomic_path, atomic_write_bytes, list_images
+from desra_core.image import atomic_path, atomic_write_bytes
+from desra_core.listing import list_images
 from desra_core.review import write_review_page
 from tasks import pixels
 

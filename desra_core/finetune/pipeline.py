@@ -19,7 +19,8 @@ import numpy as np
 
 from ..detection import DetectionConfig, detect_artifacts
 from ..errors import DesraError
-from ..image import list_images, read_label_map, to_bit_depth
+from ..image import read_label_map, to_bit_depth
+from ..listing import list_images
 from ..models.sr import SRModel, upscale
 from .data import TrainingPair, make_pair
 

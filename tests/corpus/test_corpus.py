@@ -18,7 +18,8 @@ import pytest
 import desra_core.image as image_module
 from desra.cli import main
 from desra_core.errors import InputImageError
-from desra_core.image import list_image_entries, printable_path, read_image, stem_problem
+from desra_core.image import printable_path, read_image
+from desra_core.listing import list_image_entries, stem_problem
 from tests.corpus.make_corpus import HEIGHT, WIDTH, make_corpus
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "mkfifo") or os.name != "posix",
