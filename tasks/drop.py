@@ -37,24 +37,10 @@ def scan_drop(input_dir: str, stems: list[str] | None = None) -> list[dict]:
     A requested stem that is not safe as a file name is reported under :func:`safe_stem` of it.
     """
     entries = list_image_entries(input_dir)
-    wanted = sorted(entries) if stems is None else stems
     items = []
-    for stem in wanted:
-        entry = entries.get(stem)
-        item = {"stem": safe_stem(stem), "path": None, "sha256": None, "error": None}
-        if entry is None:
-            item["error"] = (f"expected an image with stem {printable_path(stem)!r} in {printable_path(input_dir)}, "
-                             "found none")
-            items.append(item)
-            continue
-        path, error = _usable(entry)
-        item.update(path=path or entry.shown, error=error)
-        if error is None:
-            try:
-                item["sha256"] = file_sha256(entry.path)
-            except OSError as e:
-                item["error"] = f"expected a readable image file, got {e.strerror or e} (file: {entry.shown})"
-        items.append(item)
+    for stem in sorted(entries) if stems is None else stems:
+        path, digest, error = _locate(entries, stem, "an image", input_dir)
+        items.append({"stem": safe_stem(stem), "path": path, "sha256": digest, "error": error})
     return items
 
 
@@ -64,19 +50,23 @@ def match_labels(items: list[dict], labels_dir: str) -> list[dict]:
     labels = list_image_entries(labels_dir)
     out = []
     for item in items:
-        entry = labels.get(item["stem"])
-        rec = {"stem": item["stem"], "key": None, "path": None, "error": None}
-        if entry is None:
-            rec["error"] = (f"expected a label map with stem '{item['stem']}' in {printable_path(labels_dir)}, "
-                            "found none")
-            out.append(rec)
-            continue
-        path, error = _usable(entry)
-        rec.update(path=path or entry.shown, error=error)
-        if error is None:
-            try:
-                rec["key"] = "labels:" + file_sha256(entry.path)
-            except OSError as e:
-                rec["error"] = f"expected a readable label map, got {e.strerror or e} (file: {entry.shown})"
-        out.append(rec)
+        path, digest, error = _locate(labels, item["stem"], "a label map", labels_dir)
+        out.append({"stem": item["stem"], "key": None if digest is None else "labels:" + digest, "path": path,
+                    "error": error})
     return out
+
+
+def _locate(entries: dict, stem: str, what: str, folder: str) -> tuple[str | None, str | None, str | None]:
+    """``(path, sha256, error)`` of the entry ``stem`` of a listing; ``what`` names it in messages
+    (e.g. "a label map"). The path is printable; with an error there is no digest."""
+    entry = entries.get(stem)
+    if entry is None:
+        return None, None, f"expected {what} with stem {printable_path(stem)!r} in {printable_path(folder)}, found none"
+    path, error = _usable(entry)
+    path = path or entry.shown
+    if error is not None:
+        return path, None, error
+    try:
+        return path, file_sha256(entry.path), None
+    except OSError as e:
+        return path, None, f"expected {what} that can be read, got {e.strerror or e} (file: {entry.shown})"
