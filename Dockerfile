@@ -46,4 +46,7 @@ RUN pip install . \
     && python -c "import torch; assert torch.version.cuda, 'torch ' + torch.__version__ + ' is not a CUDA build'"
 
 RUN mkdir -p /data/drop /data/out /cache
-CMD ["prefect", "worker", "start", "--pool", "desra", "--type", "process", "--with-healthcheck"]
+# One flow run at a time per worker; PREFECT_API_URL, PREFECT_API_AUTH_STRING and the heartbeat come from the
+# environment (docker-compose.yml), the pool from `desra deploy`.
+ENV PREFECT_FLOWS_HEARTBEAT_FREQUENCY=30
+CMD ["prefect", "worker", "start", "--pool", "desra", "--type", "process", "--limit", "1", "--with-healthcheck"]

@@ -25,6 +25,7 @@ __all__ = [
     "FINAL_STATE_EVENTS",
     "HEARTBEAT_EVENT",
     "HEARTBEAT_MULTIPLE",
+    "HEARTBEAT_SECONDS",
     "MIN_HEARTBEAT_SECONDS",
     "ZOMBIE_AUTOMATION_NAME",
     "ZombieAutomationResult",
@@ -32,6 +33,7 @@ __all__ = [
     "crash_message",
     "default_within_seconds",
     "ensure_zombie_automation",
+    "worker_heartbeat_seconds",
 ]
 
 ZOMBIE_AUTOMATION_NAME = "desra: crash unresponsive flow runs"
@@ -41,6 +43,12 @@ HEARTBEAT_MULTIPLE = 3  # heartbeats a run may miss before it counts as dead
 # Prefect never sends heartbeats more often than this (prefect.flow_engine.MINIMUM_HEARTBEAT_INTERVAL), so a
 # shorter window would crash healthy runs.
 MIN_HEARTBEAT_SECONDS = 30
+# desra's heartbeat for flow runs under workers: Prefect's shortest, so that with HEARTBEAT_MULTIPLE a dead
+# worker's run is marked Crashed within 3 × 30 = 90 s of its last heartbeat (at most about 100 s after the
+# kill: the last heartbeat came up to 30 s before it, the server checks proactive triggers every 5 s). The
+# workers must run with PREFECT_FLOWS_HEARTBEAT_FREQUENCY set to the same value (the compose worker does; desra
+# deploy prints the command), since a run takes it from its worker's environment.
+HEARTBEAT_SECONDS = 30
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,7 +57,7 @@ class ZombieAutomationResult:
     nothing because flow-run heartbeats are off (``heartbeats-off``) or no Prefect server is configured
     (``no-api``)."""
 
-    status: Literal["created", "present", "heartbeats-off", "no-api"]
+    status: Literal["created", "updated", "present", "heartbeats-off", "no-api"]
     name: str
     within_seconds: int | None = None  # the window of the automation created; None otherwise
     automation_id: str | None = None
@@ -62,6 +70,9 @@ class ZombieAutomationResult:
         """One line for the user."""
         if self.status == "created":
             return (f"created automation {self.name!r}: flow runs without a heartbeat for {self.within_seconds} s "
+                    "are marked Crashed")
+        if self.status == "updated":
+            return (f"updated automation {self.name!r}: flow runs without a heartbeat for {self.within_seconds} s "
                     "are marked Crashed")
         if self.status == "present":
             return f"automation {self.name!r} already present (left unchanged)"
@@ -76,6 +87,23 @@ def crash_message(within_seconds: int) -> str:
     """The message of the Crashed state that the automation sets: what happened and what to do."""
     return (f"no heartbeat for {within_seconds} s: its worker or machine probably died; run the deployment again "
             "— finished images are kept in the store")
+
+
+def worker_heartbeat_seconds(environ: dict[str, str] | None = None) -> int | None:
+    """The flow-run heartbeat interval that desra's workers use: ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY`` of
+    ``environ`` (default: this process's environment) when set (empty: heartbeats off, None), else
+    :data:`HEARTBEAT_SECONDS`. Raises :class:`ConfigError` for a value that is not a whole number of seconds."""
+    import os
+
+    value = (os.environ if environ is None else environ).get("PREFECT_FLOWS_HEARTBEAT_FREQUENCY")
+    if value is None:
+        return HEARTBEAT_SECONDS
+    if not value.strip():
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"expected PREFECT_FLOWS_HEARTBEAT_FREQUENCY in whole seconds, got {value!r}") from None
 
 
 def default_within_seconds(heartbeat_seconds: int | None) -> int | None:
@@ -128,8 +156,9 @@ def ensure_zombie_automation(within_seconds: int | None = None, *,
     ``within_seconds`` defaults to ``HEARTBEAT_MULTIPLE`` times this process's
     ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY`` (Prefect's default: 180 s), which should be the workers' too; when
     that setting is off (None) and no ``within_seconds`` is given, nothing is created. An existing automation
-    of that name is left unchanged (delete it in the UI or with ``prefect automation delete`` to change it).
-    Raises :class:`ConfigError` for a bad ``within_seconds``; API errors propagate.
+    of that name with the same window is left unchanged; one with another window is updated to this one, so
+    that the window follows the workers' heartbeat. Raises :class:`ConfigError` for a bad ``within_seconds``;
+    API errors propagate.
     """
     from prefect import get_client
     from prefect.settings import PREFECT_API_URL, get_current_settings
@@ -143,6 +172,10 @@ def ensure_zombie_automation(within_seconds: int | None = None, *,
         return ZombieAutomationResult(status="no-api", name=name)
     with get_client(sync_client=True) as client:
         existing = [a for a in client.read_automations_by_name(name) if a.name == name]
+        if existing and existing[0].trigger.within != automation.trigger.within:
+            client.update_automation(existing[0].id, automation)
+            return ZombieAutomationResult(status="updated", name=name, within_seconds=within_seconds,
+                                          automation_id=str(existing[0].id))
     if existing:
         return ZombieAutomationResult(status="present", name=name, automation_id=str(existing[0].id))
     created = automation.create(_sync=True)
@@ -150,5 +183,5 @@ def ensure_zombie_automation(within_seconds: int | None = None, *,
                                   automation_id=str(created.id))
 
 
-if __name__ == "__main__":  # `python -m desra.automations`: what the compose worker runs after deploying
-    print(ensure_zombie_automation().summary())
+if __name__ == "__main__":  # `python -m desra.automations`: only this step of `desra deploy`
+    print(ensure_zombie_automation(default_within_seconds(worker_heartbeat_seconds())).summary())

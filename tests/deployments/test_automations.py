@@ -10,7 +10,7 @@ from datetime import timedelta
 
 import pytest
 
-from desra import automations, cli
+from desra import automations, cli, pool
 from desra.automations import (
     FINAL_STATE_EVENTS,
     HEARTBEAT_EVENT,
@@ -158,7 +158,11 @@ def deploy(tmp_path, monkeypatch):
     monkeypatch.setenv("DESRA_DROP_DIR", str(tmp_path / "drop"))
     monkeypatch.setenv("DESRA_OUTPUT_DIR", str(tmp_path / "out"))
     monkeypatch.setattr(subprocess, "run", lambda command, **kw: subprocess.CompletedProcess(command, 0, "", ""))
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # never reached: the API calls are replaced
+    monkeypatch.delenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", raising=False)
     monkeypatch.setattr(cli, "_print_registered", lambda pool, names: None)
+    monkeypatch.setattr(pool, "ensure_pool", lambda name, limit: pool.PoolResult(status="created", name=name,
+                                                                                   limit=limit))
     calls = []
 
     def ensure(within_seconds=None):
@@ -172,10 +176,21 @@ def deploy(tmp_path, monkeypatch):
 
 def test_deploy_creates_the_automation_and_says_so(deploy, capsys):
     assert cli.main(["deploy"]) == 0
-    assert deploy == [None]  # the default window: three heartbeat intervals
+    assert deploy == [90]  # the default window: three of desra's 30-s heartbeat intervals
     out = capsys.readouterr().out
     assert f"created automation {ZOMBIE_AUTOMATION_NAME!r}: flow runs without a heartbeat for 540 s" in out
-    assert out.index("registered from") < out.index("created automation") < out.index("start a worker")
+    assert out.index("registered from") < out.index("created automation") < out.index("start each worker")
+    assert "PREFECT_FLOWS_HEARTBEAT_FREQUENCY=30 prefect worker start --pool desra --limit 1" in out
+
+
+def test_deploy_sets_the_window_from_the_workers_heartbeat(deploy, monkeypatch, capsys):
+    monkeypatch.setenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "45")
+    assert cli.main(["deploy"]) == 0
+    assert deploy == [135]
+    assert "PREFECT_FLOWS_HEARTBEAT_FREQUENCY=45 prefect worker start" in capsys.readouterr().out
+    monkeypatch.setenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "soon")
+    assert cli.main(["deploy"]) == 2
+    assert "PREFECT_FLOWS_HEARTBEAT_FREQUENCY" in capsys.readouterr().err
 
 
 def test_deploy_can_leave_the_automation_out(deploy, capsys):

@@ -61,14 +61,49 @@ def _mount_target(volume: str) -> str:
 
 # --- docker-compose.yml ---------------------------------------------------------------------------
 
-def test_compose_file_is_valid_for_the_compose_client():
+COMPOSE_SECRETS = {"DESRA_API_AUTH": "desra:s3cret-for-the-test", "DESRA_DB_PASSWORD": "db-s3cret-for-the-test"}
+
+
+def _compose_config(client: list[str], extra_env: dict[str, str]) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "DESRA_"))}
+    return subprocess.run([*client, "-f", str(COMPOSE), "config"], cwd=REPO, env={**env, **extra_env},
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def compose_client() -> list[str]:
     client = _compose_client()
     if client is None:
         pytest.skip("no compose client: neither `docker compose version` nor `docker-compose version` works")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_")}
-    result = subprocess.run([*client, "-f", str(COMPOSE), "config", "-q"], cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, f"{' '.join(client)} config -q failed:\n{result.stdout}\n{result.stderr}"
+    return client
+
+
+def test_compose_file_is_valid_for_the_compose_client(compose_client):
+    result = _compose_config(compose_client, COMPOSE_SECRETS)
+    assert result.returncode == 0, f"{' '.join(compose_client)} config failed:\n{result.stdout}\n{result.stderr}"
+    rendered = yaml.safe_load(result.stdout)
+    server, worker = rendered["services"]["prefect-server"], rendered["services"]["worker"]
+    assert server["environment"]["PREFECT_SERVER_API_AUTH_STRING"] == COMPOSE_SECRETS["DESRA_API_AUTH"]
+    assert worker["environment"]["PREFECT_API_AUTH_STRING"] == COMPOSE_SECRETS["DESRA_API_AUTH"]
+    assert server["environment"]["PREFECT_SERVER_DATABASE_PASSWORD"] == COMPOSE_SECRETS["DESRA_DB_PASSWORD"]
+    assert rendered["services"]["postgres"]["environment"]["POSTGRES_PASSWORD"] == COMPOSE_SECRETS["DESRA_DB_PASSWORD"]
+    [port] = server["ports"]  # v1 renders "127.0.0.1:4200:4200", v2 a mapping
+    published = port if isinstance(port, str) else f"{port['host_ip']}:{port['published']}:{port['target']}"
+    assert published.removesuffix("/tcp") == "127.0.0.1:4200:4200", port
+
+
+@pytest.mark.parametrize("missing", sorted(COMPOSE_SECRETS))
+def test_compose_refuses_to_start_without_a_secret(compose_client, missing):
+    result = _compose_config(compose_client, {k: v for k, v in COMPOSE_SECRETS.items() if k != missing})
+    assert result.returncode != 0, result.stdout
+    assert f"set {missing}" in result.stderr, result.stderr  # the `${VAR:?message}` message
+
+
+def test_compose_publishes_elsewhere_only_when_told(compose_client):
+    result = _compose_config(compose_client, {**COMPOSE_SECRETS, "DESRA_BIND": "0.0.0.0"})
+    assert result.returncode == 0, result.stderr
+    [port] = yaml.safe_load(result.stdout)["services"]["prefect-server"]["ports"]
+    assert (port if isinstance(port, str) else port["host_ip"]).startswith("0.0.0.0"), port
 
 
 def test_compose_has_the_three_services_with_healthchecks(compose):
@@ -78,26 +113,50 @@ def test_compose_has_the_three_services_with_healthchecks(compose):
         assert service.get("healthcheck", {}).get("test"), f"service {name} has no healthcheck"
     assert "pg_isready" in " ".join(services["postgres"]["healthcheck"]["test"])
     assert services["postgres"]["image"].startswith("postgres:16")
-    assert {services["postgres"]["environment"][k] for k in
-            ("POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB")} == {"prefect"}
+    assert services["postgres"]["environment"]["POSTGRES_PASSWORD"].startswith("${DESRA_DB_PASSWORD:?")
+    assert "ports" not in services["postgres"]  # the database is reachable inside the compose network only
     assert any(v.startswith("postgres-data:") for v in services["postgres"]["volumes"])
 
 
-def test_compose_server_uses_postgres_and_publishes_the_ui(compose):
+def _required(value: str, variable: str) -> bool:
+    """``value`` is exactly ``${VARIABLE:?message}``: compose refuses to start without the variable."""
+    return value.startswith("${" + variable + ":?") and value.endswith("}") and value.count("${") == 1
+
+
+def test_compose_has_no_literal_secrets(compose):
+    server = compose["services"]["prefect-server"]["environment"]
+    worker = compose["services"]["worker"]["environment"]
+    postgres = compose["services"]["postgres"]["environment"]
+    assert _required(server["PREFECT_SERVER_API_AUTH_STRING"], "DESRA_API_AUTH")
+    assert _required(worker["PREFECT_API_AUTH_STRING"], "DESRA_API_AUTH")
+    assert _required(server["PREFECT_SERVER_DATABASE_PASSWORD"], "DESRA_DB_PASSWORD")
+    assert _required(postgres["POSTGRES_PASSWORD"], "DESRA_DB_PASSWORD")
+    assert "PREFECT_API_DATABASE_CONNECTION_URL" not in server  # it would hold the password
+    text = COMPOSE.read_text()
+    assert "${DESRA_API_AUTH:-" not in text and "${DESRA_DB_PASSWORD:-" not in text  # no default secret
+    for service in compose["services"].values():
+        for key, value in (service.get("environment") or {}).items():
+            if any(word in key for word in ("PASSWORD", "AUTH_STRING", "SECRET", "TOKEN", "API_KEY")):
+                assert str(value).startswith("${") and ":?" in str(value), f"{key} has a literal value"
+
+
+def test_compose_server_uses_postgres_and_publishes_the_ui_on_localhost(compose):
     server = compose["services"]["prefect-server"]
     assert server["image"] == "prefecthq/prefect:3.9.1-python3.11"
     assert server["command"] == "prefect server start --host 0.0.0.0"
     env = server["environment"]
-    assert env["PREFECT_API_DATABASE_CONNECTION_URL"] == "postgresql+asyncpg://prefect:prefect@postgres:5432/prefect"
+    assert env["PREFECT_SERVER_DATABASE_DRIVER"] == "postgresql+asyncpg"
+    assert env["PREFECT_SERVER_DATABASE_HOST"] == "postgres"
+    assert str(env["PREFECT_SERVER_API_CSRF_PROTECTION_ENABLED"]).lower() == "true"
     assert str(env["PREFECT_SERVER_ANALYTICS_ENABLED"]).lower() == "false"
     assert str(env["DO_NOT_TRACK"]) == "1"
-    assert "4200:4200" in server["ports"]
+    assert server["ports"] == ["${DESRA_BIND:-127.0.0.1}:4200:4200"]
     assert server["depends_on"]["postgres"]["condition"] == "service_healthy"
-    assert "localhost:4200/api/health" in " ".join(server["healthcheck"]["test"])
+    assert "localhost:4200/api/health" in " ".join(server["healthcheck"]["test"])  # open without credentials
     assert server["stop_signal"] == "SIGINT"
 
 
-def test_compose_worker_registers_deployments_and_reserves_the_gpu(compose):
+def test_compose_worker_deploys_a_locked_pool_and_reserves_the_gpu(compose):
     worker = compose["services"]["worker"]
     assert worker["build"]["context"] == "."
     assert (REPO / worker["build"].get("dockerfile", "Dockerfile")).is_file()
@@ -106,20 +165,32 @@ def test_compose_worker_registers_deployments_and_reserves_the_gpu(compose):
     assert env["DESRA_PROJECT_DIR"] == "/app"
     assert env["DESRA_CACHE"] == "/cache"
     assert str(env["DO_NOT_TRACK"]) == "1"
+    assert str(env["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"]) == "30"  # the window desra deploy sets counts on it
     mounts = {_mount_target(v) for v in worker["volumes"]}
     assert {env["DESRA_DROP_DIR"], env["DESRA_OUTPUT_DIR"], "/cache"} <= mounts
 
     script = " ".join(worker["command"]) if isinstance(worker["command"], list) else worker["command"]
-    create = script.index("prefect work-pool create desra --type process")
-    deploy = script.index("prefect --no-prompt deploy --prefect-file deployments/prefect.yaml --all")
-    zombies = script.index("python -m desra.automations")
-    start = script.index("prefect worker start --pool desra")
-    assert create < deploy < zombies < start
+    deploy = script.index("desra deploy --pool-limit ${DESRA_POOL_LIMIT:-1}")
+    start = script.index("prefect worker start --pool desra --type process --limit 1")
+    assert deploy < start
+    assert "work-pool create" not in script  # an open pool: only desra deploy creates it
 
     devices = worker["deploy"]["resources"]["reservations"]["devices"]
     assert devices == [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]
     assert worker["depends_on"]["prefect-server"]["condition"] == "service_healthy"
     assert worker["stop_signal"] == "SIGINT"
+    assert "ports" not in worker
+
+
+def test_every_deploy_instruction_says_desra_deploy():
+    """The README, the compose file, prefect.yaml and the Dockerfile tell the same working way to deploy."""
+    for path in (REPO / "README.md", COMPOSE, PREFECT_FILE):
+        text = path.read_text()
+        assert "desra deploy" in text, path
+        for line in text.splitlines():
+            if "prefect work-pool create" in line:
+                pytest.fail(f"{path.name} tells users to create an open pool: {line.strip()}")
+    assert "--limit" in (REPO / "Dockerfile").read_text()
 
 
 def test_dockerignore_keeps_environments_and_outputs_out():
@@ -195,29 +266,48 @@ def test_entrypoints_are_prefect_flows(deployments, deployment, flow_name):
 # --- desra deploy --------------------------------------------------------------------------------------
 
 class Recorder:
-    """Stands in for ``subprocess.run``: records each call and answers with the given exit codes."""
+    """Stands in for ``subprocess.run`` (the ``prefect deploy`` commands) and ``desra.pool.ensure_pool``:
+    records each call and answers with the given exit code / pool status."""
 
-    def __init__(self, inspect_rc: int = 0, create_rc: int = 0, deploy_rc: int = 0):
+    def __init__(self, deploy_rc: int = 0, pool_status: str = "created", pool_error: Exception | None = None):
         self.calls: list[tuple[list[str], Path, dict]] = []
-        self.codes = {"inspect": inspect_rc, "create": create_rc, "deploy": deploy_rc}
+        self.pools: list[tuple[str, int | None]] = []
+        self.deploy_rc, self.pool_status, self.pool_error = deploy_rc, pool_status, pool_error
 
     def __call__(self, command, cwd=None, env=None, **kwargs):
         self.calls.append((list(command), Path(cwd), dict(env)))
-        verb = next(w for w in ("inspect", "create", "deploy") if w in command)
-        return subprocess.CompletedProcess(command, self.codes[verb], stdout="", stderr="")
+        assert "deploy" in command, command
+        return subprocess.CompletedProcess(command, self.deploy_rc, stdout="", stderr="")
 
-    def verbs(self) -> list[str]:
-        return [next(w for w in ("inspect", "create", "deploy") if w in c) for c, _, _ in self.calls]
+    def ensure_pool(self, name, *, limit):
+        from desra.pool import PoolResult
+
+        self.pools.append((name, limit))
+        if self.pool_error is not None:
+            raise self.pool_error
+        return PoolResult(status=self.pool_status, name=name, limit=limit)
 
 
 @pytest.fixture
 def deploy_env(tmp_path, monkeypatch):
-    for name in ("DESRA_PROJECT_DIR", "DESRA_MSE_MODEL", "DESRA_GAN_MODEL", "DESRA_SEGMENTER"):
+    for name in ("DESRA_PROJECT_DIR", "DESRA_MSE_MODEL", "DESRA_GAN_MODEL", "DESRA_SEGMENTER",
+                 "PREFECT_FLOWS_HEARTBEAT_FREQUENCY"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("DESRA_DROP_DIR", str(tmp_path / "drop"))
     monkeypatch.setenv("DESRA_OUTPUT_DIR", str(tmp_path / "out"))
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # never reached: the API calls are replaced
     monkeypatch.setattr(cli, "_print_registered", lambda pool, names: None)  # would ask the API
     return tmp_path
+
+
+@pytest.fixture
+def recorder(deploy_env, monkeypatch) -> Recorder:
+    import desra.pool
+
+    rec = Recorder()
+    monkeypatch.setattr(subprocess, "run", rec)
+    monkeypatch.setattr(desra.pool, "ensure_pool", rec.ensure_pool)
+    return rec
 
 
 def _never_run(*args, **kwargs):
@@ -243,17 +333,13 @@ def test_deploy_treats_an_empty_variable_as_missing(deploy_env, monkeypatch, cap
     assert "DESRA_DROP_DIR" in capsys.readouterr().err
 
 
-def test_deploy_creates_a_missing_pool_then_deploys_all(deploy_env, monkeypatch, capsys):
-    recorder = Recorder(inspect_rc=1)
-    monkeypatch.setattr(subprocess, "run", recorder)
+def test_deploy_locks_the_pool_then_deploys_all(recorder, deploy_env, monkeypatch, capsys):
     monkeypatch.chdir(deploy_env)  # found through the installed flows package, not the cwd
     assert cli.main(["deploy"]) == 0
-    assert recorder.verbs() == ["inspect", "create", "deploy"]
-    create, deploy = recorder.calls[1][0], recorder.calls[2][0]
-    assert create[:3] == [sys.executable, "-m", "prefect"]
-    assert create[3:] == ["work-pool", "create", "desra", "--type", "process"]
+    assert recorder.pools == [("desra", 1)]  # the default limit: one flow run at a time (one worker)
+    [(deploy, cwd, env)] = recorder.calls
+    assert deploy[:3] == [sys.executable, "-m", "prefect"]
     assert deploy[3:] == ["--no-prompt", "deploy", "--prefect-file", str(Path("deployments/prefect.yaml")), "--all"]
-    _, cwd, env = recorder.calls[2]
     assert cwd == REPO
     assert env["DESRA_PROJECT_DIR"] == str(REPO)
     assert env["DESRA_DROP_DIR"] == str(deploy_env / "drop")
@@ -261,36 +347,78 @@ def test_deploy_creates_a_missing_pool_then_deploys_all(deploy_env, monkeypatch,
     assert env["DESRA_GAN_MODEL"] == "realesrgan_x4plus"
     assert env["DESRA_SEGMENTER"] == "nvidia/segformer-b5-finetuned-ade-640-640"
     assert env["DO_NOT_TRACK"] == "1"
-    assert "prefect worker start --pool desra" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "created work pool 'desra'" in out
+    assert "PREFECT_FLOWS_HEARTBEAT_FREQUENCY=30 prefect worker start --pool desra --limit 1" in out
+    for line in (f"drop (input_dir):         {deploy_env / 'drop'}", "MSE model:                realesrnet_x4plus",
+                 "segmenter:                nvidia/segformer-b5-finetuned-ade-640-640",
+                 "pool limit:               1 flow run(s) at once in pool 'desra'"):
+        assert line in out, out
 
 
-def test_deploy_keeps_what_the_user_set(deploy_env, monkeypatch):
+def test_deploy_keeps_an_empty_segmenter_and_says_none(recorder, monkeypatch, capsys):
+    monkeypatch.setenv("DESRA_SEGMENTER", "")
+    monkeypatch.setenv("DESRA_MSE_MODEL", "")
+    assert cli.main(["deploy"]) == 0
+    env = recorder.calls[-1][2]
+    assert env["DESRA_SEGMENTER"] == ""  # no semantic adjustment, not the hub default
+    assert env["DESRA_MSE_MODEL"] == "realesrnet_x4plus"  # an empty model means the default
+    assert "segmenter:                none (no semantic adjustment)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, limit, says", [(["--pool-limit", "3"], 3, "3 flow run(s) at once"),
+                                               (["--pool-limit", "0"], None, "none on pool 'desra'")])
+def test_deploy_pool_limit(recorder, capsys, argv, limit, says):
+    assert cli.main(["deploy", *argv]) == 0
+    assert recorder.pools == [("desra", limit)]
+    assert says in capsys.readouterr().out
+
+
+def test_deploy_refuses_a_negative_pool_limit(deploy_env, monkeypatch, capsys):
+    monkeypatch.setattr(subprocess, "run", _never_run)
+    assert cli.main(["deploy", "--pool-limit", "-1"]) == 2
+    assert "--pool-limit" in capsys.readouterr().err
+
+
+def test_deploy_needs_a_server(deploy_env, monkeypatch, capsys):
+    monkeypatch.delenv("PREFECT_API_URL")
+    monkeypatch.setattr(subprocess, "run", _never_run)
+    import desra.pool
+
+    monkeypatch.setattr(desra.pool, "ensure_pool", _never_run)
+    assert cli.main(["deploy"]) == 2
+    err = capsys.readouterr().err
+    assert "PREFECT_API_URL" in err and "PREFECT_API_AUTH_STRING" in err
+
+
+def test_deploy_says_how_to_authenticate_on_401(recorder, capsys):
+    recorder.pool_error = RuntimeError("Client error '401 Unauthorized' for url 'http://127.0.0.1:9/api/work_pools/'")
+    assert cli.main(["deploy"]) == 1
+    err = capsys.readouterr().err
+    assert "set PREFECT_API_AUTH_STRING to its PREFECT_SERVER_API_AUTH_STRING" in err
+    assert recorder.calls == []  # nothing deployed
+
+
+def test_deploy_keeps_what_the_user_set(recorder, monkeypatch):
     monkeypatch.setenv("DESRA_PROJECT_DIR", "/app")
     monkeypatch.setenv("DESRA_GAN_MODEL", "/weights/gan.pth")
-    recorder = Recorder()
-    monkeypatch.setattr(subprocess, "run", recorder)
     assert cli.main(["deploy"]) == 0
-    assert recorder.verbs() == ["inspect", "deploy"]  # the pool exists
     env = recorder.calls[-1][2]
     assert env["DESRA_PROJECT_DIR"] == "/app"
     assert env["DESRA_GAN_MODEL"] == "/weights/gan.pth"
 
 
-def test_deploy_to_another_pool_deploys_each_deployment(deploy_env, monkeypatch):
-    recorder = Recorder(inspect_rc=1)
-    monkeypatch.setattr(subprocess, "run", recorder)
+def test_deploy_to_another_pool_deploys_each_deployment(recorder):
     assert cli.main(["deploy", "--pool", "gpu-a"]) == 0
-    assert recorder.calls[1][0][-4:] == ["create", "gpu-a", "--type", "process"]
-    deploys = [c for c, _, _ in recorder.calls if "deploy" in c]
+    assert recorder.pools == [("gpu-a", 1)]
+    deploys = [c for c, _, _ in recorder.calls]
     assert [c[c.index("--name") + 1] for c in deploys] == ["full", "on-drop", "desra-batch"]
     assert all(c[c.index("--pool") + 1] == "gpu-a" and "--all" not in c for c in deploys)
 
 
-@pytest.mark.parametrize("codes, expected_rc", [({"inspect_rc": 1, "create_rc": 3}, 3), ({"deploy_rc": 4}, 4)])
-def test_deploy_returns_the_failing_command_exit_code(deploy_env, monkeypatch, capsys, codes, expected_rc):
-    recorder = Recorder(**codes)
-    monkeypatch.setattr(subprocess, "run", recorder)
-    assert cli.main(["deploy"]) == expected_rc
+def test_deploy_returns_the_failing_command_exit_code(recorder, capsys):
+    recorder.deploy_rc = 4
+    assert cli.main(["deploy"]) == 4
     assert "error:" in capsys.readouterr().err
 
 

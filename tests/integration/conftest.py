@@ -1,8 +1,13 @@
 """A real Prefect server, the ``desra`` process work pool, the deployments of ``deployments/prefect.yaml``
 and two process workers, started once per session for the integration tests, stopped at the end.
 
-Everything runs against its own ``PREFECT_HOME`` on a free 127.0.0.1 port, with telemetry off and the
-scheduler service off (so the 10-minute schedule of ``desra/full`` cannot start runs in the middle of a
+The server wants credentials (``PREFECT_SERVER_API_AUTH_STRING``, a fresh random one per stack) and has
+CSRF protection on; every client here (the ``prefect`` CLI, ``desra deploy``, the workers, their flow runs,
+:meth:`Stack.client`) sends ``PREFECT_API_AUTH_STRING``. The pool is created by ``desra deploy``, so it has
+desra's locked job template and a concurrency limit, as in production. The workers' environment sets
+``DESRA_ALLOWED_ROOTS`` to the session's temporary folder, so runs over the tests' own folders pass
+confinement. Everything runs against its own ``PREFECT_HOME`` on a free 127.0.0.1 port, with telemetry off
+and the scheduler service off (so the 10-minute schedule of ``desra/full`` cannot start runs in the middle of a
 test; the tests create runs themselves). Every process started here runs in its own process group,
 which teardown terminates (then kills), also when a test or a fixture fails.
 """
@@ -12,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -31,6 +37,8 @@ PREFECT_FILE = REPO / "deployments" / "prefect.yaml"
 POOL = "desra"
 WORKER_NAMES = ("desra-it-a", "desra-it-b")
 WORKER_LIMIT = 2  # the desra/full run holds one slot while its desra-batch runs need the others
+POOL_LIMIT = 2 * WORKER_LIMIT  # `desra deploy --pool-limit`: one per worker slot
+HEARTBEAT_SECONDS = 30  # desra's flow-run heartbeat (desra.automations.HEARTBEAT_SECONDS)
 SERVER_START_TIMEOUT = 90.0
 CLI_TIMEOUT = 180.0
 UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -39,6 +47,10 @@ UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{
 def _prefect_cli() -> list[str]:
     exe = Path(sys.executable).with_name("prefect")
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "prefect"]
+
+
+def _desra_cli() -> list[str]:
+    return [sys.executable, "-m", "desra"]
 
 
 def free_port() -> int:
@@ -131,10 +143,13 @@ class Stack:
         self.procs: list[Proc] = []
         self.drop_dir, self.output_dir = root / "drop", root / "out-default"  # the deployments' defaults
         self.deploy_output = ""
+        self.auth_string = f"desra:{secrets.token_urlsafe(18)}"  # user:password, as Prefect's basic auth wants
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "DESRA_"))}
         self.env.update({
             "PREFECT_HOME": str(self.home),
             "PREFECT_API_URL": self.api_url,
+            "PREFECT_API_AUTH_STRING": self.auth_string,  # clients; the server gets server_env()
+            "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_SECONDS),
             "DO_NOT_TRACK": "1",
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",
@@ -147,9 +162,19 @@ class Stack:
             "COLUMNS": "250",
         })
 
+    def server_env(self) -> dict[str, str]:
+        """The server's environment, as in docker-compose.yml: it checks the credentials (and sends them from
+        its own services, e.g. automations' actions), CSRF protection on, no client credentials."""
+        env = {k: v for k, v in self.env.items() if k != "PREFECT_API_AUTH_STRING"}
+        env.update({"PREFECT_SERVER_API_AUTH_STRING": self.auth_string,
+                    "PREFECT_SERVER_API_CSRF_PROTECTION_ENABLED": "true"})
+        return env
+
     # -- processes -------------------------------------------------------------------------------
     def start(self, name: str, *args: str) -> Proc:
-        proc = Proc(name, [*_prefect_cli(), *args], self.env, self.root / f"{name}.log")
+        """``prefect ARGS`` in the background; ``server start …`` with :meth:`server_env`, the rest with ``env``."""
+        env = self.server_env() if args[:2] == ("server", "start") else self.env
+        proc = Proc(name, [*_prefect_cli(), *args], env, self.root / f"{name}.log")
         self.procs.append(proc)
         return proc
 
@@ -173,11 +198,34 @@ class Stack:
                         f"stderr:\n{done.stderr}\n{self.logs()}")
         return done.stdout + done.stderr
 
+    def desra(self, *args: str, timeout: float = CLI_TIMEOUT) -> subprocess.CompletedProcess:
+        """Run a ``desra`` command (``python -m desra``) against this stack; the finished process."""
+        try:
+            return subprocess.run([*_desra_cli(), *args], cwd=REPO, env=self.env, capture_output=True, text=True,
+                                  timeout=timeout, start_new_session=True)
+        except subprocess.TimeoutExpired as e:
+            pytest.fail(f"`desra {' '.join(args)}` did not finish in {timeout:.0f} s\n{e.stdout}\n{e.stderr}\n"
+                        f"{self.logs()}")
+
+    def deploy(self, *args: str) -> str:
+        """``desra deploy ARGS``, which must succeed; its output."""
+        done = self.desra("deploy", *args)
+        if done.returncode != 0:
+            pytest.fail(f"`desra deploy {' '.join(args)}` exited {done.returncode}\nstdout:\n{done.stdout}\n"
+                        f"stderr:\n{done.stderr}\n{self.logs()}")
+        return done.stdout + done.stderr
+
     def client(self):
-        """A sync client of this server (independent of the test process's Prefect settings)."""
+        """A sync client of this server with its credentials (independent of the test process's settings)."""
         from prefect.client.orchestration import SyncPrefectClient
 
-        return SyncPrefectClient(self.api_url)
+        return SyncPrefectClient(self.api_url, auth_string=self.auth_string)
+
+    def settings(self):
+        """``temporary_settings`` that point this process's Prefect client at this server, with credentials."""
+        from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+
+        return temporary_settings(updates={PREFECT_API_URL: self.api_url, PREFECT_API_AUTH_STRING: self.auth_string})
 
     # -- waiting ---------------------------------------------------------------------------------
     def wait_healthy(self, server: Proc, timeout: float = SERVER_START_TIMEOUT) -> None:
@@ -304,6 +352,7 @@ def stack(tmp_path_factory, tiny_models) -> Iterator[Stack]:
     s.drop_dir.mkdir()
     s.output_dir.mkdir()
     s.env.update({  # the deployments' parameter defaults come from these at deploy time
+        "DESRA_ALLOWED_ROOTS": str(tmp_path_factory.getbasetemp()),  # the workers' runs: the tests' folders
         "DESRA_PROJECT_DIR": str(REPO),
         "DESRA_DROP_DIR": str(s.drop_dir),
         "DESRA_OUTPUT_DIR": str(s.output_dir),
@@ -315,11 +364,10 @@ def stack(tmp_path_factory, tiny_models) -> Iterator[Stack]:
         server = s.start("server", "server", "start", "--host", "127.0.0.1", "--port", str(s.port),
                          "--no-scheduler", "--no-ui", "--analytics-off")
         s.wait_healthy(server)
-        s.cli("work-pool", "create", POOL, "--type", "process")
-        for name in WORKER_NAMES:  # they start while the deployments register
+        s.deploy_output = s.deploy("--pool-limit", str(POOL_LIMIT))  # creates the locked pool first
+        for name in WORKER_NAMES:
             s.start(name, "worker", "start", "--pool", POOL, "--type", "process", "--name", name,
                     "--limit", str(WORKER_LIMIT))
-        s.deploy_output = s.cli("--no-prompt", "deploy", "--prefect-file", str(PREFECT_FILE), "--all")
         s.wait_for("both workers to poll the pool", lambda: _online_workers(s) >= set(WORKER_NAMES), 90)
         yield s
     finally:
