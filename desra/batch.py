@@ -10,6 +10,7 @@ failed rows. Paths in rows are printable text.
 from __future__ import annotations
 
 import json
+import re
 import time
 import traceback
 from collections.abc import Callable, Iterable
@@ -25,7 +26,6 @@ from desra_core.image import (
     printable_path,
     read_image,
     read_label_map,
-    to_bit_depth,
     to_float32,
     write_image,
 )
@@ -158,28 +158,38 @@ def run_upscale(model, in_dir: Path, out_dir: Path, *, tile: int | None, overlap
                 progress: Callable[[Iterable[str]], Iterable[str]] = iter) -> list[dict]:
     """Upscale every image of ``in_dir`` into ``out_dir/<stem>.png`` at the input's bit depth.
 
+    An image whose result would exceed ``DESRA_MAX_OUTPUT_MPIX`` megapixels is refused from its header,
+    before any pixel is decoded; its row names the file, its size, the output size and the limit.
     Returns one record per image: ``stem``, ``status``, ``error``, ``notes``, ``seconds``, ``path``.
     """
-    from desra_core.models.sr import upscale
+    from desra_core.image import read_image_size
+    from desra_core.models.sr import check_output_size, max_output_pixels, upscale
 
+    limit = max_output_pixels()
     rows = []
     images = list_image_entries(in_dir)
     for stem in progress(images):
         start = time.perf_counter()
         row = {"stem": stem, "status": "ok", "error": None, "notes": "", "path": None}
+        size = None  # the input's own size, once its header has been read
         try:
             if images[stem].problem is not None:
                 raise InputImageError(images[stem].problem)
+            width, height = size = read_image_size(images[stem].path)
+            check_output_size(width, height, model.scale, limit, images[stem].shown)
             loaded = read_image(images[stem].path)
             result = upscale(model, loaded.pixels, tile=tile, overlap=overlap, batch_size=batch_size,
-                             precision=precision)
+                             precision=precision, out_dtype=np.uint8 if loaded.bit_depth == 8 else np.uint16)
             path = out_dir / f"{stem}.png"
-            write_image(path, to_bit_depth(result, loaded.bit_depth))
+            write_image(path, result)
             row.update(notes="; ".join(loaded.notes), path=str(path))
         except DesraError as e:
             row.update(status="failed", error=str(e))
         except Exception as e:  # report with its type, keep going with the rest
             row.update(status="failed", error=f"{type(e).__name__}: {e} (file: {images[stem].shown})")
+        shown_size = None if size is None else f"{size[0]}×{size[1]}"
+        if row["error"] is not None and size is not None and not re.search(rf"(?<!\d){shown_size}(?!\d)", row["error"]):
+            row["error"] += f" (input: {shown_size} pixels)"
         row["seconds"] = time.perf_counter() - start
         rows.append(row)
     return rows

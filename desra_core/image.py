@@ -20,6 +20,7 @@ import secrets
 import stat
 import struct
 import warnings
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ from PIL import Image, UnidentifiedImageError
 from .errors import ConfigError, InputImageError, LabelMapError, ShapeError
 
 __all__ = ["MAX_PIXELS", "LoadedImage", "atomic_path", "atomic_write_bytes", "printable_path", "read_image",
-           "read_label_map", "read_mask", "to_bit_depth", "to_float32", "write_image"]
+           "read_image_size", "read_label_map", "read_mask", "to_bit_depth", "to_float32", "write_image"]
 
 StrPath = str | os.PathLike[str]
 BytesPath = bytes | os.PathLike[bytes]
@@ -353,6 +354,19 @@ def read_image(path: StrPath | BytesPath, *, max_pixels: int = MAX_PIXELS) -> Lo
     return LoadedImage(np.ascontiguousarray(pixels), src.path, 8 * pixels.dtype.itemsize, tuple(notes))
 
 
+def read_image_size(path: StrPath | BytesPath, *, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
+    """``(width, height)`` of an image as :func:`read_image` would return it (EXIF orientation applied),
+    from its header: the same checks as :func:`read_image` (format, size, completeness), no pixel decoded.
+
+    Raises:
+        InputImageError: as :func:`read_image`, for everything found before decoding.
+        ConfigError: as :func:`read_image`.
+    """
+    src = _open(path, max_pixels, InputImageError)
+    width, height = src.image.width, src.image.height
+    return (height, width) if src.orientation in (5, 6, 7, 8) else (width, height)
+
+
 def _read_single_channel(path: StrPath, what: str, error: type[InputImageError]) -> np.ndarray:
     """``(H, W)`` uint8 or uint16 from a machine-written file; no orientation is applied.
 
@@ -480,8 +494,48 @@ def _png_pixels(array: np.ndarray) -> np.ndarray:
                      f"got {a.shape} {a.dtype}")
 
 
+def _png_chunk(fh, kind: bytes, data) -> None:
+    fh.write(struct.pack(">I", len(data)))
+    fh.write(kind)
+    fh.write(data)
+    fh.write(struct.pack(">I", zlib.crc32(data, zlib.crc32(kind))))
+
+
+def _write_png_rgb(fh, rgb: np.ndarray, rows: int = 64) -> None:
+    """Stream ``uint8``/``uint16`` RGB ``(H, W, 3)`` to ``fh`` as an 8- or 16-bit PNG, a band of rows at
+    a time: no BGR copy of the image and no encoded copy of the file in memory (only ``rows`` rows).
+
+    Each row uses PNG's "Up" filter (the difference to the row above), deflated at level 1 with run-length
+    matching: on upscaled photos about as small as OpenCV's encoder and faster.
+    """
+    height, width = rgb.shape[:2]
+    _png_chunk(fh, b"IHDR", struct.pack(">IIBBBBB", width, height, 8 * rgb.itemsize, 2, 0, 0, 0))
+    deflate = zlib.compressobj(1, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
+
+    def as_bytes(band: np.ndarray) -> np.ndarray:  # PNG samples are big-endian
+        band = band.astype(">u2") if band.dtype == np.uint16 else np.ascontiguousarray(band)
+        return band.view(np.uint8).reshape(band.shape[0], -1)
+
+    above = None
+    for top in range(0, height, rows):
+        raw = as_bytes(rgb[top:top + rows])
+        lines = np.empty((raw.shape[0], raw.shape[1] + 1), dtype=np.uint8)
+        lines[:, 0] = 2  # filter type Up; modulo-256 differences
+        np.subtract(raw[1:], raw[:-1], out=lines[1:, 1:])
+        lines[0, 1:] = raw[0] if above is None else raw[0] - above
+        above = raw[-1].copy()
+        data = deflate.compress(lines)
+        if data:
+            _png_chunk(fh, b"IDAT", data)
+    _png_chunk(fh, b"IDAT", deflate.flush())
+    _png_chunk(fh, b"IEND", b"")
+
+
 def write_image(path: StrPath, array: np.ndarray) -> None:
     """Write ``array`` as a PNG file, atomically, creating parent folders.
+
+    ``uint8``/``uint16`` RGB is encoded a band of rows at a time, straight from the array (no copy of
+    the image or of the encoded file is held), so writing a large result costs little beyond the array.
 
     Args:
         path: target ending in ``.png``.
@@ -497,14 +551,21 @@ def write_image(path: StrPath, array: np.ndarray) -> None:
     target = Path(path)
     if target.suffix.lower() != ".png":
         raise ConfigError(f"expected a .png target, got '{target.suffix or 'no suffix'}' ({target})")
-    pixels = _png_pixels(array)
+    a = np.asarray(array)
+    if a.ndim == 3 and a.shape[2] == 3 and a.dtype in (np.uint8, np.uint16) and a.size:
+        with atomic_path(target) as temp, open(temp, "wb") as fh:
+            fh.write(_PNG_SIGNATURE)
+            _write_png_rgb(fh, a)
+        return
+    pixels = _png_pixels(a)
     try:
         ok, encoded = cv2.imencode(".png", pixels)
     except cv2.error as exc:
         raise OSError(f"could not encode {target} as PNG: {exc}") from exc
     if not ok or encoded is None:
         raise OSError(f"could not encode {target} as PNG")
-    atomic_write_bytes(target, encoded.tobytes())
+    with atomic_path(target) as temp, open(temp, "wb") as fh:
+        fh.write(memoryview(encoded))
 
 
 def to_bit_depth(image: np.ndarray, bit_depth: int) -> np.ndarray:

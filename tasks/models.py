@@ -9,13 +9,21 @@ import functools
 import time
 from pathlib import Path
 
+import numpy as np
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
 
 from desra_core import DesraError, __version__
-from desra_core.image import read_image, to_bit_depth, to_float32, write_image
-from desra_core.models.sr import SRModel, check_same_scale, load_sr_model, upscale
+from desra_core.image import read_image, read_image_size, to_float32, write_image
+from desra_core.models.sr import (
+    SRModel,
+    check_output_size,
+    check_same_scale,
+    load_sr_model,
+    max_output_pixels,
+    upscale,
+)
 from desra_core.models.weights import resolve_weights
 from tasks import pixels
 from tasks.claims import compute_missing
@@ -85,16 +93,30 @@ def check_models(mse_model: str, gan_model: str, output_dir: str | None = None) 
 @task(name="super-resolve", cache_policy=NO_CACHE, persist_result=False, task_run_name="{role}-sr x{count}", retries=0)
 def super_resolve_batch(items: list[dict], model: str, role: str, output_dir: str, tile: int, overlap: int,
                         device: str = "auto", count: int = 0) -> list[dict]:
-    """Upscale each item's image (``{"stem", "path", "sha256"}``) with one model; cached by content."""
+    """Upscale each item's image (``{"stem", "path", "sha256"}``) with one model; cached by content.
+
+    Each record carries the input's own size (``input_width``, ``input_height``, from its header) so that
+    any later error about the image can name it. An image whose result would exceed
+    ``DESRA_MAX_OUTPUT_MPIX`` megapixels is refused from its header, before any pixel is decoded: its
+    record gets the error (file, input size, output size, limit) and the others go on. The result is
+    written straight into ``uint8``/``uint16`` (the input's bit depth) as it is blended, so a pass needs
+    about 3 or 6 bytes per output pixel plus tile-sized buffers (``benchmarks/sr_memory.py``)."""
     store, logger = Store(output_dir), get_run_logger()
     device = resolve_device(device)
     weights, digest = model_digest(model)
+    limit = max_output_pixels()
     out, todo = [], []
     for item in items:
         key = step_key("sr", SR_VERSION, image=item["sha256"], model=digest, tile=tile, overlap=overlap)
         record = {"stem": item["stem"], "key": key, "path": str(store.path("sr", key, ".png")), "error": None,
-                  "cached": store.has("sr", key, ".png"), "seconds": 0.0, "model": model, "model_sha256": digest}
+                  "cached": store.has("sr", key, ".png"), "seconds": 0.0, "model": model, "model_sha256": digest,
+                  "input_width": None, "input_height": None}
         out.append(record)
+        try:  # the header only: cheap, and later messages can name the input's own size
+            record["input_width"], record["input_height"] = read_image_size(item["path"])
+        except DesraError as e:
+            record.update(error=str(e), cached=False)
+            continue
         if not record["cached"]:
             todo.append((item, record))
     if todo:
@@ -105,9 +127,11 @@ def super_resolve_batch(items: list[dict], model: str, role: str, output_dir: st
                 item, record = job
                 start = time.perf_counter()
                 try:
+                    check_output_size(record["input_width"], record["input_height"], sr.scale, limit, item["path"])
                     image = read_image(item["path"])
-                    result = upscale(sr, image.pixels, tile=tile, overlap=overlap)
-                    pixels.write_image(record["path"], to_bit_depth(result, image.bit_depth))
+                    result = upscale(sr, image.pixels, tile=tile, overlap=overlap,
+                                     out_dtype=np.uint8 if image.bit_depth == 8 else np.uint16)
+                    pixels.write_image(record["path"], result)
                 except DesraError as e:
                     record["error"] = str(e)
                 except Exception as e:  # reported per image; the batch goes on

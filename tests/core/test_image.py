@@ -483,11 +483,11 @@ def test_write_image_replaces_and_uses_normal_permissions(tmp_path):
 )
 def test_failed_encoding_leaves_the_old_file(tmp_path, monkeypatch, fake_imencode):
     path = tmp_path / "keep.png"
-    write_image(path, np.full((3, 3, 3), 7, np.uint8))
+    write_image(path, np.full((3, 3), 7, np.uint8))  # gray and masks are encoded by OpenCV
     before = path.read_bytes()
     monkeypatch.setattr(image_module.cv2, "imencode", fake_imencode)
     with pytest.raises(OSError, match=r"keep\.png"):
-        write_image(path, np.zeros((3, 3, 3), np.uint8))
+        write_image(path, np.zeros((3, 3), np.uint8))
     assert path.read_bytes() == before
     assert _temp_files(tmp_path) == []
 
@@ -612,3 +612,24 @@ def test_file_cut_inside_its_header_reads_as_truncated(tmp_path):
     path.write_bytes(buffer.getvalue()[:300])  # inside the quantisation and Huffman tables
     with pytest.raises(InputImageError, match=r"expected a complete JPEG file, got a truncated .*cut\.jpg"):
         read_image(path)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+@pytest.mark.parametrize("shape", [(1, 1), (64, 5), (65, 3), (200, 131)])
+def test_rgb_png_streamed_in_bands_reads_back_exactly(tmp_path, dtype, shape):
+    # RGB is written band by band (64 rows) by desra's own encoder; OpenCV and Pillow must both read
+    # back every value, across band boundaries, at both bit depths.
+    top = np.iinfo(dtype).max
+    pixels = np.random.default_rng(sum(shape)).integers(0, top + 1, (*shape, 3), dtype=dtype)
+    pixels[: shape[0] // 2] //= 7  # smooth and noisy parts
+    path = tmp_path / "rgb.png"
+    write_image(path, pixels)
+    loaded = read_image(path)
+    assert loaded.bit_depth == 8 * np.dtype(dtype).itemsize
+    assert np.array_equal(loaded.pixels, pixels)
+    with Image.open(path) as im:
+        assert im.size == (shape[1], shape[0])
+        im.verify()  # every chunk's CRC
+    if dtype == np.uint8:
+        with Image.open(path) as im:
+            assert np.array_equal(np.asarray(im.convert("RGB")), pixels)

@@ -48,7 +48,8 @@ def test_reproduces_parity_sr_images(pair, needs_parity):
             if diff > worst[0]:
                 worst = (diff, f"{case.name}/{name}")
     print(f"\nreal weights: {len(cases)} cases; worst mean |Δ| {worst[0]:.4f}/255 ({worst[1]})")
-    assert worst[0] <= 1.0, f"mean abs diff {worst[0]:.3f}/255 on {worst[1]}"
+    # Measured: worst mean 0.012/255 (float rounding between machines); a few times that is the bound.
+    assert worst[0] <= 0.05, f"mean abs diff {worst[0]:.4f}/255 on {worst[1]}"
 
 
 def test_tiling_with_real_gan_stays_close_to_whole_image(pair, needs_parity):
@@ -63,5 +64,6 @@ def test_tiling_with_real_gan_stays_close_to_whole_image(pair, needs_parity):
     diff = np.abs(tiled - whole) * 255
     print(f"\ntiled vs untiled (RealESRGAN, 200×200 LR, tile 128, overlap 48): max {diff.max():.2f}/255, "
           f"99.9th percentile {np.percentile(diff, 99.9):.2f}/255, mean {diff.mean():.4f}/255")
-    assert diff.mean() <= 0.6
-    assert np.percentile(diff, 99.9) <= 12
+    # Measured: mean 0.12/255, 99.9th percentile 3.6/255; bounds at about twice that.
+    assert diff.mean() <= 0.25
+    assert np.percentile(diff, 99.9) <= 8

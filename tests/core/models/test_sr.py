@@ -187,3 +187,71 @@ def test_option_errors(rrdb_pth):
     for kwargs in ({"tile": 8, "overlap": 8}, {"tile": 0}, {"batch_size": 0}, {"precision": "fp8"}):
         with pytest.raises(ConfigError):
             upscale(m, img, **kwargs)
+
+
+def _whole_image_reference(m, img: np.ndarray, tile: int, overlap: int) -> np.ndarray:
+    """The straightforward blend: a float32 sum of the weighted windows and a weight map over the whole
+    output, divided at the end (how ``upscale`` worked before it streamed its output)."""
+    from desra_core.models.sr import _ramp, _windows
+
+    s, (h, w) = m.scale, img.shape[:2]
+    windows = _windows(h, w, tile, overlap)
+    acc = np.zeros((h * s, w * s, 3), np.float32)
+    weight = np.zeros((h * s, w * s), np.float32)
+    for y, x, th, tw in windows:
+        lr = torch.from_numpy(np.ascontiguousarray(img[y:y + th, x:x + tw].transpose(2, 0, 1)))[None]
+        with torch.inference_mode():
+            patch = m.descriptor(lr)[0].numpy().transpose(1, 2, 0)
+        wt = (_ramp(th * s, overlap * s, y > 0, y + th < h)[:, None]
+              * _ramp(tw * s, overlap * s, x > 0, x + tw < w)[None, :])
+        acc[y * s:(y + th) * s, x * s:(x + tw) * s] += patch * wt[..., None]
+        weight[y * s:(y + th) * s, x * s:(x + tw) * s] += wt
+    if len(windows) > 1:
+        acc /= weight[..., None]
+    return np.clip(acc, 0.0, 1.0)
+
+
+@pytest.mark.parametrize(("shape", "tile", "overlap"), [
+    ((20, 20), 32, 8),   # one window
+    ((20, 70), 24, 8),   # one row of windows
+    ((70, 20), 24, 8),   # one column
+    ((50, 61), 24, 8),   # a grid
+    ((45, 45), 16, 12),  # overlap > tile / 2: three windows cover some pixels on each axis
+])
+def test_streamed_output_equals_the_whole_image_blend(rrdb_pth, shape, tile, overlap):
+    # Pixels are finished as soon as no later window covers them, straight into the output dtype; the
+    # values must be those of the whole-image float32 blend, bit for bit, at every output dtype.
+    from desra_core.image import to_bit_depth
+
+    m = load_sr_model(rrdb_pth)
+    img = _smooth_image(*shape, seed=sum(shape))
+    ref = _whole_image_reference(m, img, tile, overlap)
+    got = {dt: upscale(m, img, tile=tile, overlap=overlap, batch_size=1, out_dtype=dt)  # as the reference
+           for dt in (np.float32, np.uint8, np.uint16)}
+    assert {a.dtype for a in got.values()} == {np.dtype(np.float32), np.dtype(np.uint8), np.dtype(np.uint16)}
+    assert got[np.float32].shape == got[np.uint8].shape == (shape[0] * 4, shape[1] * 4, 3)
+    assert np.array_equal(got[np.float32], ref), np.abs(got[np.float32] - ref).max()
+    assert np.array_equal(got[np.uint8], to_bit_depth(ref, 8))
+    assert np.array_equal(got[np.uint16], to_bit_depth(ref, 16))
+
+
+def test_integer_output_needs_no_whole_image_float_buffer(rrdb_pth):
+    # The old path held a float32 sum (12 B) and weight map (4 B) per output pixel, then a float32
+    # result: about 34 B/px. Streaming keeps the uint8 output (3 B/px) plus tile-sized buffers.
+    import tracemalloc
+
+    m = load_sr_model(rrdb_pth)
+    img = (_smooth_image(160, 160, seed=3) * 255).astype(np.uint8)
+    upscale(m, img[:40, :40], tile=32, overlap=8, out_dtype=np.uint8)  # warm-up
+    tracemalloc.start()
+    out = upscale(m, img, tile=32, overlap=8, out_dtype=np.uint8)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    per_pixel = peak / (out.shape[0] * out.shape[1])
+    assert out.dtype == np.uint8 and per_pixel < 8, f"{per_pixel:.2f} B per output pixel"
+
+
+def test_out_dtype_is_checked(rrdb_pth):
+    m = load_sr_model(rrdb_pth)
+    with pytest.raises(ConfigError, match="out_dtype"):
+        upscale(m, _smooth_image(16, 16), out_dtype=np.float64)
