@@ -10,6 +10,7 @@ deployment that any worker of the pool can pick up.
 
 import hashlib
 import json
+import re
 from typing import Annotated
 
 from prefect import flow, get_run_logger
@@ -21,6 +22,7 @@ from desra_core.models.segmentation import DEFAULT_SEGMENTER
 from tasks.detect import build_pseudo_gts, detect_image, detect_key, pseudo_gt_key
 from tasks.drop import match_labels, scan_drop
 from tasks.models import segment_batch, super_resolve_batch
+from tasks.preflight import confine, preflight, refuse
 from tasks.progress import Progress
 from tasks.report import is_published, publish_batch
 from tasks.store import Store
@@ -63,7 +65,20 @@ def desra_batch(
     device: str = "auto",
     run_id: str = "adhoc",
 ) -> list[dict]:
-    """Process ``stems`` of ``input_dir`` (all images when ``None``); returns one row per image."""
+    """Process ``stems`` of ``input_dir`` (all images when ``None``); returns one row per image.
+
+    Refused (a ``Failed`` state, nothing read or created) when a path lies outside the allowed roots
+    (``DESRA_ALLOWED_ROOTS``, or the folders the deployment was registered with), or when the device,
+    the models, the segmenter or the output root do not pass the preflight checks."""
+    segmenter, labels_dir = segmenter or None, labels_dir or None
+    try:
+        confine(dict(input_dir=input_dir, output_dir=output_dir, labels_dir=labels_dir, mse_model=mse_model,
+                     gan_model=gan_model, segmenter=None if labels_dir else segmenter))
+    except DesraError as e:
+        return refuse(e)
+    verdict = preflight(mse_model, gan_model, None if labels_dir else segmenter, output_dir, device)
+    if verdict["refusal"] is not None:
+        return refuse(verdict["refusal"], verdict["kind"])
     return process_batch(input_dir, output_dir, stems, mse_model, gan_model, segmenter, labels_dir, threshold,
                          min_area, min_area_fraction, tile, overlap, feather, device, run_id)
 
@@ -130,7 +145,7 @@ def process_batch(input_dir: str, output_dir: str, stems: list[str] | None, mse_
         if state.is_completed():
             detected.append((row, det.result(), mse, gan, labels, keys))
         else:
-            row["error"] = upstream or state_error(state)
+            row["error"] = _about_input(upstream or state_error(state), row["input_path"], mse or gan)
             logger.warning("%s failed: %s", row["stem"], row["error"])
             publishing.append({"row": row, "files": {}, "regions": [], "keys": None})
         rows.append(row)
@@ -140,7 +155,7 @@ def process_batch(input_dir: str, output_dir: str, stems: list[str] | None, mse_
     for row, record, mse, gan, labels, keys in detected:
         made = pseudo[row["stem"]]
         if made["error"] is not None:
-            row["error"] = made["error"]
+            row["error"] = _about_input(made["error"], row["input_path"], mse)
             publishing.append({"row": row, "files": {}, "regions": [], "keys": None})
             continue
         files = {"masks": record["mask_path"], "pseudo_gt": made["path"], "sr/mse": mse["path"],
@@ -156,6 +171,17 @@ def process_batch(input_dir: str, output_dir: str, stems: list[str] | None, mse_
     progress.done()
     order = {item["stem"]: i for i, item in enumerate(items)}
     return sorted(rows, key=lambda r: order[r["stem"]])
+
+
+def _about_input(error: str, path: str | None, sr: dict | None) -> str:
+    """``error`` naming the input file and its own size (from the SR record's header read), when it does
+    not already: a step after SR only sees the upscaled images, e.g. "expected images at least 11×11
+    pixels (the window), got 4×4" for a 1×1 input."""
+    size = None if sr is None or sr.get("input_width") is None else f"{sr['input_width']}×{sr['input_height']}"
+    missing = [] if not path or path in error else [path]
+    if size is not None and re.search(rf"(?<!\d){size}(?!\d)", error) is None:  # "1×1" is in "11×11"
+        missing.append(f"{size} pixels")
+    return f"{error} (input: {', '.join(missing)})" if missing else error
 
 
 def _computed(steps: dict[str, dict | None]) -> str:

@@ -26,7 +26,7 @@ from desra_core.models.segmentation import DEFAULT_SEGMENTER
 from flows.batch import detection_config, process_batch
 from flows.finetune import finetune as finetune_flow
 from tasks.gpu import ensure_gpu_limit
-from tasks.models import check_models
+from tasks.preflight import confine, preflight, refuse
 from tasks.progress import Progress
 from tasks.report import IMAGE_COLUMNS, write_run_report
 
@@ -36,21 +36,63 @@ BATCH_DEPLOYMENT = "desra-batch/desra-batch"
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
-def _run_batches_on_workers(batches: list[list[str]], parameters: dict, progress) -> None:
-    """One run of the ``desra-batch`` deployment per batch; wait until all have finished."""
-    from prefect.client.orchestration import get_client
-    from prefect.deployments import run_deployment
+def _run_batches_on_workers(batches: list[list[str]], parameters: dict, progress,
+                            takeover_after: float | None = None) -> None:
+    """One run of the ``desra-batch`` deployment per batch; wait until all have finished.
 
+    This run holds a worker slot while it waits, so with one worker at ``--limit 1`` (or a pool whose
+    concurrency limit this run fills) no worker could ever start a batch run. Whenever a batch run is still
+    Scheduled ``takeover_after`` seconds after the last batch run was picked up (default: three worker polls,
+    ``3 × PREFECT_WORKER_QUERY_SECONDS``, at least 10 s), this run claims the last such one the way a worker
+    does, by moving it to Pending (Prefect lets only one proposer move a run from Scheduled to Pending; a worker
+    that comes later is refused), processes its batch in this process and ends the batch run Completed or
+    Failed with a message that says so. Even if a worker and this run both did a batch, each image's work
+    would be done once: the store's claims see to it.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import StateType
+    from prefect.client.schemas.responses import SetStateStatus
+    from prefect.deployments import run_deployment
+    from prefect.settings import get_current_settings
+    from prefect.states import Completed, Failed, Pending
+
+    if takeover_after is None:
+        takeover_after = max(10.0, 3.0 * float(get_current_settings().worker.query_seconds))
+    logger = get_run_logger()
     runs = [run_deployment(BATCH_DEPLOYMENT, parameters={**parameters, "stems": stems}, timeout=0,
                            flow_run_name=f"batch {i + 1}/{len(batches)}")
             for i, stems in enumerate(batches)]
-    pending = {r.id for r in runs}
+    stems_of = {r.id: stems for r, stems in zip(runs, batches, strict=True)}
+    pending, scheduled = {r.id for r in runs}, [r.id for r in runs]  # scheduled: in batch order
+    last_pickup = time.monotonic()
     with get_client(sync_client=True) as client:
         while pending:
             time.sleep(2)
             for run_id in list(pending):
-                if client.read_flow_run(run_id).state.is_final():
+                state = client.read_flow_run(run_id).state
+                if state.type != StateType.SCHEDULED and run_id in scheduled:
+                    scheduled.remove(run_id)
+                    last_pickup = time.monotonic()
+                if state.is_final():
                     pending.discard(run_id)
+            if scheduled and time.monotonic() - last_pickup >= takeover_after:
+                run_id = scheduled.pop()  # workers take the oldest first: take the newest
+                claim = client.set_flow_run_state(run_id, Pending(), force=False)
+                if claim.status == SetStateStatus.ACCEPT:
+                    logger.info("no worker picked up batch run %s within %.0f s: processing its %d image(s) here",
+                                run_id, takeover_after, len(stems_of[run_id]))
+                    parent = f"{runtime_flow_run.id} ({runtime_flow_run.name})"
+                    try:
+                        process_batch(**parameters, stems=stems_of[run_id])
+                    except Exception as e:  # the parent run goes on; _gather reports the missing images
+                        client.set_flow_run_state(run_id, Failed(message=f"processed in parent run {parent}, "
+                                                                         f"which failed on it: {e}"), force=True)
+                    else:
+                        client.set_flow_run_state(run_id, Completed(message=f"processed in parent run {parent}: "
+                                                                            "no worker was free"), force=True)
+                    pending.discard(run_id)  # the timer runs on: with no worker free, the next batch at once
+                else:  # a worker got there first
+                    last_pickup = time.monotonic()
             progress.update(100.0 * (len(runs) - len(pending)) / len(runs))
 
 
@@ -97,14 +139,24 @@ def desra(
     itself comes from a deployment and the drop has more than one batch.
     """
     logger = get_run_logger()
-    detection_config(threshold, min_area, min_area_fraction)  # fail fast on bad options
-    try:
-        check_models(mse_model, gan_model, output_dir)  # and on bad models, before any image is touched
+    # An empty string means none: a deployment made with DESRA_SEGMENTER="" passes "" as its default.
+    segmenter, labels_dir = segmenter or None, labels_dir or None
+    try:  # before anything is read or created: the paths inside the allowed roots, valid options
+        confine(dict(input_dir=input_dir, output_dir=output_dir, labels_dir=labels_dir, mse_model=mse_model,
+                     gan_model=gan_model, segmenter=None if labels_dir else segmenter))
+        detection_config(threshold, min_area, min_area_fraction)
     except DesraError as e:
-        return Failed(message=f"refused the models: {e}")
+        return refuse(e)
+    # device, models, segmenter and output root, before any image is touched
+    verdict = preflight(mse_model, gan_model, None if labels_dir else segmenter, output_dir, device)
+    if verdict["refusal"] is not None:
+        return refuse(verdict["refusal"], verdict["kind"])
     ensure_gpu_limit()
     run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{str(runtime_flow_run.id or 'local')[:8]}"
-    stems = sorted(list_image_entries(input_dir))  # refused entries too: each gets its report row
+    try:
+        stems = sorted(list_image_entries(input_dir))  # refused entries too: each gets its report row
+    except DesraError as e:  # no such folder, or not a folder
+        return refuse(e)
     batches = [stems[i:i + batch_size] for i in range(0, len(stems), batch_size)]
     parameters = dict(input_dir=input_dir, output_dir=output_dir, mse_model=mse_model, gan_model=gan_model,
                       segmenter=segmenter, labels_dir=labels_dir, threshold=threshold, min_area=min_area,

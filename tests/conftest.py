@@ -46,3 +46,14 @@ def needs_parity() -> Path:
     if not parity_cases():
         pytest.skip(f"parity data not found at {PARITY} (set DESRA_SHARED to the shared folder)")
     return PARITY
+
+
+def file_tree(root: Path) -> dict[str, tuple[int, int]]:
+    """Every path under ``root`` (links not followed) with its size and mtime: compare two snapshots to
+    see that nothing was created, removed or changed."""
+    found = {}
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            st = os.lstat(os.path.join(folder, name))
+            found[os.path.relpath(os.path.join(folder, name), root)] = (st.st_size, st.st_mtime_ns)
+    return found

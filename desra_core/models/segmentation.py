@@ -229,7 +229,8 @@ def load_segformer(id_or_path: str = DEFAULT_SEGMENTER, *, device: str | torch.d
     except DesraError:
         raise
     except Exception as exc:  # transformers raises OSError, ValueError, … for unusable checkpoints
-        raise ModelLoadError(f"expected a loadable SegFormer checkpoint, got {type(exc).__name__}: {exc}; "
+        detail = " ".join(str(exc).split())  # one line: transformers' messages span several
+        raise ModelLoadError(f"expected a loadable SegFormer checkpoint, got {type(exc).__name__}: {detail}; "
                              f"{hint} (file: {source})") from exc
     model = model.to(torch.device(device)).eval().requires_grad_(False)
     return Segmenter(model=model, name=source, to_ade20k=lut, device=torch.device(device),

@@ -96,6 +96,16 @@ KNOWN_WEIGHTS: dict[str, KnownWeights] = load_table()
 """The shipped table of official x4 weights (see ``desra_core/data/known_weights.json``)."""
 
 
+def _file_kind(path: Path) -> str:
+    """What a path that exists but is not a regular file is, in words ("a directory", "a FIFO", …)."""
+    import stat
+
+    mode = path.stat().st_mode
+    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"))
+    return next((word for test, word in kinds if test(mode)), "something that is not a regular file")
+
+
 def cache_dir() -> Path:
     """Where downloads go: ``$DESRA_CACHE/weights``, else ``$XDG_CACHE_HOME/desra/weights``, else
     ``~/.cache/desra/weights``. The folder is not created here."""
@@ -235,8 +245,8 @@ def resolve_weights(name_or_path: str | os.PathLike[str], *, table: Mapping[str,
         path = Path(text).expanduser()
         if path.is_file():
             return path
-        if path.exists():
-            raise ModelLoadError(f"expected a model file, got a directory (file: {path})")
+        if path.exists():  # never open a device, FIFO or socket: reading one may block or never end
+            raise ModelLoadError(f"expected a regular model file, got {_file_kind(path)} (file: {path})")
         if isinstance(name_or_path, os.PathLike) or any(s in text for s in "/\\") or text.endswith(_WEIGHT_SUFFIXES):
             raise ModelLoadError(f"expected a model file, got a missing path (file: {path})")
         raise ModelLoadError(f"expected a model file or one of the known weights ({', '.join(sorted(table))}), "

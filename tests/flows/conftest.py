@@ -32,3 +32,25 @@ def write_lr(path, seed: int, size: int = 40) -> None:
     coarse = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
     assert cv2.imwrite(str(path), cv2.resize(coarse, (size, size), interpolation=cv2.INTER_CUBIC))
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """Count the SR inference and detection calls that the tasks make."""
+    import tasks.detect
+    import tasks.models
+
+    calls = {"upscale": 0, "detect": 0}
+    real_upscale, real_detect = tasks.models.upscale, tasks.detect.detect_artifacts
+
+    def upscale(*a, **k):
+        calls["upscale"] += 1
+        return real_upscale(*a, **k)
+
+    def detect(*a, **k):
+        calls["detect"] += 1
+        return real_detect(*a, **k)
+
+    monkeypatch.setattr(tasks.models, "upscale", upscale)
+    monkeypatch.setattr(tasks.detect, "detect_artifacts", detect)
+    return calls

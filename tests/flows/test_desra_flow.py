@@ -13,29 +13,8 @@ import cv2
 import pandas as pd
 import pytest
 
-import tasks.detect
-import tasks.models
 from flows.full import desra
 from tests.flows.conftest import write_lr
-
-
-@pytest.fixture
-def counted(monkeypatch):
-    """Count model inference and detection calls made by the tasks."""
-    calls = {"upscale": 0, "detect": 0}
-    real_upscale, real_detect = tasks.models.upscale, tasks.detect.detect_artifacts
-
-    def upscale(*a, **k):
-        calls["upscale"] += 1
-        return real_upscale(*a, **k)
-
-    def detect(*a, **k):
-        calls["detect"] += 1
-        return real_detect(*a, **k)
-
-    monkeypatch.setattr(tasks.models, "upscale", upscale)
-    monkeypatch.setattr(tasks.detect, "detect_artifacts", detect)
-    return calls
 
 
 def _run(drop, out, models, **overrides):

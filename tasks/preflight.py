@@ -1,0 +1,166 @@
+"""Checks that a run makes before it reads any image or creates anything: fail fast, fail clearly.
+
+:func:`confine` applies the allowed roots (:mod:`tasks.roots`) to a run's paths; the ``preflight`` task
+checks the device, loads and checks the SR models and the segmenter, and makes sure that the output
+root can be created and written. A refusal that desra expects (a :class:`~desra_core.DesraError`) is one
+sentence: :func:`refuse` logs it at WARNING, without a traceback, and turns it into the run's ``Failed``
+state; tracebacks are left to bugs.
+
+Under a worker, Prefect's engine re-raises a flow run's returned ``Failed`` state as ``FailedRun`` and logs
+"Engine execution exited with unexpected exception" with that traceback, for a refusal as for a drop
+with failed images. Importing this module installs :class:`ReturnedFailedState` on the
+``prefect.flow_runs`` logger, which drops exactly those records: the run's own WARNING and Prefect's
+"Finished in state Failed(…)" already say why. An exception that a flow raises is not a ``FailedRun``
+and keeps its traceback.
+"""
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import FailedRun
+from prefect.states import Failed
+
+from desra_core import ConfigError, DesraError, ModelLoadError
+from desra_core.models.weights import KNOWN_WEIGHTS, cache_dir
+from tasks.models import SEG_VERSION, SR_VERSION, _folder_digest, _segmenter, check_models, model_digest, resolve_device
+from tasks.roots import ROOTS_VARIABLE, Roots, check_confined, parse_roots, registered_roots, run_paths, segmenter_path
+from tasks.store import Store, step_key
+
+__all__ = ["ReturnedFailedState", "allowed_roots", "check_device", "confine", "ensure_output_root", "preflight",
+           "refuse"]
+
+
+class ReturnedFailedState(logging.Filter):
+    """Drops the engine's traceback of a ``Failed`` state that the flow returned on purpose (``FailedRun``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], FailedRun))
+
+
+_FLOW_RUN_LOGGER = logging.getLogger("prefect.flow_runs")
+if not any(isinstance(f, ReturnedFailedState) for f in _FLOW_RUN_LOGGER.filters):
+    _FLOW_RUN_LOGGER.addFilter(ReturnedFailedState())
+
+
+def allowed_roots() -> Roots | None:
+    """The roots that confine this run: ``DESRA_ALLOWED_ROOTS``, else (under a deployment) the paths its
+    deployment was registered with, read from the deployment record through the API; ``None``: unconfined."""
+    roots = parse_roots(os.environ.get(ROOTS_VARIABLE, ""))
+    if roots is not None:
+        return roots
+    from prefect.runtime import deployment as runtime_deployment
+
+    deployment_id = runtime_deployment.id
+    if deployment_id is None:
+        return None
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        record = client.read_deployment(deployment_id)
+        name = f"{client.read_flow(record.flow_id).name}/{record.name}"
+    return registered_roots(record.parameters or {}, KNOWN_WEIGHTS, name)
+
+
+def confine(parameters: dict) -> None:
+    """Refuse a run whose paths (``input_dir``, ``output_dir``, ``labels_dir``, model files, segmenter
+    folder) do not all lie inside the allowed roots. Reads nothing and creates nothing.
+
+    Raises:
+        ConfigError: naming the parameter and the roots.
+    """
+    roots = allowed_roots()
+    if roots is not None:
+        check_confined(run_paths(parameters, KNOWN_WEIGHTS), roots, model_cache=cache_dir())
+
+
+def check_device(device: str) -> str:
+    """The torch device a run asked for (``auto``: CUDA when available, else the CPU), checked on this
+    machine. Raises :class:`ConfigError` for a name torch does not know or a device this machine lacks."""
+    import torch
+
+    name = resolve_device(device)
+    try:
+        parsed = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"expected device auto, cpu, cuda or cuda:N, got {device!r}") from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"expected a device this worker has, got {device!r}, but CUDA is not available here")
+        if parsed.index is not None and parsed.index >= count:
+            raise ConfigError(f"expected a device this worker has, got {device!r}, but it has {count} CUDA device(s)")
+    elif parsed.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ConfigError(f"expected a device this worker has, got {device!r}, but MPS is not available here")
+    elif parsed.type != "cpu":
+        raise ConfigError(f"expected device auto, cpu, cuda or cuda:N, got {device!r}")
+    return name
+
+
+def ensure_output_root(output_dir: str) -> Path:
+    """Create the output root if needed and prove that a file can be written in it (the probe file is
+    removed). Raises :class:`ConfigError` naming the folder and the system's reason."""
+    root = Path(output_dir)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ConfigError(f"expected output_dir to be a folder, got a file that is not one ({output_dir})") from None
+    except OSError as e:
+        raise ConfigError(f"expected an output root that can be created, got {e.strerror or e} for "
+                          f"{output_dir}") from None
+    try:
+        fd, probe = tempfile.mkstemp(dir=root, prefix=".desra-write-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ConfigError(f"expected an output root that can be written, got {e.strerror or e} for "
+                          f"{output_dir}") from None
+    return root
+
+
+def _segmenter_id(segmenter: str) -> str:
+    local = segmenter_path(segmenter)
+    return segmenter if local is None or not Path(local).is_dir() else f"{segmenter}@{_folder_digest(local)}"
+
+
+@task(name="preflight", cache_policy=NO_CACHE, persist_result=False)
+def preflight(mse_model: str, gan_model: str, segmenter: str | None, output_dir: str, device: str = "auto") -> dict:
+    """Every check a run makes before it touches an image, in this order: the device; both SR models
+    (loaded on the CPU, same scale; see :func:`tasks.models.check_models`); the segmenter, when there is one
+    (loaded on the run's device, its ADE20K class order checked); the output root (created, written).
+
+    The verdict on the models and the segmenter is remembered in the output root's store by the files'
+    digests (and the segmenter's id, or its folder's digest), so a re-run does not load them again.
+    Returns ``{"refusal": None, "device": …}``, or ``{"refusal": sentence, "kind": error class name}``:
+    an expected refusal is a result, not an exception, so that it is not logged as a crash.
+    """
+    try:
+        resolved = check_device(device)
+        digests = {role: model_digest(spec)[1] for role, spec in (("mse", mse_model), ("gan", gan_model))}
+        store = Store(output_dir)
+        key = step_key("preflight", f"{SR_VERSION}+{SEG_VERSION}", **digests,
+                       segmenter=None if not segmenter else _segmenter_id(segmenter))
+        verdict = store.read_json("preflight", key)
+        fresh = verdict is None
+        if fresh:
+            verdict = {"models": check_models.fn(mse_model, gan_model), "segmenter": segmenter or None}
+            if segmenter:
+                _segmenter(segmenter, resolved)
+        ensure_output_root(output_dir)
+        if fresh:
+            store.write_json("preflight", key, verdict)
+    except DesraError as e:
+        return {"refusal": str(e), "kind": type(e).__name__}
+    return {"refusal": None, "device": resolved, **verdict}
+
+
+def refuse(error: DesraError | str, kind: str | None = None):
+    """Log an expected refusal at WARNING (no traceback) and return the run's ``Failed`` state."""
+    message, kind = (error, kind) if isinstance(error, str) else (str(error), type(error).__name__)
+    prefix = "refused the models" if kind == ModelLoadError.__name__ else "refused"
+    get_run_logger().warning("%s: %s", prefix, message)
+    return Failed(message=f"{prefix}: {message}")
