@@ -1,4 +1,8 @@
-"""``desra finetune`` and ``desra evaluate``: DeSRA's delete step and its measured effect, on folders."""
+"""``desra finetune`` and ``desra evaluate``: DeSRA's delete step and its measured effect, on folders.
+
+``desra finetune`` exits with :data:`NO_BETTER_MODEL` (3) when no validated checkpoint qualifies: nothing
+is shipped then, only the training log, the model card and the report say what was tried.
+"""
 
 from __future__ import annotations
 
@@ -13,20 +17,27 @@ from desra_core.finetune.pipeline import label_source
 from desra_core.image import atomic_path, read_image
 from desra_core.listing import list_images
 
-__all__ = ["load_images", "run_evaluate", "run_finetune"]
+__all__ = ["NO_BETTER_MODEL", "load_images", "run_evaluate", "run_finetune"]
+
+NO_BETTER_MODEL = 3
+"""Exit code of ``desra finetune`` when no checkpoint beats the original on the validation images."""
 
 
-def load_images(folder: Path) -> dict[str, np.ndarray]:
-    """Low-resolution RGB images by stem; unreadable ones are reported on stderr and left out."""
-    images = {}
+def load_images(folder: Path, *, with_files: bool = False):
+    """Low-resolution RGB images by stem; unreadable ones are reported on stderr and left out.
+
+    With ``with_files``, returns ``(images, files)``: also stem → path of each readable image.
+    """
+    images, files = {}, {}
     for stem, path in list_images(folder).items():
         try:
             images[stem] = read_image(path).pixels
+            files[stem] = path
         except DesraError as e:
             print(f"skipped: {e}", file=sys.stderr)
     if not images:
         raise DesraError(f"expected at least one readable image in {folder}, got none")
-    return images
+    return (images, files) if with_files else images
 
 
 def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
@@ -36,32 +47,60 @@ def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
 
 
 def run_finetune(args, device: str, progress_factory) -> int:
+    from desra_core.finetune.delivery import finetune_and_deliver
     from desra_core.finetune.losses import LossWeights
-    from desra_core.finetune.pipeline import build_pairs
-    from desra_core.finetune.trainer import FinetuneConfig, finetune, save_generator
+    from desra_core.finetune.trainer import FinetuneConfig
+    from desra_core.finetune.validation import split_holdout
     from desra_core.models.sr import load_sr_model
 
     config = FinetuneConfig(iterations=args.iterations, batch=args.batch, crop=args.crop, lr=args.lr, ema=args.ema,
-                            weights=LossWeights(perceptual=0.0 if args.no_perceptual else 1.0,
-                                                gan=0.0 if args.no_gan else 0.1),
-                            seed=args.seed, vgg_weights_path=args.vgg_weights, checkpoint_every=args.checkpoint_every)
+                            artifact_fraction=args.artifact_share,
+                            weights=LossWeights(perceptual=1.0 if args.perceptual else 0.0,
+                                                gan=0.1 if args.adversarial else 0.0),
+                            seed=args.seed, vgg_weights_path=args.vgg_weights, checkpoint_every=args.checkpoint_every,
+                            validate_every=args.validate_every, min_detail_ratio=args.min_detail_ratio)
+    images, files = load_images(args.images, with_files=True)
+    labels = label_source(args.labels, args.segmenter, device)
+    if args.validate is not None:
+        val_images, val_files = load_images(args.validate, with_files=True)
+        # the --labels folder (by stem) or the segmenter serve the validation images too, unless told otherwise
+        val_labels = label_source(args.validate_labels, None, device) if args.validate_labels else labels
+        split = {"mode": "folder", "folder": str(args.validate)}
+        train_stems = sorted(images)
+    else:
+        train_stems, val_stems = split_holdout(list(images), args.holdout, args.split_seed)
+        val_images, val_files = {s: images[s] for s in val_stems}, {s: files[s] for s in val_stems}
+        val_labels = labels
+        split = {"mode": "held-out", "share": args.holdout, "seed": args.split_seed, "stems": val_stems}
+    train_images, train_files = {s: images[s] for s in train_stems}, {s: files[s] for s in train_stems}
+    print(f"validation image(s): {', '.join(sorted(val_images))} ({split['mode']})")
     gan = load_sr_model(args.gan, device=device)
     mse = load_sr_model(args.mse, expected_scale=gan.scale, device=device)
     detection = DetectionConfig(threshold=args.threshold, min_area=args.min_area)
-    images = load_images(args.images)
-    labels = label_source(args.labels, args.segmenter, device)
-    pairs, scores = build_pairs(images, mse, gan, labels, detection, tile=args.tile)
-    flagged = sum(s.artifact_fraction > 0 for s in scores)
-    print(f"{len(pairs)} training pair(s), {flagged} with artifacts (mean artifact fraction "
-          f"{np.mean([s.artifact_fraction for s in scores]):.4f})")
+
+    def announce(scores) -> None:
+        flagged = sum(s.artifact_fraction > 0 for s in scores)
+        print(f"{len(scores)} training pair(s), {flagged} with artifacts (mean artifact fraction "
+              f"{np.mean([s.artifact_fraction for s in scores]):.4f})", flush=True)
+
     bar = progress_factory(config.iterations)
-    result = finetune(gan.descriptor.model, pairs, config, work_dir=args.out, device=device,
-                      discriminator_path=args.discriminator, progress=bar)
-    if hasattr(bar, "close"):
-        bar.close()
-    out = save_generator(result.generator, args.out / "generator.safetensors")
-    _write_parquet(pd.DataFrame(result.log), args.out / "train_log.parquet")
-    print(f"fine-tuned generator: {out}\ntraining log: {args.out / 'train_log.parquet'}")
+    try:
+        delivery = finetune_and_deliver(
+            gan=gan, mse=mse, train_images=train_images, train_files=train_files, validation_images=val_images,
+            validation_files=val_files, validation_split=split, labels=labels, validation_labels=val_labels,
+            detection=detection, config=config, out_dir=args.out, device=device, tile=args.tile,
+            discriminator_path=args.discriminator, progress=bar, on_pairs=announce,
+            settings={"device": device, "discriminator": args.discriminator, "gan": args.gan, "mse": args.mse})
+    finally:
+        if hasattr(bar, "close"):
+            bar.close()
+    _write_parquet(pd.DataFrame(delivery.result.log), args.out / "train_log.parquet")
+    print(f"training log: {args.out / 'train_log.parquet'}\nmodel card: {delivery.card_path}\n"
+          f"report: {delivery.report}")
+    if delivery.generator is None:
+        print(f"no fine-tuned generator written: {delivery.result.reason}", file=sys.stderr)
+        return NO_BETTER_MODEL
+    print(f"chosen: {delivery.result.reason}\nfine-tuned generator: {delivery.generator}")
     return 0
 
 

@@ -46,7 +46,9 @@ __all__ = [
     "mask_overlay",
     "order_rows",
     "preview",
+    "render_finetune_page",
     "render_review_page",
+    "write_finetune_page",
     "write_review_page",
 ]
 
@@ -314,29 +316,32 @@ def _figure(panel: str, uri: str | None, loaded: _Loaded, stem: str, page_dir: P
     return f'<figure class="panel">{body}<figcaption>{_e(title)}</figcaption></figure>'
 
 
-def _comparison(gan: np.ndarray, pseudo: np.ndarray, stem: str, side: int) -> str:
-    """GAN-SR (left of the divider) over the pseudo-GT (right), both at one preview size."""
+def _comparison(gan: np.ndarray, pseudo: np.ndarray, stem: str, side: int,
+                names: tuple[str, str] = ("GAN-SR", "pseudo-GT")) -> str:
+    """GAN-SR (left of the divider) over the pseudo-GT (right), both at one preview size; ``names`` label
+    the two sides (another pair of pictures, e.g. original and fine-tuned model, reuses the slider)."""
+    left_name, right_name = names
     left = preview(gan, side)
     h, w = left.shape[:2]
     right = cv2.resize(pseudo, (w, h), interpolation=cv2.INTER_AREA) if pseudo.shape[:2] != (h, w) else pseudo
     # Small images are shown enlarged by a whole factor (crisp pixels), so that the divider has room.
     zoom = max(1, math.ceil(_MIN_COMPARE_DISPLAY / max(h, w)))
     shown_w, shown_h = w * zoom, h * zoom
-    label = f"Divider between GAN-SR (left) and pseudo-GT (right) of {stem}"
+    label = f"Divider between {left_name} (left) and {right_name} (right) of {stem}"
     return (
         f'<figure class="compare{" compare-zoomed" if zoom > 1 else ""}" data-width="{w}" data-height="{h}">'
         f'<div class="compare-frame">'
         f'<img class="compare-base" src="{_jpeg_uri(right)}" width="{shown_w}" height="{shown_h}" '
-        f'alt="Pseudo-GT of {_e(stem)}">'
+        f'alt="{_e(right_name[:1].upper() + right_name[1:])} of {_e(stem)}">'
         f'<div class="compare-top"><img src="{_jpeg_uri(left)}" width="{shown_w}" height="{shown_h}" '
-        f'alt="GAN-SR of {_e(stem)}"></div>'
-        f'<span class="compare-tag compare-tag-left" aria-hidden="true">GAN-SR</span>'
-        f'<span class="compare-tag compare-tag-right" aria-hidden="true">pseudo-GT</span>'
+        f'alt="{_e(left_name[:1].upper() + left_name[1:])} of {_e(stem)}"></div>'
+        f'<span class="compare-tag compare-tag-left" aria-hidden="true">{_e(left_name)}</span>'
+        f'<span class="compare-tag compare-tag-right" aria-hidden="true">{_e(right_name)}</span>'
         f'<input class="compare-range" type="range" min="0" max="100" step="0.5" value="50" '
-        f'aria-label="{_e(label)}" aria-valuetext="50% GAN-SR">'
+        f'aria-label="{_e(label)}" aria-valuetext="50% {_e(left_name)}">'
         f'<span class="compare-line" aria-hidden="true"></span>'
         f"</div>"
-        f"<figcaption>Before/after: GAN-SR left of the divider, pseudo-GT right "
+        f"<figcaption>Before/after: {_e(left_name)} left of the divider, {_e(right_name)} right "
         f"(drag, or focus and use the arrow keys; {w} × {h} preview"
         f"{f', shown {zoom}× enlarged' if zoom > 1 else ''})</figcaption>"
         f"</figure>"
@@ -545,4 +550,76 @@ def write_review_page(rows: Iterable[Mapping], output_dir: str | os.PathLike[str
                               panel_side=panel_side, compare_side=compare_side, fragments=fragments,
                               read_pixels=read_pixels, read_mask_file=read_mask_file)
     atomic_write_bytes(target, page.encode("utf-8"))
+    return target
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Fine-tuning
+
+
+def _fraction_pair(block: Mapping, key: str) -> str:
+    values = block.get(key) or {}
+    before, after = values.get("original"), values.get("fine_tuned")
+    fmt = _percent if key == "artifact_fraction" else (lambda v: "—" if _missing(v) else f"{float(v):.3f}")
+    return f"{fmt(before)} → {fmt(after)}"
+
+
+def render_finetune_page(card: Mapping, pictures: Iterable[tuple[str, np.ndarray, np.ndarray]], *, title: str,
+                         compare_side: int = COMPARE_SIDE) -> str:
+    """A page for a fine-tuning run: which checkpoint was chosen and why, before/after figures on the train
+    and validation images (from a model card, :func:`desra_core.finetune.card.build_model_card`), and per
+    validation image a slider between the original model's result (left) and the fine-tuned one's (right).
+
+    ``pictures``: ``(stem, original uint8 (H, W, 3), fine-tuned uint8 (H, W, 3))``; empty when no model was
+    chosen.
+    """
+    chosen = card.get("chosen")
+    numbers = {"Base model": f"{card['base_model']['source']} (sha256 {card['base_model']['sha256'][:12]}…)",
+               "Chosen checkpoint": "none: no generator written" if chosen is None else
+               f"step {chosen['step']} ({chosen['weights']} weights)",
+               "Why": card.get("reason", ""),
+               "Train images": ", ".join(i["stem"] for i in card["train_images"]),
+               "Validation images": ", ".join(i["stem"] for i in card["validation_images"])}
+    for part in ("validation", "train"):
+        block = card[part]
+        numbers[f"{part.capitalize()}: artifacts, original → fine-tuned"] = _fraction_pair(block, "artifact_fraction")
+        numbers[f"{part.capitalize()}: detail, original → fine-tuned"] = _fraction_pair(block, "detail")
+    rows = "".join(
+        f"<tr><td class='num'>{c['step']}</td><td>{_e(c['weights'])}</td>"
+        f"<td class='num'>{_e(_percent(c['validation_artifact_fraction']))}</td>"
+        f"<td class='num'>{_e(_number(c['validation_detail_ratio']))}</td></tr>" for c in card.get("checkpoints", []))
+    table = ('<details class="index" open><summary>Validated checkpoints</summary><table><thead><tr>'
+             '<th class="num">Step</th><th>Weights</th><th class="num">Validation artifacts</th>'
+             '<th class="num">Detail ratio</th></tr></thead><tbody>' + rows + "</tbody></table></details>")
+    sections = []
+    for rank, (stem, original, tuned) in enumerate(pictures, start=1):
+        per = card["validation"]["per_image"].get(stem, {})
+        facts = {"Artifacts, original": _percent(per.get("original", {}).get("artifact_fraction")),
+                 "Artifacts, fine-tuned": _percent(per.get("fine_tuned", {}).get("artifact_fraction"))}
+        sections.append(f'<section class="image" id="val-{rank}"><header><h2><span class="stem">{_e(stem)}'
+                        f"</span></h2></header>{_dl(facts, 'numbers')}"
+                        f"{_comparison(original, tuned, stem, compare_side, ('original', 'fine-tuned'))}</section>")
+    csp = (f"default-src 'none'; img-src data:; style-src {_csp_hash(_CSS)}; script-src {_csp_hash(_JS)}; "
+           "base-uri 'none'; form-action 'none'")
+    return (
+        "<!DOCTYPE html>\n"
+        '<html lang="en"><head><meta charset="utf-8">'
+        f'<meta http-equiv="Content-Security-Policy" content="{_e(csp)}">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        '<meta name="referrer" content="no-referrer"><link rel="icon" href="data:,">'
+        f"<title>{_e(title)}</title><style>{_CSS}</style></head>"
+        f'<body><main id="top"><h1>{_e(title)}</h1>'
+        f'<section class="finetune" aria-label="Fine-tuning"><h2>Fine-tuning</h2>{_dl(numbers, "run")}{table}'
+        f"</section>{''.join(sections)}"
+        f"<footer>Written by desra. This page loads nothing from the network.</footer>"
+        f"</main><script>{_JS}</script></body></html>\n"
+    )
+
+
+def write_finetune_page(card: Mapping, pictures: Iterable[tuple[str, np.ndarray, np.ndarray]],
+                        path: str | os.PathLike[str], *, title: str, compare_side: int = COMPARE_SIDE) -> Path:
+    """Write :func:`render_finetune_page`'s page to ``path`` atomically; returns the path."""
+    target = Path(path)
+    atomic_write_bytes(target, render_finetune_page(card, pictures, title=title, compare_side=compare_side)
+                       .encode("utf-8"))
     return target

@@ -1,4 +1,5 @@
-"""GPU-bound task: DeSRA's delete step (fine-tune the GAN-SR model on pseudo-GT) with its loss curves."""
+"""GPU-bound task: DeSRA's delete step (fine-tune the GAN-SR model on pseudo-GT), judged on images it never
+trained on, with its loss and validation curves."""
 
 import time
 from pathlib import Path
@@ -9,9 +10,11 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from desra_core import DesraError, DetectionConfig
+from desra_core.finetune.delivery import finetune_and_deliver
 from desra_core.finetune.losses import LossWeights
-from desra_core.finetune.pipeline import build_pairs, label_source
-from desra_core.finetune.trainer import FinetuneConfig, finetune, save_generator
+from desra_core.finetune.pipeline import label_source
+from desra_core.finetune.trainer import FinetuneConfig
+from desra_core.finetune.validation import split_holdout
 from desra_core.image import atomic_path, read_image
 from desra_core.listing import list_images
 from desra_core.models.sr import load_sr_model
@@ -28,36 +31,89 @@ def _curve_markdown(log: list[dict], rows: int = 20) -> str:
     return "\n".join(lines)
 
 
-@task(name="finetune", cache_policy=NO_CACHE, persist_result=False)
-def finetune_generator(input_dir: str, output_dir: str, mse_model: str, gan_model: str, segmenter: str | None,
-                       labels_dir: str | None, detection: dict, settings: dict, device: str = "auto",
-                       stems: list[str] | None = None) -> dict:
-    """Fine-tune ``gan_model`` on pseudo-GT pairs from ``input_dir``; writes ``OUT/finetune/<time>/``
-    (``generator.safetensors``, ``train_log.parquet``, ``checkpoint.pt``) and a loss-curve artifact."""
-    logger = get_run_logger()
-    device = resolve_device(device)
-    images = {}
-    for stem, path in list_images(input_dir).items():
+def _validation_markdown(card: dict) -> str:
+    lines = ["| step | weights | validation artifact fraction | detail ratio |", "|---:|---|---:|---:|"]
+    for c in card["checkpoints"]:
+        ratio = c["validation_detail_ratio"]
+        lines.append(f"| {c['step']} | {c['weights']} | {c['validation_artifact_fraction']:.4f} | "
+                     f"{'—' if ratio is None else f'{ratio:.3f}'} |")
+    return "\n".join(lines)
+
+
+def _read(folder: str, stems: list[str] | None, logger) -> tuple[dict, dict]:
+    images, files = {}, {}
+    for stem, path in list_images(folder).items():
         if stems is None or stem in stems:
             try:
                 images[stem] = read_image(path).pixels
+                files[stem] = path
             except DesraError as e:
                 logger.warning("left out of fine-tuning: %s", e)
+    return images, files
+
+
+@task(name="finetune", cache_policy=NO_CACHE, persist_result=False)
+def finetune_generator(input_dir: str, output_dir: str, mse_model: str, gan_model: str, segmenter: str | None,
+                       labels_dir: str | None, detection: dict, settings: dict, device: str = "auto",
+                       stems: list[str] | None = None, validation: dict | None = None) -> dict:
+    """Fine-tune ``gan_model`` on pseudo-GT pairs from ``input_dir``, validated on images never trained on:
+    ``validation`` is ``{"dir": …, "labels_dir": …}`` (a folder) or ``{"holdout": 0.25, "seed": 0}`` (a
+    held-out share of the images, at least one). Writes ``OUT/finetune/<time>/``: ``train_log.parquet``,
+    ``model_card.json``, ``report.html``, ``checkpoint.pt`` and, only when a validated checkpoint beats the
+    original, ``generator.safetensors``; and a summary artifact that says which checkpoint was chosen and why.
+    Returns ``generator`` (None when nothing qualified), ``log``, ``card``, ``report``, ``pairs``, ``chosen_step``
+    and ``reason``."""
+    logger = get_run_logger()
+    device = resolve_device(device)
+    validation = validation or {"holdout": 0.25, "seed": 0}
+    images, files = _read(input_dir, stems, logger)
     if not images:
         raise DesraError(f"expected readable images to fine-tune on in {input_dir}, got none")
+    if validation.get("dir"):
+        val_images, val_files = _read(validation["dir"], None, logger)
+        if not val_images:
+            raise DesraError(f"expected readable validation images in {validation['dir']}, got none")
+        split = {"mode": "folder", "folder": validation["dir"]}
+        train = sorted(images)
+    else:
+        train, held = split_holdout(list(images), validation.get("holdout", 0.25), validation.get("seed", 0))
+        val_images, val_files = {s: images[s] for s in held}, {s: files[s] for s in held}
+        split = {"mode": "held-out", "share": validation.get("holdout", 0.25), "seed": validation.get("seed", 0),
+                 "stems": held}
     work = Path(output_dir) / "finetune" / time.strftime("%Y%m%dT%H%M%S")
     config = FinetuneConfig(**{**settings, "weights": LossWeights(**settings.get("weights", {}))})
     with gpu_slot(device):
         gan = load_sr_model(gan_model, device=device)
         mse = load_sr_model(mse_model, expected_scale=gan.scale, device=device)
-        pairs, scores = build_pairs(images, mse, gan, label_source(labels_dir, segmenter, device),
-                                    DetectionConfig(**detection))
-        result = finetune(gan.descriptor.model, pairs, config, work_dir=work, device=device)
-    generator = save_generator(result.generator, work / "generator.safetensors")
+        labels = label_source(labels_dir, segmenter, device)
+        val_labels = label_source(validation["labels_dir"], None, device) if validation.get("labels_dir") else labels
+        delivery = finetune_and_deliver(
+            gan=gan, mse=mse, train_images={s: images[s] for s in train}, train_files={s: files[s] for s in train},
+            validation_images=val_images, validation_files=val_files, validation_split=split, labels=labels,
+            validation_labels=val_labels, detection=DetectionConfig(**detection), config=config, out_dir=work,
+            device=str(device), settings={"device": str(device), "gan": gan_model, "mse": mse_model})
+    result = delivery.result
     with atomic_path(work / "train_log.parquet") as tmp:
         pd.DataFrame(result.log).to_parquet(tmp, index=False)
+    card = delivery.card
+    before = card["train"]["artifact_fraction"]["original"]
+    val = card["validation"]
+    outcome = (f"**Chosen: step {result.chosen.step} ({result.chosen.weights} weights).** Generator: "
+               f"`{delivery.generator}`" if result.chosen is not None
+               else "**No checkpoint qualified: no generator was written.**")
+    after = val["artifact_fraction"]["fine_tuned"]
+    if result.chosen is None:
+        logger.warning("fine-tuning shipped nothing: %s", result.reason)
     create_markdown_artifact(
-        f"# Fine-tuning `{gan_model}`\n\n{len(pairs)} pair(s), mean artifact fraction before "
-        f"{sum(s.artifact_fraction for s in scores) / len(scores):.4f}\n\nGenerator: `{generator}`\n\n"
-        + _curve_markdown(result.log), key="desra-finetune-losses", description="fine-tuning loss curves")
-    return {"generator": str(generator), "log": str(work / "train_log.parquet"), "pairs": len(pairs)}
+        f"# Fine-tuning `{gan_model}`\n\n{outcome}\n\n{result.reason}.\n\n"
+        f"{len(train)} training image(s) (mean artifact fraction {before:.4f}); validation on "
+        f"{', '.join(sorted(val_images))} ({split['mode']}): artifact fraction "
+        f"{val['artifact_fraction']['original']:.4f} → "
+        f"{'—' if after is None else format(after, '.4f')}"
+        f".\n\nModel card: `{delivery.card_path}`; report: `{delivery.report}`\n\n## Validated checkpoints\n\n"
+        + _validation_markdown(card) + "\n\n## Losses\n\n" + _curve_markdown(result.log),
+        key="desra-finetune-losses", description="fine-tuning: the chosen checkpoint, validation and loss curves")
+    return {"generator": None if delivery.generator is None else str(delivery.generator),
+            "log": str(work / "train_log.parquet"), "card": str(delivery.card_path), "report": str(delivery.report),
+            "pairs": len(train), "chosen_step": None if result.chosen is None else result.chosen.step,
+            "reason": result.reason}

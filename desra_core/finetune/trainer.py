@@ -3,7 +3,10 @@
 Per iteration: a batch of scale-aligned crops (biased towards artifact pixels) → generator loss
 ``l1·L1 + perceptual·VGG19 + gan·vanilla-GAN`` (the adversarial term only after a discriminator
 warm-up) → Adam step → discriminator step on real pseudo-GT crops against detached generator output →
-EMA update of the generator. Checkpoints (generator, EMA, discriminator, both optimisers, step, the
+EMA update of the generator. Every ``validate_every`` steps (and at the last) a :class:`Validator` scores
+the trained weights (and the EMA's, when on) on images never trained on; the log gets those columns and
+the best qualifying checkpoint (:func:`~desra_core.finetune.validation.choose_checkpoint`) is kept.
+Checkpoints (generator, EMA, discriminator, both optimisers, step, the
 sampler's and torch's RNG states) are written atomically every ``checkpoint_every`` steps; a run started
 again in the same folder resumes from the last one and follows the same trajectory.
 
@@ -14,6 +17,7 @@ spandrel loads it like the original.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import time
@@ -28,10 +32,13 @@ from .data import CropConfig, PairSampler, TrainingPair
 from .ema import EMA
 from .losses import LossWeights, PerceptualLoss, discriminator_loss, gan_loss_vanilla
 from .networks import UNetDiscriminatorSN, load_discriminator
+from .validation import Candidate, ValidationScore, Validator, choose_checkpoint
 
-__all__ = ["CHECKPOINT_NAME", "FinetuneConfig", "FinetuneResult", "finetune", "save_generator"]
+__all__ = ["CHECKPOINT_NAME", "VALIDATION_COLUMNS", "FinetuneConfig", "FinetuneResult", "finetune", "save_generator"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
+VALIDATION_COLUMNS = ("val_artifact_fraction", "val_detail_ratio", "ema_val_artifact_fraction", "ema_val_detail_ratio")
+"""Log columns of the validation figures (NaN on steps without validation; ``ema_*`` NaN without EMA)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,7 +47,9 @@ class FinetuneConfig:
 
     ``ema`` 0 turns the EMA off (the saved generator is then the trained one); ``discriminator_warmup``
     steps train the discriminator while the generator learns without the adversarial term (used only
-    with a fresh discriminator); ``weights.perceptual`` 0 skips VGG entirely.
+    with a fresh discriminator); ``weights.perceptual`` 0 skips VGG entirely. ``validate_every``: steps
+    between validations (with a validator); ``min_detail_ratio``: the least validation detail, relative to
+    the original model's, that a checkpoint must keep to be chosen.
     """
 
     iterations: int = 1000
@@ -53,28 +62,53 @@ class FinetuneConfig:
     weights: LossWeights = field(default_factory=LossWeights)
     discriminator_warmup: int = 100
     checkpoint_every: int = 100
+    validate_every: int = 100
+    min_detail_ratio: float = 0.9
     seed: int = 0
     vgg_weights_path: str | None = None
     precision: str = "auto"  # on CUDA: "auto" (bf16, else fp16), "bf16", "fp16" or "fp32"; the CPU runs fp32
 
     def __post_init__(self) -> None:
-        for name in ("iterations", "batch", "crop", "checkpoint_every"):
+        for name in ("iterations", "batch", "crop", "checkpoint_every", "validate_every"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"expected {name} to be a whole number ≥ 1, got {getattr(self, name)!r}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ConfigError(f"expected lr > 0, got {self.lr}")
         if self.precision not in ("auto", "bf16", "fp16", "fp32"):
             raise ConfigError(f"expected precision auto, bf16, fp16 or fp32, got {self.precision!r}")
+        if not 0.0 <= self.min_detail_ratio:
+            raise ConfigError(f"expected min_detail_ratio ≥ 0, got {self.min_detail_ratio}")
         if self.discriminator_warmup < 0:
             raise ConfigError(f"expected discriminator_warmup ≥ 0, got {self.discriminator_warmup}")
 
 
 @dataclass(frozen=True)
 class FinetuneResult:
-    """The trained generator module (EMA weights when the EMA is on) and one log record per step."""
+    """The outcome of a run.
+
+    ``generator``: the last weights (EMA weights when the EMA is on); ``log``: one record per step. With a
+    validator: ``original`` is the original model's validation score, ``candidates`` every validated
+    checkpoint, ``chosen`` the one to ship (None when none qualifies), ``chosen_generator`` a module with
+    its weights, ``reason`` why it (or nothing) was chosen.
+    """
 
     generator: torch.nn.Module
     log: list[dict]
+    original: ValidationScore | None = None
+    candidates: tuple[Candidate, ...] = ()
+    chosen: Candidate | None = None
+    chosen_generator: torch.nn.Module | None = None
+    reason: str = ""
+
+
+def _score_to_dict(score: ValidationScore) -> dict:
+    return {"artifact_fraction": score.artifact_fraction, "detail": score.detail, "detail_ratio": score.detail_ratio,
+            "per_image": {k: list(v) for k, v in score.per_image.items()}}
+
+
+def _score_from_dict(d: dict) -> ValidationScore:
+    return ValidationScore(d["artifact_fraction"], d["detail"], d["detail_ratio"],
+                           {k: tuple(v) for k, v in d["per_image"].items()})
 
 
 def _save_atomic(obj: dict, path: Path) -> None:
@@ -90,7 +124,7 @@ def _save_atomic(obj: dict, path: Path) -> None:
 
 def finetune(generator: torch.nn.Module, pairs: Sequence[TrainingPair], config: FinetuneConfig, *,
              work_dir: str | Path, device: str | torch.device = "cpu", discriminator_path: str | Path | None = None,
-             progress: Callable[[dict], None] | None = None) -> FinetuneResult:
+             progress: Callable[[dict], None] | None = None, validator: Validator | None = None) -> FinetuneResult:
     """Fine-tune ``generator`` (an SR ``torch.nn.Module``, e.g. ``SRModel.descriptor.model``) in place.
 
     Args:
@@ -103,10 +137,13 @@ def finetune(generator: torch.nn.Module, pairs: Sequence[TrainingPair], config: 
         discriminator_path: a pretrained U-Net discriminator (e.g. ``RealESRGAN_x4plus_netD.pth``);
             ``None`` starts a fresh one, with the warm-up.
         progress: called with each step's log record.
+        validator: scores weights on validation images every ``config.validate_every`` steps and at the
+            last; the best qualifying checkpoint is kept (and saved in the checkpoint, for resuming).
 
     Returns:
         :class:`FinetuneResult`; ``log`` holds ``step``, ``l1``, ``perceptual``, ``gan``, ``d_loss``,
-        ``lr`` and ``seconds`` per step (resumed steps included, read from the checkpoint).
+        ``lr``, ``seconds`` and :data:`VALIDATION_COLUMNS` per step (resumed steps included, read from
+        the checkpoint).
     """
     device = torch.device(device)
     work = Path(work_dir)
@@ -141,6 +178,9 @@ def finetune(generator: torch.nn.Module, pairs: Sequence[TrainingPair], config: 
         generator.to(memory_format=torch.channels_last)
 
     step, log = 0, []
+    candidates: list[Candidate] = []
+    best: Candidate | None = None
+    best_state: dict | None = None
     ckpt_path = work / CHECKPOINT_NAME
     if ckpt_path.exists():  # resume
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
@@ -154,6 +194,12 @@ def finetune(generator: torch.nn.Module, pairs: Sequence[TrainingPair], config: 
         sampler.set_state(ckpt["sampler"])
         torch.set_rng_state(ckpt["torch_rng"])
         step, log = ckpt["step"], ckpt["log"]
+        candidates = [Candidate(c["step"], c["weights"], _score_from_dict(c["score"]))
+                      for c in ckpt.get("candidates", [])]
+        if ckpt.get("best") is not None:
+            key = (ckpt["best"]["step"], ckpt["best"]["weights"])
+            best = next(c for c in candidates if (c.step, c.weights) == key)
+            best_state = ckpt["best"]["state"]
 
     while step < config.iterations:
         start = time.perf_counter()
@@ -186,7 +232,20 @@ def finetune(generator: torch.nn.Module, pairs: Sequence[TrainingPair], config: 
             ema.update(generator)
         step += 1
         record = {"step": step, "l1": l1.item(), "perceptual": l_perc.item(), "gan": l_gan.item(),
-                  "d_loss": d_loss, "lr": config.lr, "seconds": time.perf_counter() - start}
+                  "d_loss": d_loss, "lr": config.lr, "seconds": time.perf_counter() - start,
+                  **dict.fromkeys(VALIDATION_COLUMNS, float("nan"))}
+        if validator is not None and (step % config.validate_every == 0 or step == config.iterations):
+            variants = [("trained", generator, "")] + ([("ema", ema.shadow, "ema_")] if ema is not None else [])
+            for weights, module, prefix in variants:
+                score = validator(module)
+                record[f"{prefix}val_artifact_fraction"] = score.artifact_fraction
+                record[f"{prefix}val_detail_ratio"] = score.detail_ratio
+                candidate = Candidate(step, weights, score)
+                candidates.append(candidate)
+                chosen, _ = choose_checkpoint(candidates, validator.original, min_detail_ratio=config.min_detail_ratio)
+                if chosen is candidate:
+                    best, best_state = candidate, {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+            generator.train()
         log.append(record)
         if progress is not None:
             progress(record)
@@ -195,9 +254,21 @@ def finetune(generator: torch.nn.Module, pairs: Sequence[TrainingPair], config: 
                           "discriminator": None if disc is None else disc.state_dict(),
                           "opt_d": None if opt_d is None else opt_d.state_dict(),
                           "ema": None if ema is None else ema.state_dict(), "sampler": sampler.state(),
-                          "torch_rng": torch.get_rng_state(), "step": step, "log": log}, ckpt_path)
-    result = ema.shadow if ema is not None else generator
-    return FinetuneResult(generator=result.eval(), log=log)
+                          "torch_rng": torch.get_rng_state(), "step": step, "log": log,
+                          "candidates": [{"step": c.step, "weights": c.weights, "score": _score_to_dict(c.score)}
+                                         for c in candidates],
+                          "best": None if best is None else {"step": best.step, "weights": best.weights,
+                                                             "state": best_state}}, ckpt_path)
+    result = (ema.shadow if ema is not None else generator).eval()
+    if validator is None:
+        return FinetuneResult(generator=result, log=log)
+    chosen, reason = choose_checkpoint(candidates, validator.original, min_detail_ratio=config.min_detail_ratio)
+    chosen_generator = None
+    if chosen is not None:
+        chosen_generator = copy.deepcopy(result)
+        chosen_generator.load_state_dict(best_state)
+    return FinetuneResult(generator=result, log=log, original=validator.original, candidates=tuple(candidates),
+                          chosen=chosen, chosen_generator=chosen_generator, reason=reason)
 
 
 def save_generator(module: torch.nn.Module, path: str | Path) -> Path:

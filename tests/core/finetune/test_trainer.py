@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -11,10 +12,12 @@ import torchvision
 from spandrel import ModelLoader
 from spandrel.architectures.Compact import Compact
 
-from desra_core import ConfigError
+from desra_core import ConfigError, DetectionConfig
 from desra_core.finetune.data import make_pair
 from desra_core.finetune.losses import LossWeights
-from desra_core.finetune.trainer import CHECKPOINT_NAME, FinetuneConfig, finetune, save_generator
+from desra_core.finetune.trainer import CHECKPOINT_NAME, VALIDATION_COLUMNS, FinetuneConfig, finetune, save_generator
+from desra_core.finetune.validation import choose_checkpoint, prepare_validation
+from desra_core.models.sr import load_sr_model
 
 
 def _generator(seed: int = 0) -> torch.nn.Module:
@@ -70,18 +73,77 @@ def test_l1_only_lowers_the_loss(tmp_path):
     assert all(math.isnan(r["d_loss"]) for r in result.log)
 
 
-def test_resume_follows_the_same_trajectory(tmp_path, vgg_file):
-    whole = finetune(_generator(), _pairs(), _config(vgg_weights_path=vgg_file), work_dir=tmp_path / "a")
+def _textured() -> torch.nn.Module:
+    """A tiny Compact whose residual branch paints visible texture (what detection flags against its twin)."""
     gen = _generator()
-    finetune(gen, _pairs(), _config(iterations=2, vgg_weights_path=vgg_file), work_dir=tmp_path / "b")
-    resumed = finetune(_generator(), _pairs(), _config(vgg_weights_path=vgg_file), work_dir=tmp_path / "b")
+    torch.manual_seed(3)
+    for p in gen.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    return gen
+
+
+@pytest.fixture(scope="module")
+def validator(tmp_path_factory):
+    """A real validator: the generator's own weights as the GAN model, its smooth twin (residual branch zeroed:
+    a nearest-neighbour upscale) as the MSE model, on smooth images."""
+    folder = tmp_path_factory.mktemp("models")
+    gan_state = _textured().state_dict()
+    mse_state = {k: (torch.zeros_like(v) if k.startswith("body.6.") else v) for k, v in gan_state.items()}
+    torch.save({"params": gan_state}, folder / "gan.pth")
+    torch.save({"params": mse_state}, folder / "mse.pth")
+    gan, mse = load_sr_model(folder / "gan.pth"), load_sr_model(folder / "mse.pth")
+    rng = np.random.default_rng(5)
+    images = {f"v{i}": cv2.resize(rng.random((5, 5, 3), dtype=np.float32), (24, 24), interpolation=cv2.INTER_CUBIC)
+              .clip(0, 1) for i in range(2)}
+    return prepare_validation(images, mse, gan, lambda stem, sr: None, DetectionConfig(threshold=0.9, min_area=10))
+
+
+def test_validator_scores_the_original_weights_as_the_original(validator):
+    same = validator(_textured())
+    assert same.artifact_fraction == validator.original.artifact_fraction > 0
+    assert same.detail_ratio == pytest.approx(1.0)
+    other = validator(Compact(num_feat=8, num_conv=2, upscale=4))  # other random weights paint other texture
+    assert other.per_image != validator.original.per_image
+
+
+def _same(a: float, b: float) -> bool:
+    return (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, rel=1e-5, abs=1e-7)
+
+
+def test_resume_follows_the_same_trajectory(tmp_path, vgg_file, validator):
+    cfg = dict(vgg_weights_path=vgg_file, validate_every=2, lr=3e-3, min_detail_ratio=0.0)
+    whole = finetune(_textured(), _pairs(), _config(**cfg), work_dir=tmp_path / "a", validator=validator)
+    finetune(_textured(), _pairs(), _config(**{**cfg, "iterations": 2}), work_dir=tmp_path / "b", validator=validator)
+    resumed = finetune(_textured(), _pairs(), _config(**cfg), work_dir=tmp_path / "b", validator=validator)
     assert [r["step"] for r in resumed.log] == [1, 2, 3, 4]
     for a, b in zip(whole.log, resumed.log, strict=True):
-        for k in ("l1", "perceptual", "gan", "d_loss"):
-            assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-7), (a["step"], k)
+        for k in ("l1", "perceptual", "gan", "d_loss", *VALIDATION_COLUMNS):
+            assert _same(a[k], b[k]), (a["step"], k, a[k], b[k])
+    assert [r["step"] for r in whole.log if not math.isnan(r["val_artifact_fraction"])] == [2, 4]
+    assert all(not math.isnan(r["ema_val_artifact_fraction"]) for r in whole.log if r["step"] in (2, 4))
     for (k, va), vb in zip(whole.generator.state_dict().items(), resumed.generator.state_dict().values(),
                            strict=True):
         assert torch.allclose(va, vb, atol=1e-6), k
+    assert [(c.step, c.weights) for c in whole.candidates] == [(c.step, c.weights) for c in resumed.candidates] \
+        == [(2, "trained"), (2, "ema"), (4, "trained"), (4, "ema")]
+    assert (whole.chosen is None) == (resumed.chosen is None)
+    if whole.chosen is not None:
+        assert (whole.chosen.step, whole.chosen.weights) == (resumed.chosen.step, resumed.chosen.weights)
+        for (k, va), vb in zip(whole.chosen_generator.state_dict().items(),
+                               resumed.chosen_generator.state_dict().values(), strict=True):
+            assert torch.allclose(va, vb, atol=1e-6), k
+
+
+def test_chosen_checkpoint_follows_the_rule_and_holds_its_weights(tmp_path, validator):
+    cfg = _config(iterations=6, validate_every=2, lr=3e-3, ema=0.5, min_detail_ratio=0.0,
+                  weights=LossWeights(perceptual=0, gan=0))
+    result = finetune(_textured(), _pairs(), cfg, work_dir=tmp_path, validator=validator)
+    assert len(result.candidates) == 6 and result.original is validator.original
+    expected, _ = choose_checkpoint(result.candidates, validator.original, min_detail_ratio=0.0)
+    assert result.chosen is expected
+    if result.chosen is not None:  # the kept weights are the ones that were scored
+        again = validator(result.chosen_generator)
+        assert again.artifact_fraction == result.chosen.score.artifact_fraction
 
 
 def test_saved_generator_loads_with_spandrel_like_the_original(tmp_path):

@@ -1,0 +1,190 @@
+"""Validation during fine-tuning: images never trained on, scored the way ``desra evaluate`` scores them.
+
+A :class:`Validator` holds, per validation image, the low-resolution input, the MSE-SR reference (8-bit,
+as written results are), the label map and the original GAN model's result and score. Called with a
+generator module (the weights being trained, or their EMA), it super-resolves every validation image
+with those weights, detects artifacts against the same MSE reference and label map, and returns the mean
+re-detected artifact fraction and the detail kept relative to the original model (mean
+:func:`~desra_core.finetune.pipeline.detail_kept` of the tuned weights over the original's).
+
+The label maps are those of the original GAN result (from a folder, or segmented once); re-segmenting
+every checkpoint's results would cost a segmentation per image and checkpoint for classes that rarely
+change.
+
+:func:`choose_checkpoint` applies the shipping rule: the lowest validation artifact fraction among the
+checkpoints whose detail ratio is at least ``min_detail_ratio`` and whose artifact fraction is below the
+original's.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..detection import DetectionConfig, detect_artifacts
+from ..errors import ConfigError
+from ..image import to_bit_depth
+from ..models.sr import SRModel, upscale
+from .pipeline import LabelSource, detail_kept
+
+__all__ = ["Candidate", "ValidationImage", "ValidationScore", "Validator", "choose_checkpoint", "prepare_validation",
+           "split_holdout"]
+
+
+def split_holdout(stems: Sequence[str], share: float, seed: int) -> tuple[list[str], list[str]]:
+    """Split image stems into (train, validation): ``round(share · n)`` held out, at least one, at most n − 1.
+
+    The choice is a permutation drawn with ``numpy.random.default_rng(seed)`` over the sorted stems, so the
+    same stems and seed always give the same split; both lists come back sorted.
+
+    Raises:
+        ConfigError: ``share`` outside (0, 1), or fewer than two stems (nothing would be left to train on).
+    """
+    if not 0.0 < share < 1.0:
+        raise ConfigError(f"expected a held-out share in (0, 1), got {share}")
+    ordered = sorted(stems)
+    if len(ordered) < 2:
+        raise ConfigError(f"expected at least 2 images to hold one out for validation, got {len(ordered)}; "
+                          "pass a separate validation folder instead")
+    k = min(max(1, round(share * len(ordered))), len(ordered) - 1)
+    order = np.random.default_rng(seed).permutation(len(ordered))
+    held = {ordered[i] for i in order[:k]}
+    return [s for s in ordered if s not in held], [s for s in ordered if s in held]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ValidationImage:
+    """One validation image.
+
+    Attributes:
+        name: its stem.
+        lr: low-resolution input, ``uint8``/``uint16 (h, w, 3)`` or ``float32`` in [0, 1].
+        mse_sr: the MSE model's result, ``uint8 (h·s, w·s, 3)``.
+        gan_sr: the original GAN model's result, ``uint8 (h·s, w·s, 3)``.
+        labels: ADE20K label map ``uint8 (h·s, w·s)`` of the original GAN result, or None.
+    """
+
+    name: str
+    lr: np.ndarray
+    mse_sr: np.ndarray
+    gan_sr: np.ndarray
+    labels: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class ValidationScore:
+    """Validation figures of one set of weights.
+
+    ``artifact_fraction``: mean over the images of the re-detected artifact fraction; ``detail``: mean detail
+    kept (GAN local std over MSE local std outside the artifacts); ``detail_ratio``: ``detail`` over the
+    original model's; ``per_image``: ``name → (artifact_fraction, detail)``.
+    """
+
+    artifact_fraction: float
+    detail: float
+    detail_ratio: float
+    per_image: Mapping[str, tuple[float, float]]
+
+
+def _score(gan_sr: np.ndarray, image: ValidationImage, detection: DetectionConfig) -> tuple[float, float]:
+    det = detect_artifacts(image.mse_sr, gan_sr, image.labels, detection)
+    return det.artifact_fraction, detail_kept(gan_sr, image.mse_sr, det.mask)
+
+
+class Validator:
+    """Scores generator weights on validation images (see the module docstring).
+
+    Args:
+        model: the original GAN model (its weights give the reference scores; a private copy of it runs
+            the weights under test, so the caller's model is never modified).
+        images: the validation images (at least one).
+        detection: detection settings, as for training.
+        tile: SR tile side in input pixels (None: whole images).
+
+    Raises:
+        ConfigError: no images.
+    """
+
+    def __init__(self, model: SRModel, images: Sequence[ValidationImage], detection: DetectionConfig, *,
+                 tile: int | None = 512) -> None:
+        if not images:
+            raise ConfigError("expected at least one validation image, got none")
+        self.images = tuple(images)
+        self.detection = detection
+        self.tile = tile
+        self._model = SRModel(descriptor=copy.deepcopy(model.descriptor), source=model.source, path=model.path)
+        scores = {im.name: _score(im.gan_sr, im, detection) for im in self.images}
+        fraction = float(np.mean([f for f, _ in scores.values()]))
+        detail = float(np.nanmean([d for _, d in scores.values()]))
+        self.original = ValidationScore(fraction, detail, 1.0, scores)
+
+    def super_resolve(self, module: torch.nn.Module, image: ValidationImage) -> np.ndarray:
+        """``uint8 (h·s, w·s, 3)``: ``image`` super-resolved with ``module``'s weights."""
+        with torch.no_grad():
+            self._model.descriptor.model.load_state_dict(module.state_dict())
+        return to_bit_depth(upscale(self._model, image.lr, tile=self.tile), 8)
+
+    def __call__(self, module: torch.nn.Module) -> ValidationScore:
+        """Score ``module``'s weights (same architecture as the original model's) on every validation image."""
+        scores = {im.name: _score(self.super_resolve(module, im), im, self.detection) for im in self.images}
+        fraction = float(np.mean([f for f, _ in scores.values()]))
+        detail = float(np.nanmean([d for _, d in scores.values()]))
+        base = self.original.detail
+        ratio = detail / base if base > 0 and math.isfinite(base) else float("nan")
+        return ValidationScore(fraction, detail, ratio, scores)
+
+
+def prepare_validation(images: Mapping[str, np.ndarray], mse: SRModel, gan: SRModel, labels: LabelSource,
+                       detection: DetectionConfig, *, tile: int | None = 512) -> Validator:
+    """A :class:`Validator` over low-resolution ``images`` (stem → RGB array): both models' results are
+    computed once, rounded to 8 bits; ``labels`` is asked once per image, for the original GAN result."""
+    prepared = []
+    for name, lr in images.items():
+        mse_sr = to_bit_depth(upscale(mse, lr, tile=tile), 8)
+        gan_sr = to_bit_depth(upscale(gan, lr, tile=tile), 8)
+        prepared.append(ValidationImage(name=name, lr=lr, mse_sr=mse_sr, gan_sr=gan_sr, labels=labels(name, gan_sr)))
+    return Validator(gan, prepared, detection, tile=tile)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A validated checkpoint: the step, which weights (``"trained"`` or ``"ema"``) and its score."""
+
+    step: int
+    weights: str
+    score: ValidationScore
+
+
+def choose_checkpoint(candidates: Sequence[Candidate], original: ValidationScore, *,
+                      min_detail_ratio: float = 0.9) -> tuple[Candidate | None, str]:
+    """The checkpoint to ship, and why (a sentence).
+
+    The lowest validation artifact fraction among the candidates with ``detail_ratio ≥ min_detail_ratio``
+    and an artifact fraction below ``original``'s; the earliest on ties. ``None`` when none qualifies.
+    """
+    def qualifies(c: Candidate) -> bool:
+        return c.score.detail_ratio >= min_detail_ratio and c.score.artifact_fraction < original.artifact_fraction
+
+    good = [c for c in candidates if qualifies(c)]
+    if not candidates:
+        return None, "no checkpoint was validated"
+    if not good:
+        lowest = min(candidates, key=lambda c: c.score.artifact_fraction)
+        kept = max(candidates, key=lambda c: c.score.detail_ratio if math.isfinite(c.score.detail_ratio) else -1)
+        return None, (f"none of {len(candidates)} validated checkpoint(s) qualifies: each must keep ≥ "
+                      f"{min_detail_ratio:g} of the original's detail and re-detect fewer artifacts than the "
+                      f"original's {original.artifact_fraction:.4f} on the validation images; the lowest "
+                      f"artifact fraction was {lowest.score.artifact_fraction:.4f} (step {lowest.step}, "
+                      f"{lowest.weights}, detail ratio {lowest.score.detail_ratio:.3f}), the best detail ratio "
+                      f"{kept.score.detail_ratio:.3f} (step {kept.step}, {kept.weights})")
+    best = min(good, key=lambda c: (c.score.artifact_fraction, c.step))
+    return best, (f"step {best.step} ({best.weights} weights): the lowest validation artifact fraction, "
+                  f"{best.score.artifact_fraction:.4f} against the original's {original.artifact_fraction:.4f}, "
+                  f"among the {len(good)} of {len(candidates)} validated checkpoint(s) that keep ≥ "
+                  f"{min_detail_ratio:g} of the original's detail (this one keeps {best.score.detail_ratio:.3f})")
+
