@@ -144,8 +144,9 @@ def _project_root() -> Path | None:
     return next((c for c in candidates if (c / _PREFECT_FILE).is_file()), None)
 
 
-def _print_registered(pool: str, names: list[str]) -> None:
-    """One line per deployment of ``names`` that the API now has in ``pool``."""
+def _print_registered(pool: str, names: list[str]) -> dict | None:
+    """One line per deployment of ``names`` that the API now has in ``pool``; the parameters that the API
+    holds for ``desra/full`` (None when it has no such deployment)."""
     from prefect import get_client
     from prefect.client.schemas.filters import (
         DeploymentFilter,
@@ -154,16 +155,29 @@ def _print_registered(pool: str, names: list[str]) -> None:
         WorkPoolFilterName,
     )
 
+    full = None
     with get_client(sync_client=True) as client:
         found = client.read_deployments(
             deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=names)),
             work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[pool])))
         for d in sorted(found, key=lambda d: d.name):
+            flow_name = client.read_flow(d.flow_id).name
             every = [f"every {s.schedule.interval.total_seconds():g} s" for s in d.schedules
                      if getattr(s.schedule, "interval", None) is not None]
-            params = ", ".join(f"{k}={d.parameters[k]}" for k in ("input_dir", "output_dir") if k in d.parameters)
-            print(f"  {client.read_flow(d.flow_id).name}/{d.name}" + (f"  ({', '.join(every)})" if every else "")
-                  + (f"  [{params}]" if params else ""))
+            print(f"  {flow_name}/{d.name}" + (f"  ({', '.join(every)})" if every else ""))
+            if (flow_name, d.name) == ("desra", "full"):
+                full = dict(d.parameters)
+    return full
+
+
+def _deploy_environment(environ: dict[str, str]) -> dict[str, str]:
+    """``environ`` with desra's defaults for unset (or empty) model variables; an empty ``DESRA_SEGMENTER``
+    is kept: it means no semantic adjustment."""
+    env = dict(environ)
+    for name, value in _DEPLOY_DEFAULTS.items():
+        if name not in env or (not env[name] and name != "DESRA_SEGMENTER"):
+            env[name] = value
+    return env
 
 
 def _cmd_deploy(args: argparse.Namespace) -> int:
@@ -172,6 +186,7 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
 
     import yaml
 
+    from desra.automations import default_within_seconds, worker_heartbeat_seconds
     from tasks.env import configure
 
     missing = [name for name in _DEPLOY_REQUIRED if not os.environ.get(name)]
@@ -179,6 +194,10 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
         print(f"error: set {' and '.join(missing)} first: the scheduled deployment desra/full takes its "
               "input_dir and output_dir from DESRA_DROP_DIR and DESRA_OUTPUT_DIR", file=sys.stderr)
         return 2
+    if args.pool_limit < 0:
+        print(f"error: expected --pool-limit of 0 (no limit) or more, got {args.pool_limit}", file=sys.stderr)
+        return 2
+    heartbeat = worker_heartbeat_seconds()  # ConfigError (exit 2) for a bad value
     root = _project_root()
     if root is None:
         print(f"error: expected {_PREFECT_FILE} in the current directory, one of its parents or the checkout of "
@@ -186,23 +205,32 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
               "repository", file=sys.stderr)
         return 2
     configure()
-    env = dict(os.environ)
+    env = _deploy_environment(os.environ)
     env.setdefault("DESRA_PROJECT_DIR", str(root))
-    for name, value in _DEPLOY_DEFAULTS.items():
-        if not env.get(name):
-            env[name] = value
     names = [d["name"] for d in yaml.safe_load((root / _PREFECT_FILE).read_text())["deployments"]]
 
+    from prefect.settings import get_current_settings
+
+    api_url = os.environ.get("PREFECT_API_URL") or get_current_settings().api.url
+    if not api_url:
+        print("error: set PREFECT_API_URL to the Prefect server's API (e.g. http://127.0.0.1:4200/api) and "
+              "PREFECT_API_AUTH_STRING to its PREFECT_SERVER_API_AUTH_STRING first", file=sys.stderr)
+        return 2
+    from desra.pool import ensure_pool
+
+    try:
+        pool = ensure_pool(args.pool, limit=args.pool_limit or None)
+    except DesraError:
+        raise
+    except Exception as e:  # API errors: say which server and what to check
+        hint = ("the server wants credentials: set PREFECT_API_AUTH_STRING to its PREFECT_SERVER_API_AUTH_STRING"
+                if "401" in str(e) else "is the server running and reachable?")
+        print(f"error: could not create or update work pool {args.pool!r} on {api_url} ({type(e).__name__}: "
+              f"{e}); {hint}", file=sys.stderr)
+        return 1
+    print(pool.summary())
+
     prefect = [sys.executable, "-m", "prefect"]
-    inspect = subprocess.run([*prefect, "work-pool", "inspect", args.pool], cwd=root, env=env,
-                             capture_output=True, text=True)
-    if inspect.returncode != 0:
-        print(f"creating work pool {args.pool!r} (type process)")
-        created = subprocess.run([*prefect, "work-pool", "create", args.pool, "--type", "process"], cwd=root, env=env)
-        if created.returncode != 0:
-            print(f"error: could not create work pool {args.pool!r} (see above; is PREFECT_API_URL "
-                  f"{env.get('PREFECT_API_URL', '(unset)')} reachable?)", file=sys.stderr)
-            return created.returncode
     deploy = [*prefect, "--no-prompt", "deploy", "--prefect-file", str(_PREFECT_FILE)]
     if args.pool == "desra":  # the pool that prefect.yaml names
         commands = [[*deploy, "--all"]]
@@ -217,22 +245,39 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
     print(f"\nregistered from {root / _PREFECT_FILE} into work pool {args.pool!r} "
           f"(code at DESRA_PROJECT_DIR={env['DESRA_PROJECT_DIR']}):")
     os.environ.update({k: env[k] for k in ("DESRA_PROJECT_DIR", *_DEPLOY_DEFAULTS)})
+    registered = None
     try:
-        _print_registered(args.pool, names)
+        registered = _print_registered(args.pool, names)
     except Exception as e:  # the deployments exist; only the summary failed
         print(f"  {', '.join(names)} (could not list them: {type(e).__name__}: {e}; try `prefect deployment ls`)")
+    if registered is None:  # what was sent, when the API could not be asked
+        registered = {"input_dir": env["DESRA_DROP_DIR"], "output_dir": env["DESRA_OUTPUT_DIR"],
+                      "mse_model": env["DESRA_MSE_MODEL"], "gan_model": env["DESRA_GAN_MODEL"],
+                      "segmenter": env["DESRA_SEGMENTER"]}
+    segmenter = registered.get("segmenter")
+    for label, value in (("drop (input_dir)", registered.get("input_dir")),
+                         ("output root (output_dir)", registered.get("output_dir")),
+                         ("MSE model", registered.get("mse_model")), ("GAN model", registered.get("gan_model")),
+                         ("segmenter", segmenter if segmenter else "none (no semantic adjustment)"),
+                         ("pool limit", f"{args.pool_limit} flow run(s) at once in pool {args.pool!r}"
+                          if args.pool_limit else f"none on pool {args.pool!r} (each worker's --limit only)"),
+                         ("heartbeat", f"every {heartbeat} s" if heartbeat else "off")):
+        print(f"  {label + ':':<26}{value}")
     if args.zombie_automation:
         from desra.automations import ZOMBIE_AUTOMATION_NAME, ensure_zombie_automation
 
         try:
-            print(ensure_zombie_automation().summary())
+            print(ensure_zombie_automation(default_within_seconds(heartbeat)).summary())
         except Exception as e:  # the deployments exist; say what is missing and how to add it
             print(f"error: the deployments are registered, but the automation {ZOMBIE_AUTOMATION_NAME!r} that marks "
                   f"runs of dead workers Crashed could not be created ({type(e).__name__}: {e}); run desra deploy "
                   "again", file=sys.stderr)
             return 1
-    print(f"start a worker (same PREFECT_API_URL, code at {env['DESRA_PROJECT_DIR']}):\n"
-          f"  prefect worker start --pool {args.pool}")
+    beat = f"PREFECT_FLOWS_HEARTBEAT_FREQUENCY={heartbeat} " if heartbeat else ""
+    why = " (the crash detection's window counts on it)" if args.zombie_automation else ""
+    print(f"start each worker with the same PREFECT_API_URL and PREFECT_API_AUTH_STRING, code at "
+          f"{env['DESRA_PROJECT_DIR']}, and this heartbeat{why}:\n"
+          f"  {beat}prefect worker start --pool {args.pool} --limit 1")
     return 0
 
 
@@ -272,6 +317,12 @@ def _loss_bar(total: int):
     def update(record):
         bar.update(1)
         bar.set_postfix(l1=f"{record['l1']:.4f}", perc=f"{record['perceptual']:.3f}", gan=f"{record['gan']:.3f}")
+        val = record.get("val_artifact_fraction", float("nan"))
+        if val == val:  # validated at this step (NaN otherwise): keep showing the latest figures
+            update.val = f"{val:.4f}/{record['val_detail_ratio']:.2f}"
+        if update.val:
+            bar.set_postfix_str(f"{bar.postfix}, val artifacts/detail={update.val}")
+    update.val = ""
     update.close = bar.close
     return update
 
@@ -346,14 +397,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("deploy", help="register the Prefect deployments of deployments/prefect.yaml "
                                       "(needs DESRA_DROP_DIR, DESRA_OUTPUT_DIR and a Prefect server)",
-                       description="Create the process work pool if it is missing and register the deployments of "
-                                   "deployments/prefect.yaml on the Prefect API (PREFECT_API_URL). desra/full runs "
+                       description="Create the process work pool (or bring an existing one to desra's locked job "
+                                   "template, where a run cannot set its command, environment or working folder, "
+                                   "and to --pool-limit) and register the deployments of deployments/prefect.yaml "
+                                   "on the Prefect API (PREFECT_API_URL, with PREFECT_API_AUTH_STRING when the "
+                                   "server wants credentials). This is the one way to deploy desra: "
+                                   "`prefect deploy` alone would not create the locked pool. desra/full runs "
                                    "every 10 minutes over DESRA_DROP_DIR into DESRA_OUTPUT_DIR, desra/on-drop on "
                                    "each desra.drop.landed event; models: DESRA_MSE_MODEL, DESRA_GAN_MODEL, "
-                                   "DESRA_SEGMENTER. Workers run the code in DESRA_PROJECT_DIR (default: this "
-                                   "checkout).")
-    p.add_argument("--pool", default="desra", help="process work pool to create if missing and deploy to "
+                                   "DESRA_SEGMENTER (set but empty: no semantic adjustment). Workers run the code "
+                                   "in DESRA_PROJECT_DIR (default: this checkout); start each with "
+                                   "`PREFECT_FLOWS_HEARTBEAT_FREQUENCY=30 prefect worker start --pool desra "
+                                   "--limit 1` (the heartbeat that the crash detection's 90-s window counts on).")
+    p.add_argument("--pool", default="desra", help="process work pool to create or lock and deploy to "
                                                    "(default: %(default)s)")
+    p.add_argument("--pool-limit", type=int, default=1, metavar="N",
+                   help="flow runs at once in the whole pool: one per worker (start each worker with --limit 1); "
+                        "0 = no pool limit (default: %(default)s, for one worker)")
     p.add_argument("--no-zombie-automation", dest="zombie_automation", action="store_false",
                    help="do not create the automation that marks flow runs Crashed when their heartbeats stop "
                         "(their worker died; see PREFECT_FLOWS_HEARTBEAT_FREQUENCY)")
@@ -361,17 +421,36 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("finetune", help="fine-tune a GAN-SR model so that the detected artifacts go away")
     _add_model_pair_options(p, many_gans=False)
-    p.add_argument("--iterations", type=int, default=1000, help="training iterations (default: %(default)s)")
-    p.add_argument("--batch", type=int, default=12, help="crops per iteration (default: %(default)s)")
-    p.add_argument("--crop", type=int, default=256, help="HR crop side, a multiple of the scale (default: 256)")
+    # Defaults: the best row of the README's measured table (L1 only; see "Fine-tuning (delete)").
+    p.add_argument("--iterations", type=int, default=200, help="training iterations (default: %(default)s)")
+    p.add_argument("--batch", type=int, default=4, help="crops per iteration (default: %(default)s)")
+    p.add_argument("--crop", type=int, default=128, help="HR crop side, a multiple of the scale (default: 128)")
     p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default: %(default)s)")
-    p.add_argument("--ema", type=float, default=0.999, help="EMA decay of the generator; 0 = off")
-    p.add_argument("--no-perceptual", action="store_true", help="drop the VGG19 perceptual term")
-    p.add_argument("--no-gan", action="store_true", help="drop the adversarial term (L1 [+ perceptual] only)")
+    p.add_argument("--ema", type=float, default=0.0, help="EMA decay of the generator; 0 = off (default)")
+    p.add_argument("--perceptual", action=argparse.BooleanOptionalAction, default=False,
+                   help="add the VGG19 perceptual term (needs VGG19 weights: torchvision's cache or --vgg-weights)")
+    p.add_argument("--adversarial", action="store_true",
+                   help="add the adversarial term against a U-Net discriminator (--discriminator to start from one)")
+    p.add_argument("--no-gan", dest="adversarial", action="store_false",
+                   help="no adversarial term (the default; kept for older command lines)")
     p.add_argument("--discriminator", type=Path, help="pretrained U-Net discriminator (e.g. *_netD.pth)")
     p.add_argument("--vgg-weights", help="local VGG19 weights file (offline machines)")
     p.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (resumable)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--artifact-share", type=float, default=0.5,
+                   help="share of training crops forced onto artifact pixels (default: %(default)s)")
+    p.add_argument("--validate", type=Path, metavar="DIR",
+                   help="folder of validation images, never trained on (default: hold out --holdout of --images)")
+    p.add_argument("--validate-labels", type=Path, metavar="DIR",
+                   help="label maps of the validation images, by stem (default: the --labels folder)")
+    p.add_argument("--holdout", type=float, default=0.25,
+                   help="share of --images held out for validation without --validate, at least one "
+                        "(default: %(default)s)")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the held-out choice (recorded in the card)")
+    p.add_argument("--validate-every", type=int, default=100, help="steps between validations (default: 100)")
+    p.add_argument("--min-detail-ratio", type=float, default=0.9,
+                   help="least validation detail, relative to the original model, that a shipped checkpoint "
+                        "keeps (default: %(default)s); exit code 3 when no checkpoint qualifies")
     p.set_defaults(func=_cmd_finetune)
 
     p = sub.add_parser("evaluate", help="artifact fraction and kept detail per image and GAN model")

@@ -133,8 +133,10 @@ def desra(
 ):
     """Detect (and, with ``finetune``, delete) GAN-SR artifacts in every image of ``input_dir``.
 
-    ``finetune``: afterwards, fine-tune the GAN model on the images with artifacts (flow ``finetune``;
-    ``finetune_settings`` passes its options, e.g. ``{"iterations": 1000, "batch": 12}``).
+    ``finetune``: afterwards, when any image has artifacts, fine-tune the GAN model on the drop's readable
+    images, a share of them held out to validate on (flow ``finetune``; ``finetune_settings`` passes its
+    options, e.g. ``{"iterations": 400, "validate_every": 20}``). A generator is shipped only when a checkpoint
+    has fewer artifacts on the held-out images and keeps their detail; the message says which, or why none.
     ``scale_out``: run batches as ``desra-batch`` deployment runs; by default only when this run
     itself comes from a deployment and the drop has more than one batch.
     """
@@ -180,13 +182,20 @@ def desra(
     failed = [r for r in rows if r.get("status") != "ok"]
     message = f"{len(rows) - len(failed)} ok, {len(failed)} failed of {len(rows)} image(s)"
     if finetune:
-        flagged = [r["stem"] for r in rows if r.get("status") == "ok" and (r.get("region_count") or 0) > 0]
-        if flagged:
+        readable = [r["stem"] for r in rows if r.get("status") == "ok"]
+        if any((r.get("region_count") or 0) > 0 for r in rows if r.get("status") == "ok"):
+            # Every readable image, not only the flagged ones: where no artifact was found the pseudo-GT is the
+            # GAN's own result, so the model keeps its behaviour there (the README's fine-tuning table), and
+            # some of them are held out to validate on.
             tuned = finetune_flow(input_dir=input_dir, output_dir=output_dir, mse_model=mse_model,
                                   gan_model=gan_model, segmenter=segmenter, labels_dir=labels_dir,
-                                  threshold=threshold, min_area=min_area, device=device, stems=flagged,
+                                  threshold=threshold, min_area=min_area, device=device, stems=readable,
                                   **(finetune_settings or {}))
-            message += f"; fine-tuned {gan_model} on {tuned['pairs']} image(s): {tuned['generator']}"
+            if tuned["generator"] is None:
+                message += f"; fine-tuning {gan_model} shipped no model: {tuned['reason']}"
+            else:
+                message += (f"; fine-tuned {gan_model} on {tuned['pairs']} image(s), shipped step "
+                            f"{tuned['chosen_step']}: {tuned['generator']}")
         else:
             message += "; no artifacts found, nothing to fine-tune"
     if failed:

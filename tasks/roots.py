@@ -30,7 +30,8 @@ __all__ = ["PATH_PARAMETERS", "ROOTS_VARIABLE", "Roots", "check_confined", "mode
 
 ROOTS_VARIABLE = "DESRA_ALLOWED_ROOTS"
 # Run parameters that name a folder or file, in the order they are checked (and named in a refusal).
-PATH_PARAMETERS = ("input_dir", "output_dir", "labels_dir", "mse_model", "gan_model", "segmenter")
+PATH_PARAMETERS = ("input_dir", "output_dir", "labels_dir", "mse_model", "gan_model", "segmenter", "validate_dir",
+                   "validate_labels_dir")
 _MODEL_PARAMETERS = ("mse_model", "gan_model")
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 _BACKEND = re.compile(r"([A-Za-z_][\w.-]+):(.+)")  # "backend:id_or_path", as load_segmenter reads it

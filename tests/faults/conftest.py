@@ -23,8 +23,7 @@ from PIL import Image
 import desra_core.image
 import tasks.report
 import tasks.store
-from tests.flows.conftest import prefect_api, tiny_models  # noqa: F401
-from tests.flows.test_desra_flow import counted  # noqa: F401
+from tests.flows.conftest import counted, prefect_api, tiny_models  # noqa: F401
 from tests.integration.conftest import REPO, Stack
 
 ENOSPC_MESSAGE = "No space left on device"

@@ -12,7 +12,6 @@ import tasks.models
 from flows.full import desra
 from tests.core.models.test_sr import tiny_rrdbnet
 from tests.flows.conftest import write_lr
-from tests.flows.test_desra_flow import counted  # noqa: F401
 
 
 class _RunsCode:
@@ -42,7 +41,7 @@ def _bad_model(kind: str, folder, good: str, marker) -> str:
 
 @pytest.mark.parametrize("role", ["mse", "gan"])
 @pytest.mark.parametrize("kind", ["truncated", "not_sr", "scale_x2", "runs_code_torch", "runs_code_pickle"])
-def test_a_bad_model_is_refused_before_any_image_is_touched(tmp_path, tiny_models, counted, kind, role):  # noqa: F811
+def test_a_bad_model_is_refused_before_any_image_is_touched(tmp_path, tiny_models, counted, kind, role):
     drop, out, marker = tmp_path / "drop", tmp_path / "out", tmp_path / "code-ran"
     write_lr(drop / "a.png", 0)
     models = dict(zip(("mse", "gan"), tiny_models, strict=True))

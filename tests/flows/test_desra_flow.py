@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -109,20 +110,27 @@ def test_bad_options_fail_before_any_work(tmp_path, tiny_models, counted):
 
 
 
-def test_finetune_option_tunes_the_gan_model_on_flagged_images(tmp_path, tiny_models):
-    from spandrel import ModelLoader
-
+def test_finetune_option_validates_on_held_out_images_and_ships_no_worse_model(tmp_path, tiny_models):
+    # Random tiny models and two steps cannot beat the original on the held-out image: the run says so and
+    # ships no generator (the shipping rule itself is tested in tests/core/finetune and tests/cli).
     drop, out = tmp_path / "drop", tmp_path / "out"
-    for i in range(2):
+    for i in range(3):
         write_lr(drop / f"img{i}.png", i)
-    settings = {"iterations": 2, "batch": 2, "crop": 64, "perceptual": 0.0, "ema": 0.0}
+    settings = {"iterations": 2, "batch": 2, "crop": 64, "perceptual": 0.0, "ema": 0.0, "validate_every": 1,
+                "min_detail_ratio": 10.0}  # unreachable: no checkpoint may qualify
     state = _run(drop, out, tiny_models, finetune=True, finetune_settings=settings)
     assert state.is_completed(), state.message
-    assert "fine-tuned" in state.message
-    (generator,) = out.glob("finetune/*/generator.safetensors")
-    assert ModelLoader().load_from_file(generator).scale == 4
-    log = pd.read_parquet(generator.parent / "train_log.parquet")
+    assert "shipped no model" in state.message and "qualif" in state.message, state.message
+    assert not list(out.glob("finetune/**/generator.safetensors"))
+    (log_path,) = out.glob("finetune/**/train_log.parquet")
+    log = pd.read_parquet(log_path)
     assert list(log["step"]) == [1, 2]
+    (card_path,) = out.glob("finetune/**/model_card.json")
+    card = json.loads(card_path.read_text())
+    held_out = {i["stem"] for i in card["validation_images"]}
+    trained = {i["stem"] for i in card["train_images"]}
+    assert held_out and trained and not held_out & trained, card  # none is in both
+    assert held_out | trained == {"img0", "img1", "img2"}  # every readable image, not only the flagged ones
 
 
 @pytest.mark.slow

@@ -145,3 +145,13 @@ def test_which_parameters_are_paths(tmp_path, monkeypatch):
     found = run_paths({"input_dir": "/in", "output_dir": "/out", "labels_dir": None, "mse_model": "realesrnet_x4plus",
                        "gan_model": "/m/gan.pth", "segmenter": "/seg", "threshold": 0.7}, KNOWN)
     assert found == {"input_dir": "/in", "output_dir": "/out", "gan_model": "/m/gan.pth", "segmenter": "/seg"}
+
+
+def test_a_validation_folder_of_fine_tuning_is_confined_too(tree):
+    # The finetune flow's validate_dir / validate_labels_dir are read like input_dir and labels_dir.
+    found = run_paths({"validate_dir": "/val", "validate_labels_dir": "/val-labels"}, KNOWN)
+    assert found == {"validate_dir": "/val", "validate_labels_dir": "/val-labels"}
+    roots = Roots([tree / "data"], "DESRA_ALLOWED_ROOTS")
+    for name in ("validate_dir", "validate_labels_dir"):
+        with pytest.raises(ConfigError, match=name):
+            check_confined({name: str(tree / "secret")}, roots)
