@@ -381,12 +381,16 @@ def test_deploy_refuses_a_negative_pool_limit(deploy_env, monkeypatch, capsys):
 
 
 def test_deploy_needs_a_server(deploy_env, monkeypatch, capsys):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     monkeypatch.delenv("PREFECT_API_URL")
     monkeypatch.setattr(subprocess, "run", _never_run)
     import desra.pool
 
     monkeypatch.setattr(desra.pool, "ensure_pool", _never_run)
-    assert cli.main(["deploy"]) == 2
+    # No URL in the settings either (an earlier test's ephemeral harness may have set one for the session).
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        assert cli.main(["deploy"]) == 2
     err = capsys.readouterr().err
     assert "PREFECT_API_URL" in err and "PREFECT_API_AUTH_STRING" in err
 
