@@ -22,7 +22,7 @@ from desra_core.models.segmentation import DEFAULT_SEGMENTER
 from tasks.detect import build_pseudo_gts, detect_image, detect_key, pseudo_gt_key
 from tasks.drop import match_labels, scan_drop
 from tasks.models import segment_batch, super_resolve_batch
-from tasks.preflight import confine, preflight, refuse
+from tasks.preflight import admit
 from tasks.progress import Progress
 from tasks.report import is_published, publish_batch
 from tasks.store import Store
@@ -71,14 +71,10 @@ def desra_batch(
     (``DESRA_ALLOWED_ROOTS``, or the folders the deployment was registered with), or when the device,
     the models, the segmenter or the output root do not pass the preflight checks."""
     segmenter, labels_dir = segmenter or None, labels_dir or None
-    try:
-        confine(dict(input_dir=input_dir, output_dir=output_dir, labels_dir=labels_dir, mse_model=mse_model,
-                     gan_model=gan_model, segmenter=None if labels_dir else segmenter))
-    except DesraError as e:
-        return refuse(e)
-    verdict = preflight(mse_model, gan_model, None if labels_dir else segmenter, output_dir, device)
-    if verdict["refusal"] is not None:
-        return refuse(verdict["refusal"], verdict["kind"])
+    refused = admit(input_dir=input_dir, output_dir=output_dir, labels_dir=labels_dir, mse_model=mse_model,
+                    gan_model=gan_model, segmenter=segmenter, device=device)
+    if refused is not None:
+        return refused
     return process_batch(input_dir, output_dir, stems, mse_model, gan_model, segmenter, labels_dir, threshold,
                          min_area, min_area_fraction, tile, overlap, feather, device, run_id)
 

@@ -5,10 +5,9 @@ from typing import Annotated
 from prefect import flow
 from pydantic import Field
 
-from desra_core import DesraError
 from flows.batch import detection_config
 from tasks.finetune import finetune_generator
-from tasks.preflight import confine, preflight, refuse
+from tasks.preflight import admit
 
 __all__ = ["finetune"]
 
@@ -54,15 +53,11 @@ def finetune(
     (``DESRA_ALLOWED_ROOTS``) or the device, models, segmenter or output root fail the preflight checks.
     """
     segmenter, labels_dir = segmenter or None, labels_dir or None
-    try:
-        confine(dict(input_dir=input_dir, output_dir=output_dir, labels_dir=labels_dir, mse_model=mse_model,
-                     gan_model=gan_model, segmenter=None if labels_dir else segmenter, validate_dir=validate_dir,
-                     validate_labels_dir=validate_labels_dir))
-    except DesraError as e:
-        return refuse(e)
-    verdict = preflight(mse_model, gan_model, None if labels_dir else segmenter, output_dir, device)
-    if verdict["refusal"] is not None:
-        return refuse(verdict["refusal"], verdict["kind"])
+    refused = admit(input_dir=input_dir, output_dir=output_dir, labels_dir=labels_dir, mse_model=mse_model,
+                    gan_model=gan_model, segmenter=segmenter, device=device,
+                    more_paths={"validate_dir": validate_dir, "validate_labels_dir": validate_labels_dir})
+    if refused is not None:
+        return refused
     settings = {"iterations": iterations, "batch": batch, "crop": crop, "lr": lr, "ema": ema,
                 "artifact_fraction": artifact_share, "validate_every": validate_every,
                 "min_detail_ratio": min_detail_ratio, "weights": {"perceptual": perceptual, "gan": gan}}

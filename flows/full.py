@@ -26,7 +26,7 @@ from desra_core.models.segmentation import DEFAULT_SEGMENTER
 from flows.batch import detection_config, process_batch
 from flows.finetune import finetune as finetune_flow
 from tasks.gpu import ensure_gpu_limit
-from tasks.preflight import confine, preflight, refuse
+from tasks.preflight import admit, refuse
 from tasks.progress import Progress
 from tasks.report import IMAGE_COLUMNS, write_run_report
 
@@ -143,16 +143,13 @@ def desra(
     logger = get_run_logger()
     # An empty string means none: a deployment made with DESRA_SEGMENTER="" passes "" as its default.
     segmenter, labels_dir = segmenter or None, labels_dir or None
-    try:  # before anything is read or created: the paths inside the allowed roots, valid options
-        confine(dict(input_dir=input_dir, output_dir=output_dir, labels_dir=labels_dir, mse_model=mse_model,
-                     gan_model=gan_model, segmenter=None if labels_dir else segmenter))
-        detection_config(threshold, min_area, min_area_fraction)
-    except DesraError as e:
-        return refuse(e)
-    # device, models, segmenter and output root, before any image is touched
-    verdict = preflight(mse_model, gan_model, None if labels_dir else segmenter, output_dir, device)
-    if verdict["refusal"] is not None:
-        return refuse(verdict["refusal"], verdict["kind"])
+    # Before anything is read or created: paths inside the allowed roots, valid options; then device,
+    # models, segmenter and output root, before any image is touched.
+    refused = admit(input_dir=input_dir, output_dir=output_dir, labels_dir=labels_dir, mse_model=mse_model,
+                    gan_model=gan_model, segmenter=segmenter, device=device,
+                    check_options=lambda: detection_config(threshold, min_area, min_area_fraction))
+    if refused is not None:
+        return refused
     ensure_gpu_limit()
     run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{str(runtime_flow_run.id or 'local')[:8]}"
     try:

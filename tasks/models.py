@@ -27,9 +27,10 @@ from desra_core.models.sr import (
 from desra_core.models.weights import resolve_weights
 from tasks import pixels
 from tasks.claims import compute_missing
+from tasks.roots import segmenter_path
 from tasks.store import Store, file_sha256, step_key
 
-__all__ = ["GPU_LIMIT", "check_models", "gpu_slot", "model_digest", "resolve_device", "segment_batch",
+__all__ = ["GPU_LIMIT", "check_models", "gpu_slot", "model_digest", "resolve_device", "segment_batch", "segmenter_id",
            "super_resolve_batch"]
 
 GPU_LIMIT = "gpu"
@@ -70,24 +71,23 @@ def gpu_slot(device: str):
     return concurrency(GPU_LIMIT, occupy=1, strict=False) if device.startswith("cuda") else contextlib.nullcontext()
 
 
-@task(name="check-models", cache_policy=NO_CACHE, persist_result=False)
-def check_models(mse_model: str, gan_model: str, output_dir: str | None = None) -> dict:
-    """Resolve and load both SR models on the CPU, before any image is touched, and check that their
-    scales agree. Raises :class:`~desra_core.ModelLoadError` naming the file for a missing, truncated,
-    non-SR or code-running checkpoint, or for two different scales. With ``output_dir``, a pair that
-    passed is remembered in its store (by the files' digests), so a re-run does not load them again."""
-    specs = {"mse": mse_model, "gan": gan_model}
-    digests = {role: model_digest(spec) for role, spec in specs.items()}
-    store = None if output_dir is None else Store(output_dir)
-    key = step_key("check-models", SR_VERSION, **{role: d for role, (_, d) in digests.items()})
-    if store is not None and (known := store.read_json("check-models", key)) is not None:
-        return known
-    loaded = {role: _sr_model(str(path), digest, "cpu") for role, (path, digest) in digests.items()}
+def check_models(models: dict[str, tuple[Path, str]]) -> dict:
+    """Load both SR models on the CPU, before any image is touched, and check that their scales agree.
+
+    ``models``: role (``"mse"``, ``"gan"``) → ``(weights file, sha256)`` from :func:`model_digest`, so the
+    files are hashed once per run. Raises :class:`~desra_core.ModelLoadError` naming the file for a
+    truncated, non-SR or code-running checkpoint, or for two different scales. Returns each role's
+    architecture and scale. (:func:`tasks.preflight.preflight` remembers a pair that passed.)"""
+    loaded = {role: _sr_model(str(path), digest, "cpu") for role, (path, digest) in models.items()}
     check_same_scale(loaded["mse"], loaded["gan"])
-    result = {role: {"architecture": m.architecture, "scale": m.scale} for role, m in loaded.items()}
-    if store is not None:
-        store.write_json("check-models", key, result)
-    return result
+    return {role: {"architecture": m.architecture, "scale": m.scale} for role, m in loaded.items()}
+
+
+def segmenter_id(spec: str) -> str:
+    """How a segmenter spec enters store keys: a hub id as it is; a local folder (also behind a
+    ``backend:`` prefix) with the digest of its files, so that a changed checkpoint computes anew."""
+    local = segmenter_path(spec)
+    return spec if local is None or not Path(local).is_dir() else f"{spec}@{_folder_digest(local)}"
 
 
 @task(name="super-resolve", cache_policy=NO_CACHE, persist_result=False, task_run_name="{role}-sr x{count}", retries=0)
@@ -152,7 +152,7 @@ def segment_batch(gan_records: list[dict], segmenter: str, output_dir: str, devi
 
     store = Store(output_dir)
     device = resolve_device(device)
-    spec_id = segmenter if not Path(segmenter).exists() else f"{segmenter}@{_folder_digest(segmenter)}"
+    spec_id = segmenter_id(segmenter)
     out, todo = [], []
     for rec in gan_records:
         key = step_key("segment", SEG_VERSION, image=rec["key"], segmenter=spec_id)

@@ -17,6 +17,7 @@ and keeps its traceback.
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from prefect import get_run_logger, task
@@ -26,12 +27,12 @@ from prefect.states import Failed
 
 from desra_core import ConfigError, DesraError, ModelLoadError
 from desra_core.models.weights import KNOWN_WEIGHTS, cache_dir
-from tasks.models import SEG_VERSION, SR_VERSION, _folder_digest, _segmenter, check_models, model_digest, resolve_device
-from tasks.roots import ROOTS_VARIABLE, Roots, check_confined, parse_roots, registered_roots, run_paths, segmenter_path
+from tasks.models import SEG_VERSION, SR_VERSION, _segmenter, check_models, model_digest, resolve_device, segmenter_id
+from tasks.roots import ROOTS_VARIABLE, Roots, check_confined, parse_roots, registered_roots, run_paths
 from tasks.store import Store, step_key
 
-__all__ = ["ReturnedFailedState", "allowed_roots", "check_device", "confine", "ensure_output_root", "preflight",
-           "refuse"]
+__all__ = ["ReturnedFailedState", "admit", "allowed_roots", "check_device", "confine", "ensure_output_root",
+           "preflight", "refuse"]
 
 
 class ReturnedFailedState(logging.Filter):
@@ -122,11 +123,6 @@ def ensure_output_root(output_dir: str) -> Path:
     return root
 
 
-def _segmenter_id(segmenter: str) -> str:
-    local = segmenter_path(segmenter)
-    return segmenter if local is None or not Path(local).is_dir() else f"{segmenter}@{_folder_digest(local)}"
-
-
 @task(name="preflight", cache_policy=NO_CACHE, persist_result=False)
 def preflight(mse_model: str, gan_model: str, segmenter: str | None, output_dir: str, device: str = "auto") -> dict:
     """Every check a run makes before it touches an image, in this order: the device; both SR models
@@ -140,14 +136,14 @@ def preflight(mse_model: str, gan_model: str, segmenter: str | None, output_dir:
     """
     try:
         resolved = check_device(device)
-        digests = {role: model_digest(spec)[1] for role, spec in (("mse", mse_model), ("gan", gan_model))}
+        models = {role: model_digest(spec) for role, spec in (("mse", mse_model), ("gan", gan_model))}
         store = Store(output_dir)
-        key = step_key("preflight", f"{SR_VERSION}+{SEG_VERSION}", **digests,
-                       segmenter=None if not segmenter else _segmenter_id(segmenter))
+        key = step_key("preflight", f"{SR_VERSION}+{SEG_VERSION}", **{role: d for role, (_, d) in models.items()},
+                       segmenter=None if not segmenter else segmenter_id(segmenter))
         verdict = store.read_json("preflight", key)
         fresh = verdict is None
         if fresh:
-            verdict = {"models": check_models.fn(mse_model, gan_model), "segmenter": segmenter or None}
+            verdict = {"models": check_models(models), "segmenter": segmenter or None}
             if segmenter:
                 _segmenter(segmenter, resolved)
         ensure_output_root(output_dir)
@@ -164,3 +160,22 @@ def refuse(error: DesraError | str, kind: str | None = None):
     prefix = "refused the models" if kind == ModelLoadError.__name__ else "refused"
     get_run_logger().warning("%s: %s", prefix, message)
     return Failed(message=f"{prefix}: {message}")
+
+
+def admit(*, input_dir: str, output_dir: str, labels_dir: str | None, mse_model: str, gan_model: str,
+          segmenter: str | None, device: str, more_paths: dict[str, str | None] | None = None,
+          check_options: Callable[[], object] | None = None):
+    """What every flow does first, before it reads or creates anything: :func:`confine` its paths (and
+    ``more_paths``), run ``check_options`` (raising a :class:`DesraError` for a bad option), then the
+    :func:`preflight` checks. Returns ``None`` when the run may go on, else the ``Failed`` state to return
+    (logged by :func:`refuse`). ``segmenter`` is ignored when ``labels_dir`` is given (labels win)."""
+    segmenter = None if labels_dir else segmenter
+    try:
+        confine(dict(input_dir=input_dir, output_dir=output_dir, labels_dir=labels_dir, mse_model=mse_model,
+                     gan_model=gan_model, segmenter=segmenter, **(more_paths or {})))
+        if check_options is not None:
+            check_options()
+    except DesraError as e:
+        return refuse(e)
+    verdict = preflight(mse_model, gan_model, segmenter, output_dir, device)
+    return None if verdict["refusal"] is None else refuse(verdict["refusal"], verdict["kind"])
