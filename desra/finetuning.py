@@ -50,7 +50,7 @@ def run_finetune(args, device: str, progress_factory) -> int:
     from desra_core.finetune.delivery import finetune_and_deliver
     from desra_core.finetune.losses import LossWeights
     from desra_core.finetune.trainer import FinetuneConfig
-    from desra_core.finetune.validation import split_holdout
+    from desra_core.finetune.validation import split_images
     from desra_core.models.sr import load_sr_model
 
     config = FinetuneConfig(iterations=args.iterations, batch=args.batch, crop=args.crop, lr=args.lr, ema=args.ema,
@@ -61,19 +61,12 @@ def run_finetune(args, device: str, progress_factory) -> int:
                             validate_every=args.validate_every, min_detail_ratio=args.min_detail_ratio)
     images, files = load_images(args.images, with_files=True)
     labels = label_source(args.labels, args.segmenter, device)
-    if args.validate is not None:
-        val_images, val_files = load_images(args.validate, with_files=True)
-        # the --labels folder (by stem) or the segmenter serve the validation images too, unless told otherwise
-        val_labels = label_source(args.validate_labels, None, device) if args.validate_labels else labels
-        split = {"mode": "folder", "folder": str(args.validate)}
-        train_stems = sorted(images)
-    else:
-        train_stems, val_stems = split_holdout(list(images), args.holdout, args.split_seed)
-        val_images, val_files = {s: images[s] for s in val_stems}, {s: files[s] for s in val_stems}
-        val_labels = labels
-        split = {"mode": "held-out", "share": args.holdout, "seed": args.split_seed, "stems": val_stems}
-    train_images, train_files = {s: images[s] for s in train_stems}, {s: files[s] for s in train_stems}
-    print(f"validation image(s): {', '.join(sorted(val_images))} ({split['mode']})")
+    folder_images, folder_files = load_images(args.validate, with_files=True) if args.validate else (None, None)
+    split = split_images(images, files, holdout=args.holdout, seed=args.split_seed, folder=args.validate,
+                         folder_images=folder_images, folder_files=folder_files)
+    # the --labels folder (by stem) or the segmenter serve the validation images too, unless told otherwise
+    val_labels = label_source(args.validate_labels, None, device) if args.validate_labels else labels
+    print(f"validation image(s): {', '.join(sorted(split.validation_images))} ({split.how['mode']})")
     gan = load_sr_model(args.gan, device=device)
     mse = load_sr_model(args.mse, expected_scale=gan.scale, device=device)
     detection = DetectionConfig(threshold=args.threshold, min_area=args.min_area)
@@ -86,8 +79,9 @@ def run_finetune(args, device: str, progress_factory) -> int:
     bar = progress_factory(config.iterations)
     try:
         delivery = finetune_and_deliver(
-            gan=gan, mse=mse, train_images=train_images, train_files=train_files, validation_images=val_images,
-            validation_files=val_files, validation_split=split, labels=labels, validation_labels=val_labels,
+            gan=gan, mse=mse, train_images=split.train_images, train_files=split.train_files,
+            validation_images=split.validation_images, validation_files=split.validation_files,
+            validation_split=split.how, labels=labels, validation_labels=val_labels,
             detection=detection, config=config, out_dir=args.out, device=device, tile=args.tile,
             discriminator_path=args.discriminator, progress=bar, on_pairs=announce,
             settings={"device": device, "discriminator": args.discriminator, "gan": args.gan, "mse": args.mse})

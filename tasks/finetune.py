@@ -14,7 +14,7 @@ from desra_core.finetune.delivery import finetune_and_deliver
 from desra_core.finetune.losses import LossWeights
 from desra_core.finetune.pipeline import label_source
 from desra_core.finetune.trainer import FinetuneConfig
-from desra_core.finetune.validation import split_holdout
+from desra_core.finetune.validation import split_images
 from desra_core.image import atomic_path, read_image
 from desra_core.listing import list_images
 from desra_core.models.sr import load_sr_model
@@ -69,17 +69,13 @@ def finetune_generator(input_dir: str, output_dir: str, mse_model: str, gan_mode
     images, files = _read(input_dir, stems, logger)
     if not images:
         raise DesraError(f"expected readable images to fine-tune on in {input_dir}, got none")
+    folder_images, folder_files = None, None
     if validation.get("dir"):
-        val_images, val_files = _read(validation["dir"], None, logger)
-        if not val_images:
+        folder_images, folder_files = _read(validation["dir"], None, logger)
+        if not folder_images:
             raise DesraError(f"expected readable validation images in {validation['dir']}, got none")
-        split = {"mode": "folder", "folder": validation["dir"]}
-        train = sorted(images)
-    else:
-        train, held = split_holdout(list(images), validation.get("holdout", 0.25), validation.get("seed", 0))
-        val_images, val_files = {s: images[s] for s in held}, {s: files[s] for s in held}
-        split = {"mode": "held-out", "share": validation.get("holdout", 0.25), "seed": validation.get("seed", 0),
-                 "stems": held}
+    split = split_images(images, files, holdout=validation.get("holdout", 0.25), seed=validation.get("seed", 0),
+                         folder=validation.get("dir") or None, folder_images=folder_images, folder_files=folder_files)
     work = Path(output_dir) / "finetune" / time.strftime("%Y%m%dT%H%M%S")
     config = FinetuneConfig(**{**settings, "weights": LossWeights(**settings.get("weights", {}))})
     with gpu_slot(device):
@@ -88,8 +84,9 @@ def finetune_generator(input_dir: str, output_dir: str, mse_model: str, gan_mode
         labels = label_source(labels_dir, segmenter, device)
         val_labels = label_source(validation["labels_dir"], None, device) if validation.get("labels_dir") else labels
         delivery = finetune_and_deliver(
-            gan=gan, mse=mse, train_images={s: images[s] for s in train}, train_files={s: files[s] for s in train},
-            validation_images=val_images, validation_files=val_files, validation_split=split, labels=labels,
+            gan=gan, mse=mse, train_images=split.train_images, train_files=split.train_files,
+            validation_images=split.validation_images, validation_files=split.validation_files,
+            validation_split=split.how, labels=labels,
             validation_labels=val_labels, detection=DetectionConfig(**detection), config=config, out_dir=work,
             device=str(device), settings={"device": str(device), "gan": gan_model, "mse": mse_model})
     result = delivery.result
@@ -106,8 +103,8 @@ def finetune_generator(input_dir: str, output_dir: str, mse_model: str, gan_mode
         logger.warning("fine-tuning shipped nothing: %s", result.reason)
     create_markdown_artifact(
         f"# Fine-tuning `{gan_model}`\n\n{outcome}\n\n{result.reason}.\n\n"
-        f"{len(train)} training image(s) (mean artifact fraction {before:.4f}); validation on "
-        f"{', '.join(sorted(val_images))} ({split['mode']}): artifact fraction "
+        f"{len(split.train_images)} training image(s) (mean artifact fraction {before:.4f}); validation on "
+        f"{', '.join(sorted(split.validation_images))} ({split.how['mode']}): artifact fraction "
         f"{val['artifact_fraction']['original']:.4f} → "
         f"{'—' if after is None else format(after, '.4f')}"
         f".\n\nModel card: `{delivery.card_path}`; report: `{delivery.report}`\n\n## Validated checkpoints\n\n"
@@ -115,5 +112,5 @@ def finetune_generator(input_dir: str, output_dir: str, mse_model: str, gan_mode
         key="desra-finetune-losses", description="fine-tuning: the chosen checkpoint, validation and loss curves")
     return {"generator": None if delivery.generator is None else str(delivery.generator),
             "log": str(work / "train_log.parquet"), "card": str(delivery.card_path), "report": str(delivery.report),
-            "pairs": len(train), "chosen_step": None if result.chosen is None else result.chosen.step,
+            "pairs": len(split.train_images), "chosen_step": None if result.chosen is None else result.chosen.step,
             "reason": result.reason}

@@ -32,8 +32,8 @@ from ..image import to_bit_depth
 from ..models.sr import SRModel, upscale
 from .pipeline import LabelSource, detail_kept
 
-__all__ = ["Candidate", "ValidationImage", "ValidationScore", "Validator", "choose_checkpoint", "prepare_validation",
-           "split_holdout"]
+__all__ = ["Candidate", "ValidationImage", "ValidationScore", "ValidationSplit", "Validator", "choose_checkpoint",
+           "prepare_validation", "split_holdout", "split_images"]
 
 
 def split_holdout(stems: Sequence[str], share: float, seed: int) -> tuple[list[str], list[str]]:
@@ -55,6 +55,35 @@ def split_holdout(stems: Sequence[str], share: float, seed: int) -> tuple[list[s
     order = np.random.default_rng(seed).permutation(len(ordered))
     held = {ordered[i] for i in order[:k]}
     return [s for s in ordered if s not in held], [s for s in ordered if s in held]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ValidationSplit:
+    """Training and validation images (stem → RGB array, stem → file), and how they were chosen (for the
+    model card): ``{"mode": "folder", "folder": …}`` or ``{"mode": "held-out", "share", "seed", "stems"}``."""
+
+    train_images: dict[str, np.ndarray]
+    train_files: dict[str, object]
+    validation_images: dict[str, np.ndarray]
+    validation_files: dict[str, object]
+    how: dict[str, object]
+
+
+def split_images(images: Mapping[str, np.ndarray], files: Mapping[str, object], *, holdout: float, seed: int,
+                 folder: str | None = None, folder_images: Mapping[str, np.ndarray] | None = None,
+                 folder_files: Mapping[str, object] | None = None) -> ValidationSplit:
+    """The validation images: those of a separate ``folder`` (``folder_images``/``folder_files``; every
+    image of ``images`` is then trained on), else a ``holdout`` share of ``images`` (:func:`split_holdout`
+    with ``seed``). Raises :class:`ConfigError` as :func:`split_holdout` does."""
+    if folder is not None:
+        return ValidationSplit(train_images=dict(images), train_files=dict(files),
+                               validation_images=dict(folder_images or {}), validation_files=dict(folder_files or {}),
+                               how={"mode": "folder", "folder": str(folder)})
+    train, held = split_holdout(list(images), holdout, seed)
+    return ValidationSplit(train_images={s: images[s] for s in train}, train_files={s: files[s] for s in train},
+                           validation_images={s: images[s] for s in held},
+                           validation_files={s: files[s] for s in held},
+                           how={"mode": "held-out", "share": holdout, "seed": seed, "stems": held})
 
 
 @dataclass(frozen=True, kw_only=True)
