@@ -52,7 +52,7 @@ def plain_loop(drop: Path, out: Path, mse_path: str, gan_path: str, min_area: in
     from desra_core.image import read_image, to_bit_depth, write_image
     from desra_core.listing import list_images
     from desra_core.models.sr import load_sr_model, upscale
-    from desra_core.review import write_review_page
+    from pipeline.review import write_review_page
 
     mse_model, gan_model = load_sr_model(mse_path), load_sr_model(gan_path)
     rows = []

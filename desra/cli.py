@@ -55,7 +55,7 @@ def _add_detection_options(p: argparse.ArgumentParser) -> None:
 
 def _cmd_detect(args: argparse.Namespace) -> int:
     from desra.batch import DetectJob, run_detect, write_report
-    from desra_core.review import write_review_page
+    from pipeline.review import write_review_page
 
     config = DetectionConfig(threshold=args.threshold, min_area=args.min_area,
                              min_area_fraction=args.min_area_fraction)

@@ -47,11 +47,11 @@ def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
 
 
 def run_finetune(args, device: str, progress_factory) -> int:
-    from desra_core.finetune.delivery import finetune_and_deliver
     from desra_core.finetune.losses import LossWeights
     from desra_core.finetune.trainer import FinetuneConfig
     from desra_core.finetune.validation import split_images
     from desra_core.models.sr import load_sr_model
+    from pipeline.delivery import finetune_and_deliver
 
     config = FinetuneConfig(iterations=args.iterations, batch=args.batch, crop=args.crop, lr=args.lr, ema=args.ema,
                             artifact_fraction=args.artifact_share,

@@ -1,4 +1,4 @@
-"""Prefect flows: ``desra`` (the full pipeline), ``desra-batch`` (one batch of a drop), ``detect``."""
+"""Prefect flows: ``desra`` (the full pipeline), ``desra-batch`` (one batch of a drop), ``finetune``."""
 
 import tasks  # noqa: F401  (sets the Prefect environment before Prefect is imported)
 

@@ -5,7 +5,7 @@ from typing import Annotated
 from prefect import flow
 from pydantic import Field
 
-from flows.batch import detection_config
+from pipeline.settings import Settings
 from tasks.finetune import finetune_generator
 from tasks.preflight import admit
 
@@ -22,6 +22,10 @@ def finetune(
     labels_dir: str | None = None,
     threshold: Annotated[float, Field(ge=0.0, le=1.0)] = 0.7,
     min_area: Annotated[int, Field(ge=0)] = 4000,
+    min_area_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] | None = None,
+    tile: Annotated[int, Field(ge=16)] = 512,
+    overlap: Annotated[int, Field(ge=0)] = 32,
+    feather: Annotated[float, Field(ge=0.0)] = 0.0,
     iterations: Annotated[int, Field(ge=1)] = 200,
     batch: Annotated[int, Field(ge=1)] = 4,
     crop: Annotated[int, Field(ge=8)] = 128,
@@ -64,4 +68,6 @@ def finetune(
     validation = ({"dir": validate_dir, "labels_dir": validate_labels_dir} if validate_dir
                   else {"holdout": holdout, "seed": split_seed})
     return finetune_generator(input_dir, output_dir, mse_model, gan_model, segmenter, labels_dir,
-                              detection_config(threshold, min_area, None), settings, device, stems, validation)
+                              Settings.from_options(threshold=threshold, min_area=min_area,
+                                                    min_area_fraction=min_area_fraction).detection_key(),
+                              settings, device, stems, validation)

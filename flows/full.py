@@ -23,12 +23,14 @@ from pydantic import Field
 from desra_core import DesraError
 from desra_core.listing import list_image_entries
 from desra_core.models.segmentation import DEFAULT_SEGMENTER
-from flows.batch import detection_config, process_batch
 from flows.finetune import finetune as finetune_flow
+from pipeline.report import IMAGE_COLUMNS
+from pipeline.settings import Settings
 from tasks.gpu import ensure_gpu_limit
+from tasks.images import process
 from tasks.preflight import admit, refuse
 from tasks.progress import Progress
-from tasks.report import IMAGE_COLUMNS, write_run_report
+from tasks.report import write_run_report
 
 __all__ = ["BATCH_DEPLOYMENT", "desra", "run_in_process"]
 
@@ -37,7 +39,7 @@ Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
 def _run_batches_on_workers(batches: list[list[str]], parameters: dict, progress,
-                            takeover_after: float | None = None) -> None:
+                            takeover_after: float | None = None, settings: Settings | None = None) -> None:
     """One run of the ``desra-batch`` deployment per batch; wait until all have finished.
 
     This run holds a worker slot while it waits, so with one worker at ``--limit 1`` (or a pool whose
@@ -83,7 +85,8 @@ def _run_batches_on_workers(batches: list[list[str]], parameters: dict, progress
                                 run_id, takeover_after, len(stems_of[run_id]))
                     parent = f"{runtime_flow_run.id} ({runtime_flow_run.name})"
                     try:
-                        process_batch(**parameters, stems=stems_of[run_id])
+                        process(settings, parameters["input_dir"], parameters["output_dir"], parameters["run_id"],
+                                stems_of[run_id])
                     except Exception as e:  # the parent run goes on; _gather reports the missing images
                         client.set_flow_run_state(run_id, Failed(message=f"processed in parent run {parent}, "
                                                                          f"which failed on it: {e}"), force=True)
@@ -141,15 +144,18 @@ def desra(
     itself comes from a deployment and the drop has more than one batch.
     """
     logger = get_run_logger()
-    # An empty string means none: a deployment made with DESRA_SEGMENTER="" passes "" as its default.
-    segmenter, labels_dir = segmenter or None, labels_dir or None
     # Before anything is read or created: paths inside the allowed roots, valid options; then device,
     # models, segmenter and output root, before any image is touched.
-    refused = admit(input_dir=input_dir, output_dir=output_dir, labels_dir=labels_dir, mse_model=mse_model,
-                    gan_model=gan_model, segmenter=segmenter, device=device,
-                    check_options=lambda: detection_config(threshold, min_area, min_area_fraction))
+    chosen: list[Settings] = []
+    refused = admit(input_dir=input_dir, output_dir=output_dir, labels_dir=labels_dir or None, mse_model=mse_model,
+                    gan_model=gan_model, segmenter=segmenter or None, device=device,
+                    check_options=lambda: chosen.append(Settings.from_options(
+                        mse_model=mse_model, gan_model=gan_model, segmenter=segmenter, labels_dir=labels_dir,
+                        threshold=threshold, min_area=min_area, min_area_fraction=min_area_fraction, tile=tile,
+                        overlap=overlap, feather=feather, device=device)))
     if refused is not None:
         return refused
+    settings = chosen[0]
     ensure_gpu_limit()
     run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{str(runtime_flow_run.id or 'local')[:8]}"
     try:
@@ -157,25 +163,18 @@ def desra(
     except DesraError as e:  # no such folder, or not a folder
         return refuse(e)
     batches = [stems[i:i + batch_size] for i in range(0, len(stems), batch_size)]
-    parameters = dict(input_dir=input_dir, output_dir=output_dir, mse_model=mse_model, gan_model=gan_model,
-                      segmenter=segmenter, labels_dir=labels_dir, threshold=threshold, min_area=min_area,
-                      min_area_fraction=min_area_fraction, tile=tile, overlap=overlap, feather=feather,
-                      device=device, run_id=run_id)
     progress = Progress(f"desra: {len(stems)} image(s) in {len(batches)} batch(es)")
     if scale_out is None:
         scale_out = runtime_deployment.id is not None and len(batches) > 1
     if scale_out and batches:
         logger.info("%d images in %d batches: running them as %s deployment runs", len(stems), len(batches),
                     BATCH_DEPLOYMENT)
-        _run_batches_on_workers(batches, parameters, progress)
+        parameters = dict(input_dir=input_dir, output_dir=output_dir, run_id=run_id, **settings.options())
+        _run_batches_on_workers(batches, parameters, progress, settings=settings)
         rows = _gather(output_dir, stems, run_id)
-    else:
-        rows = []
-        # In process, batches run inline (a subflow per batch would cost a flow run each for nothing).
-        for i, batch in enumerate(batches, start=1):
-            rows += process_batch(**parameters, stems=batch)
-            progress.update(100.0 * i / len(batches))
-    write_run_report(rows, output_dir, run_id)
+    else:  # in this process: one stream over the whole drop (batches only divide work between workers)
+        rows = process(settings, input_dir, output_dir, run_id, None, progress)
+    write_run_report(rows, output_dir, run_id, {"Threshold": threshold, "Input folder": input_dir})
     failed = [r for r in rows if r.get("status") != "ok"]
     message = f"{len(rows) - len(failed)} ok, {len(failed)} failed of {len(rows)} image(s)"
     if finetune:
@@ -184,9 +183,8 @@ def desra(
             # Every readable image, not only the flagged ones: where no artifact was found the pseudo-GT is the
             # GAN's own result, so the model keeps its behaviour there (the README's fine-tuning table), and
             # some of them are held out to validate on.
-            tuned = finetune_flow(input_dir=input_dir, output_dir=output_dir, mse_model=mse_model,
-                                  gan_model=gan_model, segmenter=segmenter, labels_dir=labels_dir,
-                                  threshold=threshold, min_area=min_area, device=device, stems=readable,
+            # The run's settings, whole: the pairs come from the store this run has just filled.
+            tuned = finetune_flow(input_dir=input_dir, output_dir=output_dir, **settings.options(), stems=readable,
                                   **(finetune_settings or {}))
             if tuned["generator"] is None:
                 message += f"; fine-tuning {gan_model} shipped no model: {tuned['reason']}"

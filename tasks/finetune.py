@@ -10,7 +10,6 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from desra_core import DesraError, DetectionConfig
-from desra_core.finetune.delivery import finetune_and_deliver
 from desra_core.finetune.losses import LossWeights
 from desra_core.finetune.pipeline import label_source
 from desra_core.finetune.trainer import FinetuneConfig
@@ -18,7 +17,9 @@ from desra_core.finetune.validation import split_images
 from desra_core.image import atomic_path, read_image
 from desra_core.listing import list_images
 from desra_core.models.sr import load_sr_model
-from tasks.models import gpu_slot, resolve_device
+from pipeline.delivery import finetune_and_deliver
+from pipeline.models import resolve_device
+from tasks.models import gpu_slot
 
 __all__ = ["finetune_generator"]
 

@@ -1,6 +1,6 @@
 """Checks that a run makes before it reads any image or creates anything: fail fast, fail clearly.
 
-:func:`confine` applies the allowed roots (:mod:`tasks.roots`) to a run's paths; the ``preflight`` task
+:func:`confine` applies the allowed roots (:mod:`pipeline.roots`) to a run's paths; the ``preflight`` task
 checks the device, loads and checks the SR models and the segmenter, and makes sure that the output
 root can be created and written. A refusal that desra expects (a :class:`~desra_core.DesraError`) is one
 sentence: :func:`refuse` logs it at WARNING, without a traceback, and turns it into the run's ``Failed``
@@ -27,9 +27,17 @@ from prefect.states import Failed
 
 from desra_core import ConfigError, DesraError, ModelLoadError
 from desra_core.models.weights import KNOWN_WEIGHTS, cache_dir
-from tasks.models import SEG_VERSION, SR_VERSION, _segmenter, check_models, model_digest, resolve_device, segmenter_id
-from tasks.roots import ROOTS_VARIABLE, Roots, check_confined, parse_roots, registered_roots, run_paths
-from tasks.store import Store, step_key
+from pipeline.models import (
+    SEG_VERSION,
+    SR_VERSION,
+    check_models,
+    model_digest,
+    resolve_device,
+    segmenter_id,
+)
+from pipeline.models import load_segmenter_cached as _segmenter
+from pipeline.roots import ROOTS_VARIABLE, Roots, check_confined, parse_roots, registered_roots, run_paths
+from pipeline.store import Store, step_key
 
 __all__ = ["ReturnedFailedState", "admit", "allowed_roots", "check_device", "confine", "ensure_output_root",
            "preflight", "refuse"]
@@ -126,7 +134,7 @@ def ensure_output_root(output_dir: str) -> Path:
 @task(name="preflight", cache_policy=NO_CACHE, persist_result=False)
 def preflight(mse_model: str, gan_model: str, segmenter: str | None, output_dir: str, device: str = "auto") -> dict:
     """Every check a run makes before it touches an image, in this order: the device; both SR models
-    (loaded on the CPU, same scale; see :func:`tasks.models.check_models`); the segmenter, when there is one
+    (loaded on the CPU, same scale; see :func:`pipeline.models.check_models`); the segmenter, when there is one
     (loaded on the run's device, its ADE20K class order checked); the output root (created, written).
 
     The verdict on the models and the segmenter is remembered in the output root's store by the files'

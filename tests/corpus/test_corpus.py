@@ -208,10 +208,10 @@ def test_detect_cli_over_the_corpus(tmp_path, corpus, capsys):
 
 
 def test_scan_drop_items_are_safe_and_printable(corpus):
-    from tasks.drop import match_labels, scan_drop
+    from pipeline.drop import match_labels, scan_drop
 
     drop, expected = corpus
-    items = scan_drop.fn(str(drop))
+    items = scan_drop(str(drop))
     assert [i["stem"] for i in items] == sorted(e.stem for e in expected.values())
     by_stem = {e.stem: e for e in expected.values()}
     for item in items:
@@ -220,10 +220,10 @@ def test_scan_drop_items_are_safe_and_printable(corpus):
         assert want is None or want in item["error"]
         str(item).encode("utf-8")  # no surrogate escapes anywhere: fit for Parquet and the Prefect API
     # Stems asked for by a caller (e.g. a deployment's parameters) that would escape as file names.
-    asked = scan_drop.fn(str(drop), ["../../etc/passwd", "..", "gray"])
+    asked = scan_drop(str(drop), ["../../etc/passwd", "..", "gray"])
     assert [i["stem"] for i in asked] == ["%2E%2E%2F..%2Fetc%2Fpasswd", "%2E%2E", "gray"]
     assert "found none" in asked[0]["error"] and asked[2]["error"] is None
-    labels = match_labels.fn(items, str(drop))
+    labels = match_labels(items, str(drop))
     for item, rec in zip(items, labels, strict=True):
         assert rec["stem"] == item["stem"] and (rec["error"] is None) == (item["error"] is None), rec
 

@@ -22,7 +22,7 @@ from PIL import Image
 
 import desra_core.image
 import tasks.report
-import tasks.store
+import pipeline.store
 from tests.flows.conftest import counted, prefect_api, tiny_models  # noqa: F401
 from tests.integration.conftest import REPO, Stack
 
@@ -110,7 +110,7 @@ class DiskFull:
                     raise OSError(errno.ENOSPC, ENOSPC_MESSAGE, str(target))
 
         # atomic_write_bytes and write_image look atomic_path up in desra_core.image; the tasks imported it.
-        for module in (desra_core.image, tasks.report, tasks.store):
+        for module in (desra_core.image, tasks.report, pipeline.store):
             monkeypatch.setattr(module, "atomic_path", atomic_path)
 
 

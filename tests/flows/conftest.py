@@ -36,12 +36,12 @@ def write_lr(path, seed: int, size: int = 40) -> None:
 
 @pytest.fixture
 def counted(monkeypatch):
-    """Count the SR inference and detection calls that the tasks make."""
-    import tasks.detect
-    import tasks.models
+    """Count the SR inference and detection calls that the pipeline's steps make."""
+    import pipeline.models
+    import pipeline.steps
 
     calls = {"upscale": 0, "detect": 0}
-    real_upscale, real_detect = tasks.models.upscale, tasks.detect.detect_artifacts
+    real_upscale, real_detect = pipeline.models.upscale, pipeline.steps.detect_artifacts
 
     def upscale(*a, **k):
         calls["upscale"] += 1
@@ -51,6 +51,6 @@ def counted(monkeypatch):
         calls["detect"] += 1
         return real_detect(*a, **k)
 
-    monkeypatch.setattr(tasks.models, "upscale", upscale)
-    monkeypatch.setattr(tasks.detect, "detect_artifacts", detect)
+    monkeypatch.setattr(pipeline.models, "upscale", upscale)
+    monkeypatch.setattr(pipeline.steps, "detect_artifacts", detect)
     return calls

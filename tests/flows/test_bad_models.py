@@ -8,7 +8,7 @@ import pickle
 import pytest
 import torch
 
-import tasks.models
+import pipeline.models
 from flows.full import desra
 from tests.core.models.test_sr import tiny_rrdbnet
 from tests.flows.conftest import write_lr
@@ -62,6 +62,6 @@ def test_check_models_raises_model_load_error_for_a_bad_file(tmp_path, tiny_mode
     from desra_core import ModelLoadError
 
     with pytest.raises(ModelLoadError, match=r"truncated\.pth"):
-        tasks.models.check_models({"mse": tasks.models.model_digest(_bad_model("truncated", tmp_path, tiny_models[0],
+        pipeline.models.check_models({"mse": pipeline.models.model_digest(_bad_model("truncated", tmp_path, tiny_models[0],
                                                                               None)),
-                                   "gan": tasks.models.model_digest(tiny_models[1])})
+                                   "gan": pipeline.models.model_digest(tiny_models[1])})

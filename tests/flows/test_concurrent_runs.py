@@ -22,7 +22,7 @@ def _run(drop: str, out: str, mse: str, gan: str, ready, go, result) -> None:
     os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="desra-concurrent-")
     import desra_core.models.sr as sr
     import tasks  # noqa: F401
-    import tasks.models as models
+    import pipeline.models as models
     from flows.full import run_in_process
 
     real = sr.upscale

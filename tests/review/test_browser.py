@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from desra_core.review import write_review_page
+from pipeline.review import write_review_page
 from tests.review.conftest import (
     HOSTILE_STEM,
     copy_page,

@@ -7,7 +7,7 @@ import re
 
 import numpy as np
 
-import desra_core.review as review
+import pipeline.review as review
 from desra_core.image import write_image
 from tests.review.conftest import make_image, photo
 

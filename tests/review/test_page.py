@@ -15,7 +15,7 @@ from PIL import Image
 from desra.cli import main
 from desra_core import ConfigError, ShapeError
 from desra_core.image import write_image
-from desra_core.review import mask_overlay, order_rows, preview, render_review_page, write_review_page
+from pipeline.review import mask_overlay, order_rows, preview, render_review_page, write_review_page
 from tests.review.conftest import HOSTILE_STEM, PageParser, make_image, photo
 
 

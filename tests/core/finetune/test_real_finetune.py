@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 
 from desra_core import DetectionConfig
-from desra_core.finetune.delivery import finetune_and_deliver
 from desra_core.finetune.losses import LossWeights
 from desra_core.finetune.pipeline import evaluate_models
 from desra_core.finetune.trainer import FinetuneConfig
 from desra_core.image import read_label_map
 from desra_core.models.sr import SRModel, load_sr_model
+from pipeline.delivery import finetune_and_deliver
 from tests.conftest import MODELS, PARITY, read_rgb
 
 pytestmark = [pytest.mark.real_models, pytest.mark.slow]

@@ -1,4 +1,4 @@
-"""The allowed-roots policy (tasks/roots.py): what lies inside a root, after links and ``..``."""
+"""The allowed-roots policy (pipeline/roots.py): what lies inside a root, after links and ``..``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from desra_core import ConfigError
-from tasks.roots import (
+from pipeline.roots import (
     ROOTS_VARIABLE,
     Roots,
     check_confined,

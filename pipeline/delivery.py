@@ -19,13 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..detection import DetectionConfig
-from ..models.sr import SRModel
-from ..review import write_finetune_page
-from .card import build_model_card, write_model_card
-from .pipeline import ImageScore, LabelSource, build_pairs, evaluate_models
-from .trainer import FinetuneConfig, FinetuneResult, finetune, save_generator
-from .validation import prepare_validation
+from desra_core.detection import DetectionConfig
+from desra_core.finetune.card import build_model_card, write_model_card
+from desra_core.finetune.pipeline import ImageScore, LabelSource, build_pairs, evaluate_models
+from desra_core.finetune.trainer import FinetuneConfig, FinetuneResult, finetune, save_generator
+from desra_core.finetune.validation import prepare_validation
+from desra_core.models.sr import SRModel
+from pipeline.review import write_finetune_page
 
 __all__ = ["CARD_NAME", "GENERATOR_NAME", "REPORT_NAME", "Delivery", "finetune_and_deliver"]
 
@@ -72,7 +72,7 @@ def finetune_and_deliver(*, gan: SRModel, mse: SRModel, train_images: Mapping[st
     Raises:
         ConfigError: a stem in both sets, or the trainer's own checks.
     """
-    from ..errors import ConfigError
+    from desra_core.errors import ConfigError
 
     shared = sorted(set(train_images) & set(validation_images))
     if shared:

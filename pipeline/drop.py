@@ -6,15 +6,12 @@ record is printable text. An entry that cannot be used (a name that is not UTF-8
 of the drop, a directory…) becomes an item with its error, never a crash of the listing.
 """
 
-
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
 from desra_core.image import printable_path
 from desra_core.listing import list_image_entries, safe_stem
-from tasks.store import file_sha256
+from pipeline.steps import Item
+from pipeline.store import file_sha256
 
-__all__ = ["match_labels", "scan_drop"]
+__all__ = ["drop_items", "match_labels", "result_items", "scan_drop"]
 
 
 def _usable(entry) -> tuple[str | None, str | None]:
@@ -29,7 +26,6 @@ def _usable(entry) -> tuple[str | None, str | None]:
         return None, f"expected a path that is valid UTF-8, got one that is not (file: {entry.shown})"
 
 
-@task(name="scan-drop", cache_policy=NO_CACHE, persist_result=False)
 def scan_drop(input_dir: str, stems: list[str] | None = None) -> list[dict]:
     """``[{"stem", "path", "sha256", "error"}]`` for the drop's images (all, or only ``stems``).
 
@@ -44,7 +40,6 @@ def scan_drop(input_dir: str, stems: list[str] | None = None) -> list[dict]:
     return items
 
 
-@task(name="match-labels", cache_policy=NO_CACHE, persist_result=False)
 def match_labels(items: list[dict], labels_dir: str) -> list[dict]:
     """Precomputed label maps by stem: ``[{"stem", "key", "path", "error"}]``."""
     labels = list_image_entries(labels_dir)
@@ -70,3 +65,31 @@ def _locate(entries: dict, stem: str, what: str, folder: str) -> tuple[str | Non
         return path, file_sha256(entry.path), None
     except OSError as e:
         return path, None, f"expected {what} that can be read, got {e.strerror or e} (file: {entry.shown})"
+
+
+def drop_items(input_dir: str, stems: list[str] | None = None, labels_dir: str | None = None) -> list[Item]:
+    """The drop's images (all, or only ``stems``) as pipeline items, with their label maps when given."""
+    scanned = scan_drop(input_dir, stems)
+    labels = {r["stem"]: r for r in match_labels(scanned, labels_dir)} if labels_dir else {}
+    items = []
+    for s in scanned:
+        lab = labels.get(s["stem"])
+        items.append(Item(stem=s["stem"], path=s["path"], sha256=s["sha256"], error=s["error"],
+                          labels=None if lab is None else (lab["path"], None if lab["key"] is None
+                                                           else lab["key"].removeprefix("labels:"), lab["error"])))
+    return items
+
+
+def result_items(mse_dir: str, gan_dir: str, labels_dir: str | None = None) -> list[Item]:
+    """Pairs of SR results that exist already (``desra detect``), by stem: every stem of either folder."""
+    mse_entries, gan_entries = list_image_entries(mse_dir), list_image_entries(gan_dir)
+    label_entries = list_image_entries(labels_dir) if labels_dir else {}
+    items = []
+    for stem in sorted(set(mse_entries) | set(gan_entries)):
+        gan_path, gan_digest, gan_error = _locate(gan_entries, stem, "a GAN result", gan_dir)
+        mse_path, mse_digest, mse_error = _locate(mse_entries, stem, "an MSE result", mse_dir)
+        labels = _locate(label_entries, stem, "a label map", labels_dir) if labels_dir else None
+        error = mse_error or gan_error
+        items.append(Item(stem=safe_stem(stem), path=None, sha256=None, error=error, labels=labels,
+                          given={"mse": (mse_path, mse_digest), "gan": (gan_path, gan_digest)}))
+    return items

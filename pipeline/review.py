@@ -35,8 +35,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from .errors import ConfigError, DesraError, ShapeError
-from .image import atomic_write_bytes, read_image, read_mask, to_bit_depth, to_float32
+from desra_core.errors import ConfigError, DesraError, ShapeError
+from desra_core.image import atomic_write_bytes, read_image, read_mask, to_bit_depth, to_float32
 
 __all__ = [
     "COMPARE_SIDE",
@@ -443,7 +443,7 @@ def _index(ordered: list[Mapping]) -> str:
 
 
 # The page's style sheet (data/review.css), inlined into every page and allowed by its hash.
-_CSS = resources.files("desra_core").joinpath("data/review.css").read_text("utf-8")
+_CSS = resources.files("pipeline").joinpath("data/review.css").read_text("utf-8")
 
 # The only script: marks the page as scripted (showing the dividers) and moves a divider on input.
 _JS = """

@@ -2,7 +2,7 @@
 
 Two runs over the same drop (a schedule that fires while the previous run is still going, two workers
 given overlapping batches, a user's ``desra run`` beside the deployment) would otherwise compute the
-same entries side by side. :func:`compute_missing` claims each entry (:meth:`tasks.store.Store.claim`)
+same entries side by side. :func:`compute_missing` claims each entry (:meth:`pipeline.store.Store.claim`)
 before computing it: entries another run is computing are put aside while this run does the rest, then
 waited for; an entry that exists once its claim is held is taken from the store.
 """
@@ -10,7 +10,7 @@ waited for; an entry that exists once its claim is held is taken from the store.
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
-from tasks.store import Store
+from pipeline.store import Store
 
 __all__ = ["compute_missing"]
 

@@ -1,0 +1,124 @@
+"""The models of a run: which weights (by digest), loaded once per process, and the device calls the steps make.
+
+:class:`Models` is what the device stage of :mod:`pipeline.stream` calls: ``super_resolve(role, lr)`` and
+``segment(gan)``. It loads nothing until the first call (a run whose images all come from the store loads
+no model), and keeps loaded models in the process for the next run. Weights enter store keys by the
+sha256 of their file (:func:`model_digest`), a segmenter by its id, or a local folder by its files
+(:func:`segmenter_id`), so a changed checkpoint computes anew.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from desra_core import __version__
+from desra_core.image import to_float32
+from desra_core.models.sr import SRModel, check_same_scale, load_sr_model, upscale
+from desra_core.models.weights import resolve_weights
+from pipeline.roots import segmenter_path
+from pipeline.settings import Settings
+from pipeline.store import file_sha256
+
+__all__ = ["SEG_VERSION", "SR_VERSION", "Models", "check_models", "load_segmenter_cached", "model_digest",
+           "resolve_device", "segmenter_id"]
+
+SR_VERSION = f"sr-1/{__version__}"
+SEG_VERSION = f"seg-1/{__version__}"
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def model_digest(spec: str) -> tuple[Path, str]:
+    """The weights file of a model spec (known name or path) and its sha256."""
+    path = resolve_weights(spec)
+    return path, file_sha256(path)
+
+
+@functools.lru_cache(maxsize=4)
+def _sr_model(path: str, digest: str, device: str) -> SRModel:  # digest: a changed file is a new entry
+    return load_sr_model(path, device=device)
+
+
+@functools.lru_cache(maxsize=2)
+def load_segmenter_cached(spec: str, device: str):
+    """A segmenter, loaded once per process and device."""
+    from desra_core.models.segmentation import load_segmenter
+
+    return load_segmenter(spec, device=device)
+
+
+def check_models(models: dict[str, tuple[Path, str]]) -> dict:
+    """Load both SR models on the CPU, before any image is touched, and check that their scales agree.
+
+    ``models``: role (``"mse"``, ``"gan"``) → ``(weights file, sha256)`` from :func:`model_digest`, so the
+    files are hashed once per run. Raises :class:`~desra_core.ModelLoadError` naming the file for a
+    truncated, non-SR or code-running checkpoint, or for two different scales. Returns each role's
+    architecture and scale."""
+    loaded = {role: _sr_model(str(path), digest, "cpu") for role, (path, digest) in models.items()}
+    check_same_scale(loaded["mse"], loaded["gan"])
+    return {role: {"architecture": m.architecture, "scale": m.scale} for role, m in loaded.items()}
+
+
+def segmenter_id(spec: str) -> str:
+    """How a segmenter spec enters store keys: a hub id as it is; a local folder (also behind a
+    ``backend:`` prefix) with the digest of its files, so that a changed checkpoint computes anew."""
+    local = segmenter_path(spec)
+    return spec if local is None or not Path(local).is_dir() else f"{spec}@{_folder_digest(local)}"
+
+
+def _folder_digest(folder: str) -> str:
+    """Digest of a local model folder's files (names, sizes, mtimes) so a changed checkpoint re-runs."""
+    h = hashlib.sha256()
+    for p in sorted(Path(folder).rglob("*")):
+        if p.is_file():
+            st = p.stat()
+            h.update(f"{p.relative_to(folder)}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return h.hexdigest()[:16]
+
+
+class Models:
+    """The SR pair and segmenter of one :class:`~pipeline.settings.Settings`, as the device stage calls them.
+
+    ``digests`` (role → sha256) and ``segmenter_key`` are known at once (the files are hashed, nothing is
+    loaded); the models load on the first call, on the thread that makes it (the device thread).
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.device = resolve_device(settings.device)
+        self.files = {"mse": model_digest(settings.mse_model), "gan": model_digest(settings.gan_model)}
+        self.digests = {role: digest for role, (_, digest) in self.files.items()}
+        seg = settings.segmenter_in_use
+        self.segmenter_key = None if seg is None else segmenter_id(seg)
+
+    @property
+    def scale(self) -> int:
+        """The models' scale (from the CPU copy that the preflight checks load; no device work)."""
+        path, digest = self.files["gan"]
+        return _sr_model(str(path), digest, "cpu").scale
+
+    def sr_model(self, role: str) -> SRModel:
+        path, digest = self.files[role]
+        return _sr_model(str(path), digest, self.device)
+
+    def super_resolve(self, role: str, lr: np.ndarray) -> np.ndarray:
+        """``lr`` upscaled by the ``role`` model at the input's bit depth (``uint8`` or ``uint16``)."""
+        out = np.uint8 if lr.dtype == np.uint8 else np.uint16
+        return upscale(self.sr_model(role), lr, tile=self.settings.tile, overlap=self.settings.overlap,
+                       out_dtype=out)
+
+    def segment(self, gan: np.ndarray) -> np.ndarray:
+        """ADE20K label map of a GAN result (``uint8``/``uint16`` RGB)."""
+        from desra_core.models.segmentation import segment
+
+        return segment(load_segmenter_cached(self.settings.segmenter_in_use, self.device), to_float32(gan))

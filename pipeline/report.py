@@ -1,0 +1,146 @@
+"""What a run publishes: the store's entries under stable names, and the report schema.
+
+Layout under ``output_dir``::
+
+    masks/<stem>.png  pseudo_gt/<stem>.png  sr/mse/<stem>.png  sr/gan/<stem>.png  labels/<stem>.png
+    reports/<stem>.parquet      one row per artifact region (+ image-level columns), or one row
+                                without a region when the image is clean or failed
+    runs/<run>.parquet          one row per image of a run; read the folder as one dataset:
+                                ``pandas.read_parquet(output_dir / "runs")``
+    report.html                 the run's review page
+
+Every entry point writes these with the same columns and types (:data:`IMAGE_COLUMNS`,
+:data:`REGION_COLUMNS`). Each image's row carries its timeline: ``<step>_started_at`` and
+``<step>_finished_at`` (UTC) for every step the run computed (:data:`STEPS`), null for what came from
+the store.
+"""
+
+import functools
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from desra_core.image import atomic_path, atomic_write_bytes
+from pipeline import pixels
+from pipeline.review import write_review_page
+
+__all__ = ["IMAGE_COLUMNS", "REGION_COLUMNS", "STEPS", "TIMELINE_COLUMNS", "frame", "is_published",
+           "publish_image", "write_run_files"]
+
+STEPS = ("sr_mse", "sr_gan", "segment", "detect", "pseudo_gt", "publish")
+TIMELINE_COLUMNS = [f"{step}_{edge}" for step in STEPS for edge in ("started_at", "finished_at")]
+
+IMAGE_COLUMNS = [
+    "stem", "status", "error", "artifact_fraction", "region_count", "height", "width", "min_area", "notes",
+    "input_path", "input_sha256", "mse_model", "gan_model", "mse_model_sha256", "gan_model_sha256",
+    "segmenter", "config_hash", "sr_seconds", "detect_seconds", "cached", "computed", "run_id",
+    *TIMELINE_COLUMNS,
+]
+REGION_COLUMNS = ["region_id", "x", "y", "w", "h", "area", "classes", "mean_adjusted"]
+
+
+def _link(src: str, dst: Path) -> None:
+    """Publish a store file under a stable name, atomically (hard link when possible, else copy)."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    try:
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+_INTS = {"region_count", "height", "width", "min_area", "region_id", "x", "y", "w", "h", "area"}
+_FLOATS = {"artifact_fraction", "sr_seconds", "detect_seconds", "mean_adjusted"}
+_BOOLS = {"cached"}
+_TIMES = set(TIMELINE_COLUMNS)
+
+
+def frame(rows: list[dict], columns: list[str]) -> pd.DataFrame:
+    """Rows as a frame with the report's dtypes (nullable ``Int64`` counts, ``float64`` numbers)."""
+    frame = pd.DataFrame(rows, columns=columns)
+    for col in columns:
+        if col in _INTS:
+            frame[col] = frame[col].astype("Int64")
+        elif col in _FLOATS:
+            frame[col] = frame[col].astype("float64")
+        elif col in _TIMES:
+            frame[col] = pd.to_datetime(frame[col], utc=True)
+    return frame
+
+
+@functools.cache
+def _schema(columns: tuple[str, ...]) -> pa.Schema:
+    """One Arrow schema per report kind, whatever the rows hold: every file of ``reports/`` (and of
+    ``runs/``) has the same column types, so the folder reads as one dataset, and a column that is empty
+    in one file (e.g. ``error``) is still a string column. Carries pandas' metadata, so pandas reads
+    counts back as ``Int64``."""
+    now = pd.Timestamp("2026-01-01", tz="UTC")
+    sample = {c: (1 if c in _INTS else 0.5 if c in _FLOATS else True if c in _BOOLS else now if c in _TIMES
+                  else "x") for c in columns}
+    return pa.Schema.from_pandas(frame([sample], list(columns)), preserve_index=False)
+
+
+def _write_parquet(rows: list[dict], columns: list[str], path: Path) -> None:
+    table = pa.Table.from_pylist([{c: row.get(c) for c in columns} for row in rows], schema=_schema(tuple(columns)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def _marker(output_dir: str, stem: str) -> Path:
+    return Path(output_dir) / ".desra" / "published" / f"{stem}.json"
+
+
+def is_published(output_dir: str, stem: str, keys: dict) -> bool:
+    """True when ``stem``'s outputs and report were published from exactly these store keys."""
+    marker = _marker(output_dir, stem)
+    return marker.is_file() and json.loads(marker.read_text()) == keys
+
+
+
+def publish_image(row: dict, files: dict[str, str], regions: list[dict], output_dir: str,
+                  keys: dict | None = None) -> dict:
+    """Link the image's store entries to ``masks/``, ``pseudo_gt/``, ``sr/…``, ``labels/`` and write
+    ``reports/<stem>.parquet``. ``files`` maps a folder (e.g. ``"masks"``, ``"sr/mse"``) to a store path.
+    ``keys`` (the store keys it came from) are recorded last, so a later run can skip an image whose
+    published outputs are current."""
+    out = Path(output_dir)
+    stem = row["stem"]
+    for folder, src in files.items():
+        _link(src, out / folder / f"{stem}.png")
+    image = {k: row.get(k) for k in IMAGE_COLUMNS}
+    rows = [{**image, "region_id": r["id"], **{k: r[k] for k in REGION_COLUMNS[1:]}} for r in regions]
+    _write_parquet(rows or [image], IMAGE_COLUMNS + REGION_COLUMNS, out / "reports" / f"{stem}.parquet")
+    marker = _marker(output_dir, stem)
+    if keys is None:
+        marker.unlink(missing_ok=True)
+    else:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(marker, json.dumps(keys, sort_keys=True).encode())
+    return row
+
+
+def write_run_files(rows: list[dict], output_dir: str, run_id: str, *, title: str,
+                    run_numbers: dict | None = None) -> tuple[Path, Path | str]:
+    """``runs/<run_id>.parquet`` (one row per image) and ``report.html`` (the review page, worst first).
+
+    Returns the Parquet path and the page's path, or, when the page could not be written (e.g. a full
+    disk), the reason: the reports are written by then, and the page is only a view of them."""
+    path = Path(output_dir) / "runs" / f"{run_id}.parquet"
+    _write_parquet(rows, IMAGE_COLUMNS, path)
+    try:
+        page = write_review_page(rows, output_dir, title=title, fragments=Path(output_dir) / ".desra" / "review",
+                                 read_pixels=pixels.read_pixels, read_mask_file=pixels.read_mask,
+                                 run_numbers=run_numbers or {})
+    except OSError as e:
+        return path, f"{type(e).__name__}: {e}"
+    return path, page

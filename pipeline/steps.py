@@ -1,0 +1,376 @@
+"""DeSRA's per-image steps, each written once: read, MSE-SR, GAN-SR, segment, detect, pseudo-GT, publish.
+
+An :class:`ImageJob` carries one image through the steps. Each step is a method that does one kind of
+work, so a scheduler (:mod:`pipeline.stream`) can put it where it belongs:
+
+* **CPU** (run under the ``cpu`` gate a scheduler passes in): :meth:`~ImageJob.read` (decode the input),
+  :meth:`~ImageJob.store_sr`, :meth:`~ImageJob.store_labels` (encode results into the store),
+  :meth:`~ImageJob.detect`, :meth:`~ImageJob.pseudo_gt`, :meth:`~ImageJob.publish`;
+* **device** (model calls only, nothing else): :meth:`~ImageJob.super_resolve`, :meth:`~ImageJob.segment`;
+* **bookkeeping** (no pixels): :meth:`~ImageJob.plan` (store keys, what is already stored, the claims
+  on what is not).
+
+Every output is content-addressed in the run's :class:`~pipeline.store.Store` by what it depends on
+(input digest, model digests, settings, code version): a key that exists is taken, not recomputed,
+and the image's row says which steps this run ``computed``. Claims (:meth:`Store.claim`) make two runs
+on one output root compute each entry once. A step that fails raises; :func:`failed_row` turns that
+into the image's report row, naming the input and its own size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import numpy as np
+
+from desra_core import DesraError, InputImageError, __version__, build_pseudo_gt, detect_artifacts
+from desra_core.image import read_image, read_image_size, read_label_map, to_float32, write_image
+from desra_core.models.sr import check_output_size, max_output_pixels
+from pipeline import pixels
+from pipeline.models import SEG_VERSION, SR_VERSION
+from pipeline.report import is_published, publish_image
+from pipeline.settings import Settings
+from pipeline.store import Store, step_key
+
+__all__ = ["DETECT_VERSION", "PSEUDO_VERSION", "ImageJob", "Item", "Run", "failed_row", "published_row"]
+
+DETECT_VERSION = f"detect-1/{__version__}"
+PSEUDO_VERSION = f"pseudo-2/{__version__}"  # 2: 16-bit pairs give a 16-bit pseudo-GT (was written 8-bit)
+ROLES = ("mse", "gan")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Item:
+    """One image of a run: a low-resolution input (``path``), or, for ``desra detect``, SR results that
+    exist already (``given``: role → ``(path, sha256)``). ``labels``: ``(path, sha256, error)`` of its
+    precomputed label map when the run has a labels folder. ``error``: why it cannot be used at all."""
+
+    stem: str
+    path: str | None
+    sha256: str | None
+    error: str | None = None
+    given: dict[str, tuple[str, str]] | None = None
+    labels: tuple[str | None, str | None, str | None] | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Run:
+    """What every image of a run shares: the settings, the output root and the models (``None`` when
+    every SR result is given and no segmenter runs)."""
+
+    settings: Settings
+    output_dir: str
+    run_id: str
+    models: object | None = None  # pipeline.models.Models, or a stand-in with the same methods
+
+    @property
+    def store(self) -> Store:
+        return Store(self.output_dir)
+
+
+@dataclass
+class _Entry:
+    """A step's output: its store key and file; ``pixels`` while this run holds them in memory."""
+
+    key: str
+    path: str
+    cached: bool
+    pixels: np.ndarray | None = None
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _sr_key(run: Run, item: Item, role: str) -> str:
+    if item.given is not None:
+        return f"file:{item.given[role][1]}"
+    s = run.settings
+    return step_key("sr", SR_VERSION, image=item.sha256, model=run.models.digests[role], tile=s.tile, overlap=s.overlap)
+
+
+def _labels_key(run: Run, item: Item, gan_key: str) -> str | None:
+    if run.settings.labels_dir:
+        digest = (item.labels or (None, None, None))[1]
+        return None if digest is None else f"labels:{digest}"
+    if run.settings.segmenter_in_use is None:
+        return None
+    return step_key("segment", SEG_VERSION, image=gan_key, segmenter=run.models.segmenter_key)
+
+
+def _detect_key(run: Run, mse: str, gan: str, labels: str | None) -> str:
+    return step_key("detect", DETECT_VERSION, mse=mse, gan=gan, labels=labels, config=run.settings.detection_key())
+
+
+def _pseudo_key(run: Run, mse: str, gan: str, detect: str) -> str:
+    return step_key("pseudo_gt", PSEUDO_VERSION, mse=mse, gan=gan, mask=detect, feather=run.settings.feather)
+
+
+def base_row(run: Run, item: Item) -> dict:
+    """The columns every row of an image has, whatever happens to it."""
+    s, models = run.settings, run.models
+    given = item.given is not None
+    digests = getattr(models, "digests", {}) if not given else {}
+    return {"stem": item.stem, "input_path": item.path if not given else item.given["gan"][0] or item.given["mse"][0],
+            "input_sha256": item.sha256 if not given else item.given["gan"][1],
+            "mse_model": None if given else s.mse_model, "gan_model": None if given else s.gan_model,
+            "mse_model_sha256": digests.get("mse"), "gan_model_sha256": digests.get("gan"),
+            "segmenter": s.segmenter_in_use, "config_hash": s.config_hash(mse=None if not given else "given",
+                                                                          gan=None if not given else "given"),
+            "run_id": run.run_id, "status": "failed", "error": None, "cached": False, "computed": ""}
+
+
+def _record_row(row: dict, record: dict) -> dict:
+    row.update({k: record[k] for k in ("artifact_fraction", "region_count", "height", "width", "min_area",
+                                       "notes", "detect_seconds")}, status="ok", error=None)
+    return row
+
+
+def published_row(run: Run, item: Item) -> dict | None:
+    """The image's row when its published outputs already come from the current store keys: no step
+    needs to run, not even a claim. ``None`` otherwise."""
+    if item.error is not None or (run.settings.labels_dir and (item.labels is None or item.labels[1] is None)):
+        return None
+    store = run.store
+    keys = {role: _sr_key(run, item, role) for role in ROLES}
+    keys["labels"] = _labels_key(run, item, keys["gan"])
+    keys["detect"] = _detect_key(run, keys["mse"], keys["gan"], keys["labels"])
+    keys["pseudo_gt"] = _pseudo_key(run, keys["mse"], keys["gan"], keys["detect"])
+    record = store.read_json("detect", keys["detect"])
+    if record is None or not is_published(run.output_dir, item.stem, keys):
+        return None
+    row = _record_row(base_row(run, item), record)
+    row.update(cached=True, sr_seconds=0.0)
+    return row
+
+
+def about_input(error: str, item: Item, size: tuple[int, int] | None) -> str:
+    """``error`` naming the input file(s) and the input's own size, when it does not already: a step
+    after SR only sees the upscaled images, e.g. "expected images at least 11×11 pixels (the window),
+    got 4×4" for a 1×1 input."""
+    files = [item.path] if item.given is None else [item.given["mse"][0], item.given["gan"][0]]
+    missing = [f for f in files if f and f not in error]
+    if size is not None:
+        shown = f"{size[0]}×{size[1]}"
+        if re.search(rf"(?<!\d){shown}(?!\d)", error) is None:  # "1×1" is in "11×11"
+            missing.append(f"{shown} pixels")
+    return f"{error} (input: {', '.join(missing)})" if missing else error
+
+
+def failed_row(run: Run, item: Item, error: BaseException | str, size: tuple[int, int] | None = None) -> dict:
+    """The row of an image that could not be processed: its error names the input and its size."""
+    if isinstance(error, DesraError) or isinstance(error, str):
+        text = str(error)
+    else:  # a bug or an environment fault (e.g. a full disk): its type says which
+        text = f"{type(error).__name__}: {error}"
+    return {**base_row(run, item), "error": about_input(text, item, size)}
+
+
+@dataclass
+class ImageJob:
+    """One image on its way through the steps. ``times``: step → ``[started, finished]`` (UTC) of each
+    step this run computed; ``claims`` holds the store claims on entries it is computing."""
+
+    run: Run
+    item: Item
+    order: int = 0
+    size: tuple[int, int] | None = None
+    lr: np.ndarray | None = None
+    sr: dict[str, _Entry] = field(default_factory=dict)
+    labels: _Entry | None = None
+    detection: dict | None = None
+    pseudo: _Entry | None = None
+    times: dict[str, list[datetime]] = field(default_factory=dict)
+    device_seconds: float = 0.0
+    claims: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+
+    # --- bookkeeping -------------------------------------------------------------------------------------
+
+    def plan(self) -> None:
+        """Store keys of the SR results and label map, what the store already has, and the claims on what
+        it has not (waiting while another run computes an entry, then taking it from the store)."""
+        item = self.item
+        if item.error is not None:
+            raise InputImageError(item.error)
+        if item.given is None:
+            self.size = read_image_size(item.path)  # the header only: later messages can name the size
+        for role in ROLES:
+            key = _sr_key(self.run, item, role)
+            if item.given is not None:
+                self.sr[role] = _Entry(key, item.given[role][0], cached=True)
+            else:
+                self.sr[role] = self._claim("sr", key, ".png")
+        if self.run.settings.labels_dir:
+            path, digest, error = item.labels or (None, None, "no label map")
+            if error is not None:
+                raise InputImageError(error)
+            self.labels = _Entry(f"labels:{digest}", path, cached=True)
+        elif self.run.settings.segmenter_in_use is not None:
+            self.labels = self._claim("segment", _labels_key(self.run, item, self.sr["gan"].key), ".png")
+
+    def _claim(self, step: str, key: str, suffix: str) -> _Entry:
+        store = self.run.store
+        path = store.path(step, key, suffix)
+        if store.has(step, key, suffix):
+            return _Entry(key, str(path), cached=True)
+        self.claims.enter_context(store.claim(step, key, blocking=True))
+        return _Entry(key, str(path), cached=store.has(step, key, suffix))  # another run may have finished it
+
+    @property
+    def sr_needed(self) -> list[str]:
+        return [role for role in ROLES if not self.sr[role].cached]
+
+    @property
+    def segment_needed(self) -> bool:
+        return self.labels is not None and not self.labels.cached
+
+    # --- CPU ---------------------------------------------------------------------------------------------
+
+    def read(self) -> None:
+        """Decode the input, when a model has to see it; refuse first an input whose result would be too
+        large (from the header: nothing is decoded)."""
+        if not self.sr_needed:
+            return
+        scale = self.run.models.scale
+        check_output_size(self.size[0], self.size[1], scale, max_output_pixels(), self.item.path)
+        self.lr = read_image(self.item.path).pixels
+
+    def load_sr(self, role: str) -> None:
+        """Decode an SR result that came from the store (for a model that needs its pixels)."""
+        entry = self.sr[role]
+        if entry.pixels is None:
+            entry.pixels = pixels.read_pixels(entry.path)
+
+    def store_sr(self, role: str) -> None:
+        entry = self.sr[role]
+        pixels.write_image(entry.path, entry.pixels)
+        self.times[f"sr_{role}"][1] = _now()
+
+    def store_labels(self) -> None:
+        write_image(self.labels.path, self.labels.pixels)
+        self.times["segment"][1] = _now()
+
+    def _pair(self) -> tuple[np.ndarray, np.ndarray]:
+        """The MSE and GAN results in one dtype, keeping their precision (8-bit pairs stay ``uint8``,
+        16-bit pairs ``uint16``; a mixed pair becomes ``float32``)."""
+        mse, gan = (e.pixels if e.pixels is not None else pixels.read_pixels(e.path)
+                    for e in (self.sr["mse"], self.sr["gan"]))
+        if mse.shape != gan.shape:
+            raise DesraError(f"expected MSE and GAN results of one size, got {mse.shape[1]}×{mse.shape[0]} and "
+                             f"{gan.shape[1]}×{gan.shape[0]} (files: {self.sr['mse'].path}, {self.sr['gan'].path})")
+        return (mse, gan) if mse.dtype == gan.dtype else (to_float32(mse), to_float32(gan))
+
+    def detect(self) -> None:
+        """Eq. 7 map, semantic adjustment, threshold and clean-up: ``desra_core.detect_artifacts`` with the
+        run's :class:`~desra_core.DetectionConfig` as it is. Writes the mask and the record (last)."""
+        store = self.run.store
+        labels_key = None if self.labels is None else self.labels.key
+        key = _detect_key(self.run, self.sr["mse"].key, self.sr["gan"].key, labels_key)
+        with store.claim("detect", key, blocking=True):  # another run may be detecting this very image
+            cached = store.read_json("detect", key)
+            if cached is not None and store.has("detect", key, ".png"):
+                self.detection = {**cached, "cached": True}
+                return
+            started, start = _now(), time.perf_counter()
+            mse, gan = self._pair()
+            if mse.dtype != np.uint8:  # the detector takes uint8, or float32 in [0, 1]
+                mse, gan = to_float32(mse), to_float32(gan)
+            label_map = None
+            if self.labels is not None:
+                label_map = self.labels.pixels if self.labels.pixels is not None else read_label_map(self.labels.path)
+            det = detect_artifacts(mse, gan, label_map, self.run.settings.detection)
+            mask_path = store.path("detect", key, ".png")
+            pixels.write_mask(mask_path, det.mask)
+            record = {
+                "stem": self.item.stem, "key": key, "mask_path": str(mask_path), "height": int(det.mask.shape[0]),
+                "width": int(det.mask.shape[1]), "artifact_fraction": det.artifact_fraction,
+                "region_count": len(det.regions), "min_area": det.min_area, "notes": "; ".join(det.notes),
+                "regions": [{"id": r.id, "x": r.bbox[0], "y": r.bbox[1], "w": r.bbox[2], "h": r.bbox[3],
+                             "area": r.area, "mean_adjusted": r.mean_adjusted,
+                             "classes": json.dumps([[c.index, c.name, round(c.fraction, 4)] for c in r.classes])}
+                            for r in det.regions],
+                "detect_seconds": time.perf_counter() - start,
+            }
+            store.write_json("detect", key, record)  # written last: the record marks the entry complete
+        self.detection = {**record, "cached": False, "mask": det.mask}
+        self.times["detect"] = [started, _now()]
+
+    def pseudo_gt(self) -> None:
+        """MSE pixels inside the mask, GAN pixels elsewhere, at the results' bit depth."""
+        store = self.run.store
+        key = _pseudo_key(self.run, self.sr["mse"].key, self.sr["gan"].key, self.detection["key"])
+        path = store.path("pseudo_gt", key, ".png")
+        with store.claim("pseudo_gt", key, blocking=True):
+            if path.is_file():
+                self.pseudo = _Entry(key, str(path), cached=True)
+                return
+            started = _now()
+            mse, gan = self._pair()
+            mask = self.detection.get("mask")
+            mask = pixels.read_mask(self.detection["mask_path"]) if mask is None else mask
+            pixels.write_image(path, build_pseudo_gt(gan, mse, mask, feather=self.run.settings.feather))
+        self.pseudo = _Entry(key, str(path), cached=False)
+        self.times["pseudo_gt"] = [started, _now()]
+
+    def finish_row(self) -> dict:
+        """The image's report row (before publishing)."""
+        row = _record_row(base_row(self.run, self.item), self.detection)
+        steps = {"sr/mse": self.sr["mse"], "sr/gan": self.sr["gan"],
+                 "labels": None if self.run.settings.labels_dir else self.labels,
+                 "detect": _Entry("", "", cached=self.detection["cached"]), "pseudo_gt": self.pseudo}
+        row["computed"] = ",".join(step for step, e in steps.items() if e is not None and not e.cached)
+        row["cached"] = not row["computed"]
+        row["sr_seconds"] = self.device_seconds if self.item.given is None else None
+        return row
+
+    def publish(self, row: dict) -> dict:
+        """Link the store entries to ``masks/``, ``pseudo_gt/``, ``sr/…``, ``labels/`` and write the image's
+        report; the keys are recorded last, so a later run skips an image whose outputs are current."""
+        started = _now()
+        files = {"masks": self.detection["mask_path"], "pseudo_gt": self.pseudo.path}
+        if self.item.given is None:
+            files.update({"sr/mse": self.sr["mse"].path, "sr/gan": self.sr["gan"].path})
+        if self.labels is not None and not self.run.settings.labels_dir:
+            files["labels"] = self.labels.path
+        keys = {"mse": self.sr["mse"].key, "gan": self.sr["gan"].key,
+                "labels": None if self.labels is None else self.labels.key, "detect": self.detection["key"],
+                "pseudo_gt": self.pseudo.key}
+        self.times["publish"] = [started, None]
+        self._stamp(row)
+        row["publish_finished_at"] = None
+        publish_image(row, files, self.detection["regions"], self.run.output_dir, keys)
+        row["publish_finished_at"] = self.times["publish"][1] = _now()
+        return row
+
+    def publish_failure(self, row: dict) -> dict:
+        """Write the failed image's report (its row, no outputs); a stale publication record goes."""
+        self._stamp(row)
+        publish_image(row, {}, [], self.run.output_dir, None)
+        return row
+
+    def _stamp(self, row: dict) -> None:
+        for step, (started, finished) in self.times.items():
+            row[f"{step}_started_at"], row[f"{step}_finished_at"] = started, finished
+
+    # --- device ------------------------------------------------------------------------------------------
+
+    def super_resolve(self, role: str) -> None:
+        """One SR model on the input (a model call, nothing else)."""
+        self.times[f"sr_{role}"] = [_now(), None]
+        start = time.perf_counter()
+        self.sr[role].pixels = self.run.models.super_resolve(role, self.lr)
+        self.device_seconds += time.perf_counter() - start
+
+    def segment(self) -> None:
+        """ADE20K label map of the GAN result (a model call, nothing else)."""
+        self.times["segment"] = [_now(), None]
+        self.labels.pixels = self.run.models.segment(self.sr["gan"].pixels)
+
+    def done_with_lr(self) -> None:
+        self.lr = None
+
