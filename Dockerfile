@@ -39,6 +39,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY desra_core ./desra_core
 COPY desra ./desra
+COPY pipeline ./pipeline
 COPY tasks ./tasks
 COPY flows ./flows
 COPY deployments ./deployments

@@ -54,37 +54,60 @@ def _add_detection_options(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_detect(args: argparse.Namespace) -> int:
-    from desra.batch import DetectJob, run_detect, write_report
-    from pipeline.review import write_review_page
+    """The pipeline's steps from detection on (segmentation with --segmenter, detection, pseudo-GT, publish)
+    over SR results that exist already; outputs and reports as the flows write them."""
+    import time
+    import uuid
 
-    config = DetectionConfig(threshold=args.threshold, min_area=args.min_area,
-                             min_area_fraction=args.min_area_fraction)
-    segmenter = None
-    if args.segmenter:
-        from desra_core.models.segmentation import load_segmenter
+    from desra_core.image import atomic_write_bytes
+    from pipeline.drop import result_items
+    from pipeline.models import Models
+    from pipeline.report import write_run_files
+    from pipeline.settings import Settings
+    from pipeline.steps import Run
+    from pipeline.stream import process_images
 
-        segmenter = load_segmenter(args.segmenter, device=_device(args.device))
-    job = DetectJob(mse_dir=args.mse, gan_dir=args.gan, out_dir=args.out, labels_dir=args.labels,
-                    segmenter=segmenter, config=config, feather=args.feather)
-    report = run_detect(job, progress=_progress("detect"))
-    report_path = args.out / "report.parquet"
-    write_report(report, report_path)
-    failed = report[report["status"] != "ok"]
-    for row in failed.itertuples():
-        print(f"failed: {row.stem}: {row.error}", file=sys.stderr)
-    ok = report[report["status"] == "ok"]
-    print(f"{len(ok)} ok, {len(failed)} failed; {int((ok['region_count'] > 0).sum())} image(s) with artifacts; "
-          f"report: {report_path}")
+    settings = Settings.from_options(threshold=args.threshold, min_area=args.min_area,
+                                     min_area_fraction=args.min_area_fraction, segmenter=args.segmenter or None,
+                                     labels_dir=str(args.labels) if args.labels else None, feather=args.feather,
+                                     device=args.device)
+    items = result_items(str(args.mse), str(args.gan), settings.labels_dir)
+    run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-detect-{uuid.uuid4().hex[:8]}"
+    models = Models(settings, sr=False) if settings.segmenter_in_use else None  # no SR model: results are given
+    run = Run(settings=settings, output_dir=str(args.out), run_id=run_id, models=models)
+    bar = None
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(items), desc="detect", unit="img", file=sys.stderr)
+    try:
+        rows = process_images(items, run, on_row=None if bar is None else lambda row: bar.update(1))
+    finally:
+        if bar is not None:
+            bar.close()
+    # The review page shows the given SR results where they are (desra detect publishes no sr/ folder).
+    shown = [{**row, "mse_path": item.given["mse"][0], "gan_path": item.given["gan"][0]}
+             for row, item in zip(rows, items, strict=True)]
     semantic = (f"labels from {args.labels}" if args.labels else f"segmenter {args.segmenter}" if args.segmenter
                 else "off (every class weighs 1.0)")
-    page = write_review_page(
-        [{**r, "detect_seconds": r["seconds"]} for r in report.to_dict("records")], args.out,
-        title=f"desra detect: {args.gan}",
+    runs_path, page = write_run_files(
+        shown, str(args.out), run_id, title=f"desra detect: {args.gan}",
         run_numbers={"Threshold": args.threshold, "Min area fraction": args.min_area_fraction,
                      "Semantic adjustment": semantic, "Feather (px)": args.feather, "MSE folder": str(args.mse),
                      "GAN folder": str(args.gan)})
-    print(f"review page: {page}")
-    return 1 if len(failed) else 0
+    report_path = args.out / "report.parquet"  # this run's rows, as runs/<run>.parquet has them
+    atomic_write_bytes(report_path, runs_path.read_bytes())
+    failed = [r for r in rows if r.get("status") != "ok"]
+    for row in failed:
+        print(f"failed: {row['stem']}: {row.get('error')}", file=sys.stderr)
+    flagged = sum((r.get("region_count") or 0) > 0 for r in rows if r.get("status") == "ok")
+    print(f"{len(rows) - len(failed)} ok, {len(failed)} failed; {flagged} image(s) with artifacts; "
+          f"report: {report_path} (run {runs_path})")
+    if isinstance(page, Path):
+        print(f"review page: {page}")
+    else:  # e.g. a full disk: the reports are written, the page is only a view of them
+        print(f"warning: could not write the review page: {page}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _cmd_metrics(args: argparse.Namespace) -> int:
@@ -348,10 +371,12 @@ def _add_model_pair_options(p: argparse.ArgumentParser, *, many_gans: bool) -> N
     sem.add_argument("--labels", type=Path, help="folder of ADE20K label maps of the GAN results, by stem")
     sem.add_argument("--segmenter", metavar="ID_OR_PATH", help="segment the GAN results with this SegFormer")
     sem.add_argument("--no-semantic", action="store_true", help="skip the semantic adjustment")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--threshold", type=float, default=0.7, help="detection threshold (default: %(default)s)")
-    p.add_argument("--min-area", type=int, default=4000, help="detection area limit (default: %(default)s)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="output folder; the pipeline's store and outputs go here too (reused by a later command)")
+    _add_detection_options(p)
+    p.add_argument("--feather", type=float, default=0.0, help="pseudo-GT blend width in pixels")
     p.add_argument("--tile", type=int, default=512, help="largest SR tile side in input pixels")
+    p.add_argument("--overlap", type=int, default=32, help="SR tile overlap in input pixels")
     p.add_argument("--device", default="auto", help="torch device; auto = cuda when available")
 
 

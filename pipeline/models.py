@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from desra_core import __version__
+from desra_core import ConfigError, __version__
 from desra_core.image import to_float32
 from desra_core.models.sr import SRModel, check_same_scale, load_sr_model, upscale
 from desra_core.models.weights import resolve_weights
@@ -27,7 +27,7 @@ __all__ = ["SEG_VERSION", "SR_VERSION", "Models", "check_models", "load_segmente
            "resolve_device", "segmenter_id"]
 
 SR_VERSION = f"sr-1/{__version__}"
-SEG_VERSION = f"seg-1/{__version__}"
+SEG_VERSION = f"seg-2/{__version__}"  # 2: 8-bit results are segmented as uint8
 
 
 def resolve_device(device: str) -> str:
@@ -91,12 +91,14 @@ class Models:
 
     ``digests`` (role → sha256) and ``segmenter_key`` are known at once (the files are hashed, nothing is
     loaded); the models load on the first call, on the thread that makes it (the device thread).
+    ``sr=False`` (``desra detect``: every SR result is given): the SR weights are neither resolved nor
+    hashed (``files`` and ``digests`` are empty), and only the segmenter can be called.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, sr: bool = True) -> None:
         self.settings = settings
         self.device = resolve_device(settings.device)
-        self.files = {"mse": model_digest(settings.mse_model), "gan": model_digest(settings.gan_model)}
+        self.files = {"mse": model_digest(settings.mse_model), "gan": model_digest(settings.gan_model)} if sr else {}
         self.digests = {role: digest for role, (_, digest) in self.files.items()}
         seg = settings.segmenter_in_use
         self.segmenter_key = None if seg is None else segmenter_id(seg)
@@ -104,12 +106,18 @@ class Models:
     @property
     def scale(self) -> int:
         """The models' scale (from the CPU copy that the preflight checks load; no device work)."""
-        path, digest = self.files["gan"]
+        path, digest = self._file("gan")
         return _sr_model(str(path), digest, "cpu").scale
 
     def sr_model(self, role: str) -> SRModel:
-        path, digest = self.files[role]
+        path, digest = self._file(role)
         return _sr_model(str(path), digest, self.device)
+
+    def _file(self, role: str) -> tuple[Path, str]:
+        if role not in self.files:
+            raise ConfigError(f"expected an SR model for role {role!r}, got none: this run was set up with its "
+                              "SR results given (Models(settings, sr=False))")
+        return self.files[role]
 
     def super_resolve(self, role: str, lr: np.ndarray) -> np.ndarray:
         """``lr`` upscaled by the ``role`` model at the input's bit depth (``uint8`` or ``uint16``)."""
@@ -121,4 +129,6 @@ class Models:
         """ADE20K label map of a GAN result (``uint8``/``uint16`` RGB)."""
         from desra_core.models.segmentation import segment
 
-        return segment(load_segmenter_cached(self.settings.segmenter_in_use, self.device), to_float32(gan))
+        # 8-bit results go in as they are (the reference resizes uint8 values); 16-bit ones as float32 in [0, 1].
+        image = gan if gan.dtype == np.uint8 else to_float32(gan)
+        return segment(load_segmenter_cached(self.settings.segmenter_in_use, self.device), image)

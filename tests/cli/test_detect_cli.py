@@ -1,4 +1,8 @@
-"""`desra detect` and `desra metrics` on folders: outputs, report rows, bad input, exit codes."""
+"""`desra detect` and `desra metrics` on folders: outputs, report rows, bad input, exit codes.
+
+`desra detect` runs the pipeline's steps from detection on (:mod:`pipeline.stream`), so its outputs are the
+flows': ``masks/``, ``pseudo_gt/``, ``reports/<stem>.parquet``, ``runs/<run>.parquet``, ``report.html``, and
+``report.parquet`` (the run's rows, in the run report's schema)."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import pandas as pd
 import pytest
 
 from desra.cli import main
+from pipeline.report import IMAGE_COLUMNS
 
 SKY = 2
 
@@ -59,7 +64,16 @@ def test_detect_writes_masks_pseudo_gt_and_report(drop, capsys):
     assert report.loc["painted", "region_count"] == 1 and report.loc["clean", "region_count"] == 0
     assert 0.2 < report.loc["painted", "artifact_fraction"] < 0.6
     assert (report["height"] == 96).all() and (report["width"] == 96).all()
-    assert json.loads(report.loc["clean", "config"])["min_area"] == 500
+    assert (report["min_area"] == 500).all() and report["segmenter"].isna().all()
+    assert report["input_path"].tolist() == [str(drop / "gan" / f"{s}.png") for s in report.index]
+    runs = list((out / "runs").glob("*.parquet"))
+    assert len(runs) == 1 and pd.read_parquet(runs[0]).set_index("stem").equals(report)
+    assert list(report.columns) == [c for c in IMAGE_COLUMNS if c != "stem"]
+    for stem in ("painted", "clean"):
+        per_image = pd.read_parquet(out / "reports" / f"{stem}.parquet")
+        assert (per_image["stem"] == stem).all() and (per_image["status"] == "ok").all()
+    assert len(pd.read_parquet(out / "reports" / "painted.parquet")) == 1  # one row per region
+    assert (out / "report.html").is_file() and not (out / "sr").exists()  # the SR results stay where they are
     mask = cv2.imread(str(out / "masks" / "painted.png"), cv2.IMREAD_UNCHANGED)
     assert mask.shape == (96, 96) and set(np.unique(mask)) == {0, 255}
     assert mask.mean() / 255 == pytest.approx(report.loc["painted", "artifact_fraction"])
@@ -72,8 +86,8 @@ def test_detect_writes_masks_pseudo_gt_and_report(drop, capsys):
 
 
 def test_no_semantic_option(drop):
-    rc, _, report = _detect(drop, labels=False)
-    assert rc == 0 and report["labels_path"].isna().all()
+    rc, out, report = _detect(drop, labels=False)
+    assert rc == 0 and report["segmenter"].isna().all() and not (out / "labels").exists()
     assert report.loc["painted", "region_count"] == 1
 
 
@@ -104,7 +118,7 @@ def _break(drop):
     return {
         "corrupt": "gan/corrupt.png", "empty": "mse/empty.png", "truncated": "gan/truncated.png",
         "mismatch": "one size", "tiny": "at least 11×11", "badlabels_size": "labels/badlabels_size.png",
-        "badlabels_value": "200", "no_gan": "GAN image with stem 'no_gan'", "no_labels": "label map with stem",
+        "badlabels_value": "200", "no_gan": "GAN result with stem 'no_gan'", "no_labels": "label map with stem",
     }
 
 
@@ -131,6 +145,22 @@ def test_rerun_with_a_broken_file_keeps_earlier_outputs(drop):
     rc, out, report = _detect(drop)
     assert rc == 1 and report.loc["painted", "status"] == "failed"
     assert (out / "masks" / "painted.png").read_bytes() == before
+
+
+def test_second_run_over_unchanged_files_redoes_nothing(drop, monkeypatch):
+    import pipeline.steps
+
+    rc, out, first = _detect(drop)
+    assert rc == 0 and not first["cached"].any() and (first["computed"] == "detect,pseudo_gt").all()
+
+    def no_detection(*args, **kwargs):
+        raise AssertionError("detection ran again over unchanged files")
+
+    monkeypatch.setattr(pipeline.steps, "detect_artifacts", no_detection)
+    rc, out, second = _detect(drop)
+    assert rc == 0 and second["cached"].all() and (second["computed"] == "").all()
+    assert second["artifact_fraction"].equals(first["artifact_fraction"])
+    assert len(list((out / "runs").glob("*.parquet"))) == 2  # one run report per run; report.parquet: the last
 
 
 def test_min_area_fraction_option(drop):
@@ -195,7 +225,7 @@ def test_unsafe_names_and_links_out_of_the_folder_become_rows(drop, tmp_path, ca
     for stem, text in expected.items():
         assert report.loc[stem, "status"] == "failed" and text in report.loc[stem, "error"], report.loc[stem, "error"]
         assert f"failed: {stem}: " in err
-    assert "caf\\xe9.png" in report.loc["caf%E9", "gan_path"]
+    assert "caf\\xe9.png" in report.loc["caf%E9", "input_path"]
     assert (report.loc[["painted", "clean"], "status"] == "ok").all()
     assert sorted(p.name for p in (out / "masks").iterdir()) == ["clean.png", "painted.png"]
     assert not list(outside.parent.glob("etc*")) and sorted(p.name for p in outside.iterdir()) == ["elsewhere.png"]

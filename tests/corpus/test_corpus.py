@@ -193,9 +193,9 @@ def test_detect_cli_over_the_corpus(tmp_path, corpus, capsys):
         row = report.loc[stem]
         if error is None:
             assert row["status"] == "ok", (stem, row["error"])
-            for column in ("mask_path", "pseudo_gt_path"):
-                assert Path(row[column]).resolve().is_relative_to(out.resolve()), row[column]
-                assert Path(row[column]).is_file()
+            for folder in ("masks", "pseudo_gt", "reports"):
+                suffix = ".parquet" if folder == "reports" else ".png"
+                assert (out / folder / f"{stem}{suffix}").is_file(), (folder, stem)
         else:
             assert row["status"] == "failed" and error in row["error"], (stem, row["error"])
             assert f"failed: {stem}: " in captured.err

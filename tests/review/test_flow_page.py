@@ -64,16 +64,3 @@ def test_the_flow_page_renders_in_chromium(flow_run, browser, tmp_path):
     assert all(u.startswith(("file:", "data:")) for u in network_requests(browser))
     assert not severe_console_messages(browser)
 
-
-def test_the_detect_flow_page_shows_the_sr_inputs(tmp_path):
-    from flows.detect import detect
-    from tests.review.conftest import make_image
-
-    make_image(tmp_path / "src", "pair", 64, 96, 5)  # src/sr/gan/pair.png and src/sr/mse/pair.png
-    out = tmp_path / "out"
-    state = detect(mse_dir=str(tmp_path / "src" / "sr" / "mse"), gan_dir=str(tmp_path / "src" / "sr" / "gan"),
-                   output_dir=str(out), min_area=10, return_state=True)
-    assert state.is_completed(), state.message
-    parsed = PageParser((out / "report.html").read_text(encoding="utf-8"))
-    assert parsed.stems == ["pair"] and "not available" not in "".join(parsed.text)
-    assert len(parsed.imgs()) == 6  # GAN-SR and MSE-SR from the input folders, mask and pseudo-GT from out/
