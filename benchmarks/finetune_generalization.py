@@ -11,6 +11,8 @@ in validation (rocket, astronaut_1, camera) or in the near-clean check (brick, a
 
 Prints progress lines and, per run, one JSON line with the figures. ``--sweep`` prepares the pairs and the
 validation images once and runs the README's rows one after the other (each from the original weights).
+The photos go through the pipeline (``pipeline.pairs``) as a drop with their label maps, the way
+``desra finetune`` takes them; the store lives in a temporary folder (``--work`` keeps it between runs).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -30,11 +33,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from desra_core import DetectionConfig
 from desra_core.finetune.losses import LossWeights
-from desra_core.finetune.pipeline import build_pairs, evaluate_models
 from desra_core.finetune.trainer import FinetuneConfig, finetune
-from desra_core.finetune.validation import prepare_validation
-from desra_core.image import read_image, read_label_map
-from desra_core.models.sr import SRModel, load_sr_model
+from desra_core.finetune.validation import Validator
+from desra_core.models.sr import load_sr_model
+from pipeline.drop import drop_items
+from pipeline.models import Models
+from pipeline.pairs import prepare_finetuning, process_stored, read_stored
+from pipeline.settings import Settings
+from pipeline.steps import Run
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 TRAIN = ("hubble_0", "hubble_0_big", "coffee_0", "coffee_1", "coffee_0_big", "motorcycle_0", "motorcycle_1",
@@ -42,6 +48,16 @@ TRAIN = ("hubble_0", "hubble_0_big", "coffee_0", "coffee_1", "coffee_0_big", "mo
 TRAIN_FLAGGED = ("hubble_0", "coffee_1", "motorcycle_1")
 VALIDATION = ("rocket_0", "rocket_1", "astronaut_1", "camera_0")
 CLEAN = ("brick_0", "astronaut_0")
+
+
+def parity_drop(parity: Path, folder: Path, cases, labels: Path) -> Path:
+    """Parity cases as a drop of ``<case>.png``, their label maps as ``labels/<case>.png``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    labels.mkdir(parents=True, exist_ok=True)
+    for c in cases:
+        shutil.copyfile(parity / c / "lr.png", folder / f"{c}.png")
+        shutil.copyfile(parity / c / "labels.png", labels / f"{c}.png")
+    return folder
 
 
 def main() -> None:
@@ -58,28 +74,35 @@ def main() -> None:
     ap.add_argument("--threshold", type=float, default=0.8)
     ap.add_argument("--min-area", type=int, default=500)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--work", type=Path, help="folder for the drops and the store (default: a temporary one)")
     ap.add_argument("--sweep", action="store_true", help="run the README's rows (other options: the base row)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        prepare_and_run(args, args.work or Path(tmp))
+
+
+def prepare_and_run(args, work: Path) -> None:
     parity, models = SHARED / "parity", SHARED / "models"
     gan_path, mse_path = models / "realesr_general_x4v3.gan.safetensors", models / "span_x4_ch52.mse.safetensors"
-    detection = DetectionConfig(threshold=args.threshold, min_area=args.min_area)
-
-    def labels(stem: str, gan_sr: np.ndarray) -> np.ndarray:
-        return read_label_map(parity / stem / "labels.png")
-
-    def lrs(stems) -> dict[str, np.ndarray]:
-        return {s: read_image(parity / s / "lr.png").pixels for s in stems}
-
-    gan, mse = load_sr_model(gan_path), load_sr_model(mse_path, expected_scale=4)
+    labels = work / "labels"
+    settings = Settings(mse_model=str(mse_path), gan_model=str(gan_path), labels_dir=str(labels), device="cpu",
+                        detection=DetectionConfig(threshold=args.threshold, min_area=args.min_area))
     start = time.perf_counter()
-    pairs, _ = build_pairs(lrs(TRAIN if args.train == "all" else TRAIN_FLAGGED), mse, gan, labels,
-                                      detection)
-    validator = prepare_validation(lrs(VALIDATION), mse, gan, labels, detection)
+    data = prepare_finetuning(settings, parity_drop(parity, work / "train", TRAIN, labels), work / "out",
+                              run_id="benchmark", validate_dir=parity_drop(parity, work / "validation", VALIDATION,
+                                                                           labels), validate_labels_dir=labels)
+    gan = load_sr_model(gan_path)
+    validator = Validator(gan, data.validation, settings.detection, tile=settings.tile, overlap=settings.overlap,
+                          original=data.validation_original)
+    clean_run = Run(settings=settings, output_dir=str(work / "out"), run_id="benchmark", models=Models(settings))
+    ok, _ = process_stored(clean_run, drop_items(str(parity_drop(parity, work / "clean", CLEAN, labels)), None,
+                                                 str(labels)))
+    clean = [read_stored(clean_run, item, row) for item, row in ok]
     print(f"prepared in {time.perf_counter() - start:.0f}s; validation original "
           f"{validator.original.artifact_fraction:.4f}", flush=True)
     original_state = copy.deepcopy(gan.descriptor.model.state_dict())
-    base = {k: v for k, v in vars(args).items() if k not in ("threads", "sweep")}
+    base = {k: v for k, v in vars(args).items() if k not in ("threads", "sweep", "work")}
     rows = [base]
     if args.sweep:
         rows += [{**base, **change} for change in (
@@ -87,10 +110,10 @@ def main() -> None:
             {"lr": 3e-4})]
     for row in rows:
         gan.descriptor.model.load_state_dict(original_state)
-        run(row, gan, mse, pairs, validator, detection, lrs(CLEAN), labels, gan_path, start)
+        run(row, gan, data.pairs, validator, clean, start)
 
 
-def run(row, gan, mse, pairs, validator, detection, clean, labels, gan_path, start) -> None:
+def run(row, gan, pairs, validator, clean, start) -> None:
     if row["train"] == "flagged":
         pairs = [p for p in pairs if p.name in TRAIN_FLAGGED]
     config = FinetuneConfig(iterations=row["iterations"], batch=row["batch"], crop=row["crop"], lr=row["lr"],
@@ -112,17 +135,13 @@ def run(row, gan, mse, pairs, validator, detection, clean, labels, gan_path, sta
            "checkpoints": [(c.step, c.weights, round(c.score.artifact_fraction, 5), round(c.score.detail_ratio, 4))
                            for c in result.candidates]}
     if result.chosen is not None:
-        original = load_sr_model(gan_path)
-        gan.descriptor.model.load_state_dict(result.chosen_generator.state_dict())
-        tuned = SRModel(descriptor=gan.descriptor, source="tuned", path=gan.path)
-        scores = evaluate_models(clean, mse, [original, tuned], labels, detection)
-        before = np.mean([s.artifact_fraction for s in scores if s.model != "tuned"])
-        after = np.mean([s.artifact_fraction for s in scores if s.model == "tuned"])
+        before = np.mean([image.artifact_fraction for image in clean])  # the pipeline's rows
+        after = validator.score(result.chosen_generator, [image.validation_image() for image in clean])
         out.update(chosen_step=result.chosen.step, chosen_weights=result.chosen.weights,
                    val_fraction=result.chosen.score.artifact_fraction,
                    val_detail_ratio=result.chosen.score.detail_ratio,
                    val_drop=1 - result.chosen.score.artifact_fraction / validator.original.artifact_fraction,
-                   clean_before=float(before), clean_after=float(after))
+                   clean_before=float(before), clean_after=float(after.artifact_fraction))
     print(json.dumps(out), flush=True)
 
 

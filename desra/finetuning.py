@@ -2,42 +2,28 @@
 
 ``desra finetune`` exits with :data:`NO_BETTER_MODEL` (3) when no validated checkpoint qualifies: nothing
 is shipped then, only the training log, the model card and the report say what was tried.
+
+Both run the pipeline (:mod:`pipeline.pairs`) with one :class:`~pipeline.settings.Settings` from their
+options and its store in ``--out``: results a run there has already computed are read, not recomputed.
 """
 
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from desra_core import DesraError, DetectionConfig
-from desra_core.finetune.pipeline import label_source
-from desra_core.image import atomic_path, read_image
-from desra_core.listing import list_images
+from desra_core import DesraError
+from desra_core.finetune.pipeline import detail_kept
+from desra_core.image import atomic_path
 
-__all__ = ["NO_BETTER_MODEL", "load_images", "run_evaluate", "run_finetune"]
+__all__ = ["NO_BETTER_MODEL", "run_evaluate", "run_finetune"]
 
 NO_BETTER_MODEL = 3
 """Exit code of ``desra finetune`` when no checkpoint beats the original on the validation images."""
-
-
-def load_images(folder: Path, *, with_files: bool = False):
-    """Low-resolution RGB images by stem; unreadable ones are reported on stderr and left out.
-
-    With ``with_files``, returns ``(images, files)``: also stem → path of each readable image.
-    """
-    images, files = {}, {}
-    for stem, path in list_images(folder).items():
-        try:
-            images[stem] = read_image(path).pixels
-            files[stem] = path
-        except DesraError as e:
-            print(f"skipped: {e}", file=sys.stderr)
-    if not images:
-        raise DesraError(f"expected at least one readable image in {folder}, got none")
-    return (images, files) if with_files else images
 
 
 def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
@@ -46,12 +32,32 @@ def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
         frame.to_parquet(tmp, index=False)
 
 
+def _settings(args, device: str, gan: str):
+    """The one Settings of a ``desra finetune``/``desra evaluate`` command line (as ``desra run`` builds it)."""
+    from pipeline.models import Models, check_models
+    from pipeline.settings import Settings
+
+    settings = Settings.from_options(
+        mse_model=str(args.mse), gan_model=str(gan), segmenter=None if args.no_semantic else args.segmenter,
+        labels_dir=str(args.labels) if args.labels else None, threshold=args.threshold, min_area=args.min_area,
+        min_area_fraction=args.min_area_fraction, tile=args.tile, overlap=args.overlap, feather=args.feather,
+        device=device)
+    check_models(Models(settings).files)  # both models load and share a scale, before any image is touched
+    return settings
+
+
+def _report_failed(rows: list[dict], what: str = "") -> None:
+    for row in rows:
+        print(f"skipped{what}: {row['stem']}: {row.get('error')}", file=sys.stderr)
+
+
 def run_finetune(args, device: str, progress_factory) -> int:
     from desra_core.finetune.losses import LossWeights
     from desra_core.finetune.trainer import FinetuneConfig
-    from desra_core.finetune.validation import split_images
     from desra_core.models.sr import load_sr_model
     from pipeline.delivery import finetune_and_deliver
+    from pipeline.models import Models
+    from pipeline.pairs import prepare_finetuning
 
     config = FinetuneConfig(iterations=args.iterations, batch=args.batch, crop=args.crop, lr=args.lr, ema=args.ema,
                             artifact_fraction=args.artifact_share,
@@ -59,32 +65,26 @@ def run_finetune(args, device: str, progress_factory) -> int:
                                                 gan=0.1 if args.adversarial else 0.0),
                             seed=args.seed, vgg_weights_path=args.vgg_weights, checkpoint_every=args.checkpoint_every,
                             validate_every=args.validate_every, min_detail_ratio=args.min_detail_ratio)
-    images, files = load_images(args.images, with_files=True)
-    labels = label_source(args.labels, args.segmenter, device)
-    folder_images, folder_files = load_images(args.validate, with_files=True) if args.validate else (None, None)
-    split = split_images(images, files, holdout=args.holdout, seed=args.split_seed, folder=args.validate,
-                         folder_images=folder_images, folder_files=folder_files)
-    # the --labels folder (by stem) or the segmenter serve the validation images too, unless told otherwise
-    val_labels = label_source(args.validate_labels, None, device) if args.validate_labels else labels
-    print(f"validation image(s): {', '.join(sorted(split.validation_images))} ({split.how['mode']})")
-    gan = load_sr_model(args.gan, device=device)
-    mse = load_sr_model(args.mse, expected_scale=gan.scale, device=device)
-    detection = DetectionConfig(threshold=args.threshold, min_area=args.min_area)
-
-    def announce(scores) -> None:
-        flagged = sum(s.artifact_fraction > 0 for s in scores)
-        print(f"{len(scores)} training pair(s), {flagged} with artifacts (mean artifact fraction "
-              f"{np.mean([s.artifact_fraction for s in scores]):.4f})", flush=True)
-
+    settings = _settings(args, device, args.gan)
+    # The pipeline with these settings, its store in --out: what a run there has computed is not computed again.
+    # The --labels folder (by stem) or the segmenter serve the validation images too, unless told otherwise.
+    data = prepare_finetuning(settings, args.images, args.out, run_id=f"finetune-{time.strftime('%Y%m%dT%H%M%S')}",
+                              holdout=args.holdout, seed=args.split_seed, validate_dir=args.validate,
+                              validate_labels_dir=args.validate_labels)
+    _report_failed(data.failed)
+    print(f"validation image(s): {', '.join(sorted(data.validation_files))} ({data.how['mode']})")
+    scores = data.train_scores
+    flagged = sum(s.artifact_fraction > 0 for s in scores)
+    print(f"{len(scores)} training pair(s), {flagged} with artifacts (mean artifact fraction "
+          f"{np.mean([s.artifact_fraction for s in scores]):.4f})", flush=True)
+    gan = load_sr_model(settings.gan_model, device=device)  # a private copy: training changes it
+    mse = Models(settings).sr_model("mse")
     bar = progress_factory(config.iterations)
     try:
         delivery = finetune_and_deliver(
-            gan=gan, mse=mse, train_images=split.train_images, train_files=split.train_files,
-            validation_images=split.validation_images, validation_files=split.validation_files,
-            validation_split=split.how, labels=labels, validation_labels=val_labels,
-            detection=detection, config=config, out_dir=args.out, device=device, tile=args.tile,
-            discriminator_path=args.discriminator, progress=bar, on_pairs=announce,
-            settings={"device": device, "discriminator": args.discriminator, "gan": args.gan, "mse": args.mse})
+            gan=gan, mse=mse, data=data, config=config, out_dir=args.out, device=device,
+            discriminator_path=args.discriminator, progress=bar,
+            record={"device": device, "discriminator": args.discriminator, "gan": args.gan, "mse": args.mse})
     finally:
         if hasattr(bar, "close"):
             bar.close()
@@ -99,15 +99,28 @@ def run_finetune(args, device: str, progress_factory) -> int:
 
 
 def run_evaluate(args, device: str) -> int:
-    from desra_core.finetune.pipeline import evaluate_models
-    from desra_core.models.sr import load_sr_model
+    """Each GAN model through the pipeline (one Settings per model, the store in ``--out``: the MSE results
+    are computed once): the artifact fraction from the rows, the detail kept from the stored pixels and mask."""
+    from pipeline.drop import drop_items
+    from pipeline.models import Models
+    from pipeline.pairs import process_stored, read_stored
+    from pipeline.steps import Run
 
-    gans = [load_sr_model(g, device=device) for g in args.gan]
-    mse = load_sr_model(args.mse, expected_scale=gans[0].scale, device=device)
-    scores = evaluate_models(load_images(args.images), mse, gans, label_source(args.labels, args.segmenter, device),
-                             DetectionConfig(threshold=args.threshold, min_area=args.min_area), tile=args.tile)
-    table = pd.DataFrame([{"image": s.image, "model": s.model, "artifact_fraction": s.artifact_fraction,
-                           "detail_kept": s.detail_kept} for s in scores])
+    base = _settings(args, device, args.gan[0])
+    run_id = f"evaluate-{time.strftime('%Y%m%dT%H%M%S')}"
+    records = []
+    for gan in args.gan:
+        settings = base.replace(gan_model=str(gan))
+        run = Run(settings=settings, output_dir=str(args.out), run_id=run_id, models=Models(settings))
+        ok, failed = process_stored(run, drop_items(str(args.images), None, settings.labels_dir))
+        _report_failed(failed, f" under {gan}")
+        for item, row in ok:
+            image = read_stored(run, item, row)
+            records.append({"image": item.stem, "model": str(gan), "artifact_fraction": image.artifact_fraction,
+                            "detail_kept": detail_kept(image.gan, image.mse, image.mask)})
+    if not records:
+        raise DesraError(f"expected at least one image the pipeline could process in {args.images}, got none")
+    table = pd.DataFrame(records, columns=["image", "model", "artifact_fraction", "detail_kept"])
     _write_parquet(table, args.out / "evaluation.parquet")
     summary = table.groupby("model", sort=False)[["artifact_fraction", "detail_kept"]].mean()
     print(table.pivot(index="image", columns="model", values="artifact_fraction").to_string(

@@ -45,6 +45,10 @@ def finetune(
 ) -> dict:
     """Fine-tune ``gan_model`` on pseudo-GT built from ``mse_model`` where artifacts are detected.
 
+    The detection, tiling and pseudo-GT parameters are those of a ``desra`` run (the same names): the pairs
+    come from the pipeline with these settings, so after a ``desra`` run on ``output_dir`` with the same
+    settings they are read from its store and nothing is super-resolved or detected again.
+
     The defaults are the best row of the README's measured table (L1 only, no EMA); ``perceptual`` and
     ``gan`` weight the Real-ESRGAN recipe's other terms (1.0 and 0.1 there) where their weights are available.
 
@@ -57,17 +61,20 @@ def finetune(
     (``DESRA_ALLOWED_ROOTS``) or the device, models, segmenter or output root fail the preflight checks.
     """
     segmenter, labels_dir = segmenter or None, labels_dir or None
+    chosen: list[Settings] = []  # one Settings, validated before anything is read
     refused = admit(input_dir=input_dir, output_dir=output_dir, labels_dir=labels_dir, mse_model=mse_model,
                     gan_model=gan_model, segmenter=segmenter, device=device,
-                    more_paths={"validate_dir": validate_dir, "validate_labels_dir": validate_labels_dir})
+                    more_paths={"validate_dir": validate_dir, "validate_labels_dir": validate_labels_dir},
+                    check_options=lambda: chosen.append(Settings.from_options(
+                        mse_model=mse_model, gan_model=gan_model, segmenter=segmenter, labels_dir=labels_dir,
+                        threshold=threshold, min_area=min_area, min_area_fraction=min_area_fraction, tile=tile,
+                        overlap=overlap, feather=feather, device=device)))
     if refused is not None:
         return refused
-    settings = {"iterations": iterations, "batch": batch, "crop": crop, "lr": lr, "ema": ema,
+    settings = chosen[0]
+    training = {"iterations": iterations, "batch": batch, "crop": crop, "lr": lr, "ema": ema,
                 "artifact_fraction": artifact_share, "validate_every": validate_every,
                 "min_detail_ratio": min_detail_ratio, "weights": {"perceptual": perceptual, "gan": gan}}
     validation = ({"dir": validate_dir, "labels_dir": validate_labels_dir} if validate_dir
                   else {"holdout": holdout, "seed": split_seed})
-    return finetune_generator(input_dir, output_dir, mse_model, gan_model, segmenter, labels_dir,
-                              Settings.from_options(threshold=threshold, min_area=min_area,
-                                                    min_area_fraction=min_area_fraction).detection_key(),
-                              settings, device, stems, validation)
+    return finetune_generator(input_dir, output_dir, settings, training, stems, validation)

@@ -1,7 +1,9 @@
-"""One fine-tuning run from images to shipped files: train, validate, choose, and write what qualifies.
+"""One fine-tuning run from prepared data to shipped files: train, validate, choose, and write what qualifies.
 
-:func:`finetune_and_deliver` builds the training pairs, prepares the validation images, fine-tunes with
-validation (:func:`~desra_core.finetune.trainer.finetune`), and in ``out_dir`` writes
+:func:`finetune_and_deliver` takes the training pairs and validation images that
+:func:`pipeline.pairs.prepare_finetuning` read from the pipeline's store, fine-tunes with validation
+(:func:`~desra_core.finetune.trainer.finetune`; the weights under test run with the run's tile and overlap
+and are detected with its detection settings), and in ``out_dir`` writes
 
 * ``generator.safetensors``: the chosen checkpoint's weights, only when one qualifies (a generator left
   by an earlier run in the folder is removed otherwise, so the folder never offers a model that failed);
@@ -19,12 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
-from desra_core.detection import DetectionConfig
 from desra_core.finetune.card import build_model_card, write_model_card
-from desra_core.finetune.pipeline import ImageScore, LabelSource, build_pairs, evaluate_models
+from desra_core.finetune.pipeline import ImageScore
 from desra_core.finetune.trainer import FinetuneConfig, FinetuneResult, finetune, save_generator
-from desra_core.finetune.validation import prepare_validation
+from desra_core.finetune.validation import Validator
+from desra_core.image import to_bit_depth, to_float32
 from desra_core.models.sr import SRModel
+from pipeline.pairs import FinetuneData
 from pipeline.review import write_finetune_page
 
 __all__ = ["CARD_NAME", "GENERATOR_NAME", "REPORT_NAME", "Delivery", "finetune_and_deliver"]
@@ -47,66 +50,63 @@ class Delivery:
     train_scores: tuple[ImageScore, ...]
 
 
-def finetune_and_deliver(*, gan: SRModel, mse: SRModel, train_images: Mapping[str, np.ndarray],
-                         train_files: Mapping[str, str | Path], validation_images: Mapping[str, np.ndarray],
-                         validation_files: Mapping[str, str | Path], validation_split: Mapping[str, object],
-                         labels: LabelSource, validation_labels: LabelSource, detection: DetectionConfig,
-                         config: FinetuneConfig, out_dir: str | Path, device: str = "cpu", tile: int | None = 512,
-                         discriminator_path: str | Path | None = None, settings: Mapping[str, object] | None = None,
-                         progress: Callable[[dict], None] | None = None,
-                         on_pairs: Callable[[list[ImageScore]], None] | None = None) -> Delivery:
-    """Fine-tune ``gan`` (in place) on ``train_images``, judged on ``validation_images``; write the results.
+def _uint8(image: np.ndarray) -> np.ndarray:
+    return image if image.dtype == np.uint8 else to_bit_depth(to_float32(image), 8)
+
+
+def finetune_and_deliver(*, gan: SRModel, mse: SRModel, data: FinetuneData, config: FinetuneConfig,
+                         out_dir: str | Path, device: str = "cpu", discriminator_path: str | Path | None = None,
+                         record: Mapping[str, object] | None = None,
+                         progress: Callable[[dict], None] | None = None) -> Delivery:
+    """Fine-tune ``gan`` (in place) on ``data.pairs``, judged on ``data.validation``; write the results.
 
     Args:
-        gan, mse: the GAN model to tune and the MSE reference (same scale).
-        train_images, validation_images: stem → low-resolution RGB array; the two must not share a stem.
-        train_files, validation_files: stem → file, for the card's digests.
-        validation_split: how the validation images were chosen (recorded in the card).
-        labels, validation_labels: label sources for the two sets.
-        detection, config: detection and training settings.
+        gan, mse: the GAN model to tune (a private copy: it is changed) and the MSE reference (for the card).
+        data: the prepared pairs, scores and validation images, with the run's ``settings``
+            (:func:`pipeline.pairs.prepare_finetuning`).
+        config: training settings.
         out_dir: where the checkpoint, generator, card and report go.
-        settings: further settings to record (tile, device, discriminator…), beside ``config`` and ``detection``.
+        record: further settings to record in the card (device, discriminator, model specs…).
         progress: per-step callback (log records, validation columns included).
-        on_pairs: called with the training images' scores once the pairs are built.
 
     Raises:
         ConfigError: a stem in both sets, or the trainer's own checks.
     """
     from desra_core.errors import ConfigError
 
-    shared = sorted(set(train_images) & set(validation_images))
+    settings = data.settings
+    shared = sorted(set(data.train_files) & set(data.validation_files))
     if shared:
         raise ConfigError(f"expected validation images that are not trained on, got {shared} in both sets")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    pairs, train_before = build_pairs(train_images, mse, gan, labels, detection, tile=tile)
-    if on_pairs is not None:
-        on_pairs(train_before)
-    validator = prepare_validation(validation_images, mse, gan, validation_labels, detection, tile=tile)
-    result = finetune(gan.descriptor.model, pairs, config, work_dir=out, device=device,
+    validator = Validator(gan, data.validation, settings.detection, tile=settings.tile, overlap=settings.overlap,
+                          original=data.validation_original)
+    result = finetune(gan.descriptor.model, data.pairs, config, work_dir=out, device=device,
                       discriminator_path=discriminator_path, progress=progress, validator=validator)
     generator_path = out / GENERATOR_NAME
-    val_before = [ImageScore(name, str(gan.source), f, d) for name, (f, d) in validator.original.per_image.items()]
+    model = str(settings.gan_model)
+    val_before = [ImageScore(name, model, f, d) for name, (f, d) in validator.original.per_image.items()]
     train_after = val_after = None
     pictures = []
     if result.chosen is not None:
-        gan.descriptor.model.load_state_dict(result.chosen_generator.state_dict())
-        gan.descriptor.model.eval()
-        tuned = SRModel(descriptor=gan.descriptor, source="fine-tuned", path=gan.path)
-        train_after = evaluate_models(train_images, mse, [tuned], labels, detection, tile=tile)
+        tuned = validator.score(result.chosen_generator, list(data.train_images()))
+        train_after = [ImageScore(name, "fine-tuned", f, d) for name, (f, d) in tuned.per_image.items()]
         val_after = [ImageScore(name, "fine-tuned", f, d) for name, (f, d) in result.chosen.score.per_image.items()]
         save_generator(result.chosen_generator, generator_path)
-        pictures = [(im.name, im.gan_sr, validator.super_resolve(result.chosen_generator, im))
+        pictures = [(im.name, _uint8(im.gan_sr), _uint8(validator.super_resolve(result.chosen_generator, im)))
                     for im in validator.images]
     else:
         generator_path.unlink(missing_ok=True)
     card = build_model_card(
-        base=gan, mse=mse, train_files=train_files, validation_files=validation_files,
-        validation_split=validation_split,
-        settings={"training": config, "detection": detection, "tile": tile, **(settings or {})}, result=result,
-        train_before=train_before, train_after=train_after, validation_before=val_before, validation_after=val_after,
-        generator_file=GENERATOR_NAME if result.chosen is not None else None)
+        base=gan, mse=mse, train_files=data.train_files, validation_files=data.validation_files,
+        validation_split=data.how,
+        settings={"training": config, "detection": settings.detection, "tile": settings.tile,
+                  "overlap": settings.overlap, "feather": settings.feather, "segmenter": settings.segmenter_in_use,
+                  "labels_dir": settings.labels_dir, **(record or {})},
+        result=result, train_before=data.train_scores, train_after=train_after, validation_before=val_before,
+        validation_after=val_after, generator_file=GENERATOR_NAME if result.chosen is not None else None)
     card_path = write_model_card(card, out / CARD_NAME)
     report = write_finetune_page(card, pictures, out / REPORT_NAME, title=f"desra fine-tuning of {gan.source}")
     return Delivery(result=result, card=card, generator=generator_path if result.chosen is not None else None,
-                    card_path=card_path, report=report, train_scores=tuple(train_before))
+                    card_path=card_path, report=report, train_scores=tuple(data.train_scores))

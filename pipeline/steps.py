@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from desra_core import DesraError, InputImageError, __version__, build_pseudo_gt, detect_artifacts
+from desra_core import DesraError, InputImageError, LabelMapError, __version__, build_pseudo_gt, detect_artifacts
 from desra_core.image import read_image, read_image_size, read_label_map, to_float32, write_image
 from desra_core.models.sr import check_output_size, max_output_pixels
 from pipeline import pixels
@@ -37,7 +37,7 @@ from pipeline.report import is_published, publish_image
 from pipeline.settings import Settings
 from pipeline.store import Store, step_key
 
-__all__ = ["DETECT_VERSION", "PSEUDO_VERSION", "ImageJob", "Item", "Run", "failed_row", "published_row"]
+__all__ = ["DETECT_VERSION", "PSEUDO_VERSION", "ImageJob", "Item", "Run", "entry_paths", "failed_row", "published_row"]
 
 DETECT_VERSION = f"detect-1/{__version__}"
 PSEUDO_VERSION = f"pseudo-2/{__version__}"  # 2: 16-bit pairs give a 16-bit pseudo-GT (was written 8-bit)
@@ -137,16 +137,34 @@ def published_row(run: Run, item: Item) -> dict | None:
     if item.error is not None or (run.settings.labels_dir and (item.labels is None or item.labels[1] is None)):
         return None
     store = run.store
-    keys = {role: _sr_key(run, item, role) for role in ROLES}
-    keys["labels"] = _labels_key(run, item, keys["gan"])
-    keys["detect"] = _detect_key(run, keys["mse"], keys["gan"], keys["labels"])
-    keys["pseudo_gt"] = _pseudo_key(run, keys["mse"], keys["gan"], keys["detect"])
+    keys = _keys(run, item)
     record = store.read_json("detect", keys["detect"])
     if record is None or not is_published(run.output_dir, item.stem, keys):
         return None
     row = _record_row(base_row(run, item), record)
     row.update(cached=True, sr_seconds=0.0)
     return row
+
+
+def _keys(run: Run, item: Item) -> dict[str, str | None]:
+    keys = {role: _sr_key(run, item, role) for role in ROLES}
+    keys["labels"] = _labels_key(run, item, keys["gan"])
+    keys["detect"] = _detect_key(run, keys["mse"], keys["gan"], keys["labels"])
+    keys["pseudo_gt"] = _pseudo_key(run, keys["mse"], keys["gan"], keys["detect"])
+    return keys
+
+
+def entry_paths(run: Run, item: Item) -> dict[str, str | None]:
+    """The files of an image's store entries under the run's keys (after a run whose row is ok, they exist):
+    ``mse``, ``gan``, ``labels`` (None without a label map), ``mask``, ``pseudo_gt``."""
+    store, keys = run.store, _keys(run, item)
+    paths = {role: item.given[role][0] if item.given is not None else str(store.path("sr", keys[role], ".png"))
+             for role in ROLES}
+    labels = None
+    if keys["labels"] is not None:
+        labels = item.labels[0] if run.settings.labels_dir else str(store.path("segment", keys["labels"], ".png"))
+    return {**paths, "labels": labels, "mask": str(store.path("detect", keys["detect"], ".png")),
+            "pseudo_gt": str(store.path("pseudo_gt", keys["pseudo_gt"], ".png"))}
 
 
 def about_input(error: str, item: Item, size: tuple[int, int] | None) -> str:
@@ -168,6 +186,8 @@ def failed_row(run: Run, item: Item, error: BaseException | str, size: tuple[int
         text = str(error)
     else:  # a bug or an environment fault (e.g. a full disk): its type says which
         text = f"{type(error).__name__}: {error}"
+    if isinstance(error, LabelMapError) and item.labels is not None and item.labels[0] and item.labels[0] not in text:
+        text += f" (label map: {item.labels[0]})"  # the core checks the map as an array: name its file
     return {**base_row(run, item), "error": about_input(text, item, size)}
 
 
@@ -296,7 +316,11 @@ class ImageJob:
                             for r in det.regions],
                 "detect_seconds": time.perf_counter() - start,
             }
-            store.write_json("detect", key, record)  # written last: the record marks the entry complete
+            try:
+                store.write_json("detect", key, record)  # written last: the record marks the entry complete
+            except OSError:  # e.g. a full disk: leave no mask that looks finished without its record
+                mask_path.unlink(missing_ok=True)
+                raise
         self.detection = {**record, "cached": False, "mask": det.mask}
         self.times["detect"] = [started, _now()]
 

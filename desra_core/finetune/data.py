@@ -85,7 +85,9 @@ def make_pair(lr: np.ndarray, gan_sr: np.ndarray, mse_sr: np.ndarray, mask: np.n
         mse_sr: MSE-SR result, same shape and dtype as ``gan_sr``.
         mask: ``bool (h·s, w·s)``, ``True`` = artifact (take the MSE pixel).
         name: identifier used in error messages.
-        feather: Gaussian sigma of the blend across the mask edge, see :func:`build_pseudo_gt`.
+        feather: Gaussian sigma of the blend across the mask edge, see :func:`build_pseudo_gt`. With
+            ``uint8``/``uint16`` results the pseudo-GT is built (and rounded) at their bit depth, so the
+            target is exactly the pseudo-GT image the pipeline writes for them.
 
     Returns:
         The pair; ``scale`` is inferred as ``gan_sr`` height / ``lr`` height and must be an integer that
@@ -107,8 +109,13 @@ def make_pair(lr: np.ndarray, gan_sr: np.ndarray, mse_sr: np.ndarray, mask: np.n
     if scale < 1 or hh != h * scale or ww != w * scale:
         raise ShapeMismatchError(f"expected an SR image an integer multiple of the LR {(h, w)}, "
                                  f"got {(hh, ww)} (pair: {name})")
+    gan_sr, mse_sr = np.asarray(gan_sr), np.asarray(mse_sr)
     try:
-        target = build_pseudo_gt(gan_f, mse_f, mask, feather)
+        if gan_sr.dtype == mse_sr.dtype and gan_sr.dtype in (np.uint8, np.uint16):
+            # at the results' bit depth, as the pipeline's pseudo-GT step writes it
+            target = to_float32(build_pseudo_gt(gan_sr, mse_sr, mask, feather))
+        else:
+            target = build_pseudo_gt(gan_f, mse_f, mask, feather)
     except (ShapeError, ConfigError) as exc:
         raise type(exc)(f"{exc} (pair: {name})") from exc
     return TrainingPair(lr=lr_f, target=target.astype(np.float32, copy=False), mask=mask, scale=scale, name=name)

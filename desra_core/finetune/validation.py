@@ -1,10 +1,11 @@
 """Validation during fine-tuning: images never trained on, scored the way ``desra evaluate`` scores them.
 
-A :class:`Validator` holds, per validation image, the low-resolution input, the MSE-SR reference (8-bit,
-as written results are), the label map and the original GAN model's result and score. Called with a
-generator module (the weights being trained, or their EMA), it super-resolves every validation image
-with those weights, detects artifacts against the same MSE reference and label map, and returns the mean
-re-detected artifact fraction and the detail kept relative to the original model (mean
+A :class:`Validator` holds, per validation image, the low-resolution input, the MSE-SR reference (at the
+input's bit depth, as the pipeline stores results), the label map and the original GAN model's result and
+score. Called with a generator module (the weights being trained, or their EMA), it super-resolves every
+validation image with those weights (same tile and overlap as the run), detects artifacts against the
+same MSE reference and label map with the run's detection settings, and returns the mean re-detected
+artifact fraction and the detail kept relative to the original model (mean
 :func:`~desra_core.finetune.pipeline.detail_kept` of the tuned weights over the original's).
 
 The label maps are those of the original GAN result (from a folder, or segmented once); re-segmenting
@@ -28,12 +29,12 @@ import torch
 
 from ..detection import DetectionConfig, detect_artifacts
 from ..errors import ConfigError
-from ..image import to_bit_depth
+from ..image import to_float32
 from ..models.sr import SRModel, upscale
-from .pipeline import LabelSource, detail_kept
+from .pipeline import detail_kept
 
-__all__ = ["Candidate", "ValidationImage", "ValidationScore", "ValidationSplit", "Validator", "choose_checkpoint",
-           "prepare_validation", "split_holdout", "split_images"]
+__all__ = ["Candidate", "ValidationImage", "ValidationScore", "Validator", "choose_checkpoint", "split_holdout",
+           "split_stems"]
 
 
 def split_holdout(stems: Sequence[str], share: float, seed: int) -> tuple[list[str], list[str]]:
@@ -57,33 +58,16 @@ def split_holdout(stems: Sequence[str], share: float, seed: int) -> tuple[list[s
     return [s for s in ordered if s not in held], [s for s in ordered if s in held]
 
 
-@dataclass(frozen=True, kw_only=True)
-class ValidationSplit:
-    """Training and validation images (stem → RGB array, stem → file), and how they were chosen (for the
-    model card): ``{"mode": "folder", "folder": …}`` or ``{"mode": "held-out", "share", "seed", "stems"}``."""
-
-    train_images: dict[str, np.ndarray]
-    train_files: dict[str, object]
-    validation_images: dict[str, np.ndarray]
-    validation_files: dict[str, object]
-    how: dict[str, object]
-
-
-def split_images(images: Mapping[str, np.ndarray], files: Mapping[str, object], *, holdout: float, seed: int,
-                 folder: str | None = None, folder_images: Mapping[str, np.ndarray] | None = None,
-                 folder_files: Mapping[str, object] | None = None) -> ValidationSplit:
-    """The validation images: those of a separate ``folder`` (``folder_images``/``folder_files``; every
-    image of ``images`` is then trained on), else a ``holdout`` share of ``images`` (:func:`split_holdout`
-    with ``seed``). Raises :class:`ConfigError` as :func:`split_holdout` does."""
+def split_stems(stems: Sequence[str], *, holdout: float, seed: int, folder: str | None = None,
+                folder_stems: Sequence[str] = ()) -> tuple[list[str], list[str], dict[str, object]]:
+    """``(train, validation, how)``: with a separate validation ``folder``, every stem is trained on and
+    the folder's ``folder_stems`` validate; else a ``holdout`` share of ``stems`` (:func:`split_holdout`
+    with ``seed``). ``how`` says which, for the model card: ``{"mode": "folder", "folder": …}`` or
+    ``{"mode": "held-out", "share", "seed", "stems"}``. Raises :class:`ConfigError` as :func:`split_holdout`."""
     if folder is not None:
-        return ValidationSplit(train_images=dict(images), train_files=dict(files),
-                               validation_images=dict(folder_images or {}), validation_files=dict(folder_files or {}),
-                               how={"mode": "folder", "folder": str(folder)})
-    train, held = split_holdout(list(images), holdout, seed)
-    return ValidationSplit(train_images={s: images[s] for s in train}, train_files={s: files[s] for s in train},
-                           validation_images={s: images[s] for s in held},
-                           validation_files={s: files[s] for s in held},
-                           how={"mode": "held-out", "share": holdout, "seed": seed, "stems": held})
+        return sorted(stems), sorted(folder_stems), {"mode": "folder", "folder": str(folder)}
+    train, held = split_holdout(list(stems), holdout, seed)
+    return train, held, {"mode": "held-out", "share": holdout, "seed": seed, "stems": held}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -92,9 +76,9 @@ class ValidationImage:
 
     Attributes:
         name: its stem.
-        lr: low-resolution input, ``uint8``/``uint16 (h, w, 3)`` or ``float32`` in [0, 1].
-        mse_sr: the MSE model's result, ``uint8 (h·s, w·s, 3)``.
-        gan_sr: the original GAN model's result, ``uint8 (h·s, w·s, 3)``.
+        lr: low-resolution input, ``uint8``/``uint16 (h, w, 3)``.
+        mse_sr: the MSE model's result ``(h·s, w·s, 3)`` at the input's bit depth.
+        gan_sr: the original GAN model's result, same shape and dtype.
         labels: ADE20K label map ``uint8 (h·s, w·s)`` of the original GAN result, or None.
     """
 
@@ -121,8 +105,20 @@ class ValidationScore:
 
 
 def _score(gan_sr: np.ndarray, image: ValidationImage, detection: DetectionConfig) -> tuple[float, float]:
-    det = detect_artifacts(image.mse_sr, gan_sr, image.labels, detection)
-    return det.artifact_fraction, detail_kept(gan_sr, image.mse_sr, det.mask)
+    mse = image.mse_sr
+    if mse.dtype != np.uint8 or gan_sr.dtype != np.uint8:  # the detector takes uint8, or float32 in [0, 1]
+        mse, gan_sr = to_float32(mse), to_float32(gan_sr)
+    det = detect_artifacts(mse, gan_sr, image.labels, detection)
+    return det.artifact_fraction, detail_kept(gan_sr, mse, det.mask)
+
+
+def _summary(scores: Mapping[str, tuple[float, float]], base: float | None) -> ValidationScore:
+    fraction = float(np.mean([f for f, _ in scores.values()]))
+    detail = float(np.nanmean([d for _, d in scores.values()]))
+    if base is None:
+        return ValidationScore(fraction, detail, 1.0, dict(scores))
+    ratio = detail / base if base > 0 and math.isfinite(base) else float("nan")
+    return ValidationScore(fraction, detail, ratio, dict(scores))
 
 
 class Validator:
@@ -133,51 +129,44 @@ class Validator:
             the weights under test, so the caller's model is never modified).
         images: the validation images (at least one).
         detection: detection settings, as for training.
-        tile: SR tile side in input pixels (None: whole images).
+        tile, overlap: SR tiling in input pixels, as the run's (None: whole images).
+        original: ``name → (artifact_fraction, detail)`` of the original GAN results when known already
+            (the pipeline's rows); else they are detected here.
 
     Raises:
         ConfigError: no images.
     """
 
     def __init__(self, model: SRModel, images: Sequence[ValidationImage], detection: DetectionConfig, *,
-                 tile: int | None = 512) -> None:
+                 tile: int | None = 512, overlap: int = 32,
+                 original: Mapping[str, tuple[float, float]] | None = None) -> None:
         if not images:
             raise ConfigError("expected at least one validation image, got none")
         self.images = tuple(images)
         self.detection = detection
-        self.tile = tile
+        self.tile, self.overlap = tile, overlap
         self._model = SRModel(descriptor=copy.deepcopy(model.descriptor), source=model.source, path=model.path)
-        scores = {im.name: _score(im.gan_sr, im, detection) for im in self.images}
-        fraction = float(np.mean([f for f, _ in scores.values()]))
-        detail = float(np.nanmean([d for _, d in scores.values()]))
-        self.original = ValidationScore(fraction, detail, 1.0, scores)
+        scores = {im.name: (original[im.name] if original is not None and im.name in original
+                            else _score(im.gan_sr, im, detection)) for im in self.images}
+        self.original = _summary(scores, None)
 
     def super_resolve(self, module: torch.nn.Module, image: ValidationImage) -> np.ndarray:
-        """``uint8 (h·s, w·s, 3)``: ``image`` super-resolved with ``module``'s weights."""
+        """``image`` super-resolved with ``module``'s weights, at the input's bit depth (``uint8``/``uint16``),
+        as the pipeline's SR step does."""
         with torch.no_grad():
             self._model.descriptor.model.load_state_dict(module.state_dict())
-        return to_bit_depth(upscale(self._model, image.lr, tile=self.tile), 8)
+        out = np.uint8 if image.lr.dtype == np.uint8 else np.uint16
+        return upscale(self._model, image.lr, tile=self.tile, overlap=self.overlap, out_dtype=out)
+
+    def score(self, module: torch.nn.Module, images: Sequence[ValidationImage]) -> ValidationScore:
+        """Score ``module``'s weights on ``images`` (the validation images, or others such as the training
+        images); ``detail_ratio`` is relative to the original's detail on the validation images."""
+        scores = {im.name: _score(self.super_resolve(module, im), im, self.detection) for im in images}
+        return _summary(scores, self.original.detail)
 
     def __call__(self, module: torch.nn.Module) -> ValidationScore:
         """Score ``module``'s weights (same architecture as the original model's) on every validation image."""
-        scores = {im.name: _score(self.super_resolve(module, im), im, self.detection) for im in self.images}
-        fraction = float(np.mean([f for f, _ in scores.values()]))
-        detail = float(np.nanmean([d for _, d in scores.values()]))
-        base = self.original.detail
-        ratio = detail / base if base > 0 and math.isfinite(base) else float("nan")
-        return ValidationScore(fraction, detail, ratio, scores)
-
-
-def prepare_validation(images: Mapping[str, np.ndarray], mse: SRModel, gan: SRModel, labels: LabelSource,
-                       detection: DetectionConfig, *, tile: int | None = 512) -> Validator:
-    """A :class:`Validator` over low-resolution ``images`` (stem → RGB array): both models' results are
-    computed once, rounded to 8 bits; ``labels`` is asked once per image, for the original GAN result."""
-    prepared = []
-    for name, lr in images.items():
-        mse_sr = to_bit_depth(upscale(mse, lr, tile=tile), 8)
-        gan_sr = to_bit_depth(upscale(gan, lr, tile=tile), 8)
-        prepared.append(ValidationImage(name=name, lr=lr, mse_sr=mse_sr, gan_sr=gan_sr, labels=labels(name, gan_sr)))
-    return Validator(gan, prepared, detection, tile=tile)
+        return self.score(module, self.images)
 
 
 @dataclass(frozen=True)

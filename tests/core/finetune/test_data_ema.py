@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from desra_core import build_pseudo_gt
 from desra_core.errors import ConfigError, ShapeError, ShapeMismatchError
 from desra_core.finetune.data import CropConfig, PairSampler, TrainingPair, make_pair
 from desra_core.finetune.ema import EMA
@@ -56,6 +57,22 @@ def test_make_pair_target_is_gan_outside_mse_inside():
     np.testing.assert_array_equal(pair.target[~mask], gan[~mask] / np.float32(255))
     np.testing.assert_array_equal(pair.target[mask], mse[mask] / np.float32(255))
     np.testing.assert_array_equal(pair.lr, lr / np.float32(255))
+
+
+@pytest.mark.parametrize("dtype, top", [(np.uint8, 255), (np.uint16, 65535)])
+def test_make_pair_feathered_target_is_the_pseudo_gt_at_the_results_bit_depth(dtype, top):
+    # what the pipeline's pseudo-GT step writes for these results: the pair trains on exactly that image
+    rng = np.random.default_rng(2)
+    lr = rng.integers(0, top + 1, (8, 8, 3), dtype=dtype)
+    gan = rng.integers(0, top + 1, (16, 16, 3), dtype=dtype)
+    mse = rng.integers(0, top + 1, (16, 16, 3), dtype=dtype)
+    mask = np.zeros((16, 16), bool)
+    mask[4:12, 4:12] = True
+    written = build_pseudo_gt(gan, mse, mask, feather=1.5)
+    pair = make_pair(lr, gan, mse, mask, name="f", feather=1.5)
+    np.testing.assert_array_equal(pair.target, written.astype(np.float32) / np.float32(top))
+    hard = build_pseudo_gt(gan, mse, mask)
+    assert not np.array_equal(written, hard)  # the feather did blend across the edge
 
 
 def test_make_pair_non_integer_scale_names_pair():

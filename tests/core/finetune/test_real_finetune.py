@@ -12,18 +12,22 @@ the README's table (``benchmarks/finetune_generalization.py``).
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 
 from desra_core import DetectionConfig
 from desra_core.finetune.losses import LossWeights
-from desra_core.finetune.pipeline import evaluate_models
 from desra_core.finetune.trainer import FinetuneConfig
-from desra_core.image import read_label_map
-from desra_core.models.sr import SRModel, load_sr_model
+from desra_core.models.sr import load_sr_model
 from pipeline.delivery import finetune_and_deliver
-from tests.conftest import MODELS, PARITY, read_rgb
+from pipeline.drop import drop_items
+from pipeline.models import Models
+from pipeline.pairs import prepare_finetuning, process_stored
+from pipeline.settings import Settings
+from pipeline.steps import Run
+from tests.conftest import MODELS, PARITY
 
 pytestmark = [pytest.mark.real_models, pytest.mark.slow]
 
@@ -35,25 +39,32 @@ SETTINGS = dict(iterations=200, batch=4, crop=128, lr=1e-4, ema=0.0, artifact_fr
                 checkpoint_every=100, weights=LossWeights(perceptual=0.0, gan=0.0))
 
 
+def parity_drop(folder, cases, labels):
+    """The parity cases as a drop of ``<case>.png`` with their label maps in ``labels/<case>.png``."""
+    folder.mkdir(parents=True)
+    labels.mkdir(parents=True, exist_ok=True)
+    for c in cases:
+        shutil.copyfile(PARITY / c / "lr.png", folder / f"{c}.png")
+        shutil.copyfile(PARITY / c / "labels.png", labels / f"{c}.png")
+    return folder
+
+
 def test_finetuning_generalizes_to_photos_it_never_saw(tmp_path):
     gan_path, mse_path = MODELS / "realesr_general_x4v3.gan.safetensors", MODELS / "span_x4_ch52.mse.safetensors"
     cases = TRAIN + VALIDATION + CLEAN
     if not (gan_path.exists() and mse_path.exists() and all((PARITY / c / "lr.png").exists() for c in cases)):
         pytest.skip(f"real weights or parity photos not found under {MODELS.parent}")
-    detection = DetectionConfig(threshold=0.8, min_area=500)
-
-    def labels(stem: str, gan_sr: np.ndarray) -> np.ndarray:
-        return read_label_map(PARITY / stem / "labels.png")
-
-    def lrs(stems):
-        return {c: read_rgb(PARITY / c / "lr.png") for c in stems}
-
-    gan, mse = load_sr_model(gan_path), load_sr_model(mse_path, expected_scale=4)
-    delivery = finetune_and_deliver(
-        gan=gan, mse=mse, train_images=lrs(TRAIN), train_files={c: PARITY / c / "lr.png" for c in TRAIN},
-        validation_images=lrs(VALIDATION), validation_files={c: PARITY / c / "lr.png" for c in VALIDATION},
-        validation_split={"mode": "folder", "folder": "parity: rocket, astronaut_1, camera"}, labels=labels,
-        validation_labels=labels, detection=detection, config=FinetuneConfig(**SETTINGS), out_dir=tmp_path)
+    labels = tmp_path / "labels"
+    settings = Settings(mse_model=str(mse_path), gan_model=str(gan_path), labels_dir=str(labels),
+                        detection=DetectionConfig(threshold=0.8, min_area=500), device="cpu")
+    out = tmp_path / "out"
+    data = prepare_finetuning(settings, parity_drop(tmp_path / "train", TRAIN, labels), out, run_id="real",
+                              validate_dir=parity_drop(tmp_path / "validation", VALIDATION, labels),
+                              validate_labels_dir=labels)
+    assert not data.failed and len(data.pairs) == len(TRAIN) and len(data.validation) == len(VALIDATION)
+    gan = load_sr_model(gan_path)
+    delivery = finetune_and_deliver(gan=gan, mse=Models(settings).sr_model("mse"), data=data,
+                                    config=FinetuneConfig(**SETTINGS), out_dir=tmp_path / "ft")
     result = delivery.result
     original = result.original.artifact_fraction
     tried = ", ".join(f"{c.step}: {c.score.artifact_fraction:.4f}/{c.score.detail_ratio:.3f}"
@@ -65,12 +76,16 @@ def test_finetuning_generalizes_to_photos_it_never_saw(tmp_path):
     assert drop >= 0.25, f"validation artifact fraction fell by {drop:.1%}, expected ≥ 25 %"
     assert result.chosen.score.detail_ratio >= 0.9
 
-    tuned = SRModel(descriptor=gan.descriptor, source="fine-tuned", path=gan.path)  # chosen weights, loaded in place
-    scores = evaluate_models(lrs(CLEAN), mse, [load_sr_model(gan_path), tuned], labels, detection)
-    before = np.mean([s.artifact_fraction for s in scores if s.model != "fine-tuned"])
-    after = np.mean([s.artifact_fraction for s in scores if s.model == "fine-tuned"])
-    print(f"near-clean photos: {before:.4f} -> {after:.4f}")
-    assert after - before <= 0.005
+    clean = parity_drop(tmp_path / "clean", CLEAN, labels)  # the shipped generator through the pipeline
+    fractions = {}
+    for name, spec in (("original", str(gan_path)), ("fine-tuned", str(delivery.generator))):
+        s = settings.replace(gan_model=spec)
+        ok, failed = process_stored(Run(settings=s, output_dir=str(out), run_id=name, models=Models(s)),
+                                    drop_items(str(clean), None, s.labels_dir))
+        assert not failed, failed
+        fractions[name] = np.mean([row["artifact_fraction"] for _, row in ok])
+    print(f"near-clean photos: {fractions['original']:.4f} -> {fractions['fine-tuned']:.4f}")
+    assert fractions["fine-tuned"] - fractions["original"] <= 0.005
 
     card = json.loads(delivery.card_path.read_text())
     assert card["chosen"]["step"] == result.chosen.step and delivery.generator is not None

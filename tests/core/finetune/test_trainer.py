@@ -16,8 +16,9 @@ from desra_core import ConfigError, DetectionConfig
 from desra_core.finetune.data import make_pair
 from desra_core.finetune.losses import LossWeights
 from desra_core.finetune.trainer import CHECKPOINT_NAME, VALIDATION_COLUMNS, FinetuneConfig, finetune, save_generator
-from desra_core.finetune.validation import choose_checkpoint, prepare_validation
-from desra_core.models.sr import load_sr_model
+from desra_core.finetune.validation import ValidationImage, Validator, choose_checkpoint
+from desra_core.image import to_bit_depth
+from desra_core.models.sr import load_sr_model, upscale
 
 
 def _generator(seed: int = 0) -> torch.nn.Module:
@@ -93,9 +94,12 @@ def validator(tmp_path_factory):
     torch.save({"params": mse_state}, folder / "mse.pth")
     gan, mse = load_sr_model(folder / "gan.pth"), load_sr_model(folder / "mse.pth")
     rng = np.random.default_rng(5)
-    images = {f"v{i}": cv2.resize(rng.random((5, 5, 3), dtype=np.float32), (24, 24), interpolation=cv2.INTER_CUBIC)
-              .clip(0, 1) for i in range(2)}
-    return prepare_validation(images, mse, gan, lambda stem, sr: None, DetectionConfig(threshold=0.9, min_area=10))
+    images = [to_bit_depth(cv2.resize(rng.random((5, 5, 3), dtype=np.float32), (24, 24),
+                                      interpolation=cv2.INTER_CUBIC), 8) for _ in range(2)]
+    prepared = [ValidationImage(name=f"v{i}", lr=lr, mse_sr=upscale(mse, lr, out_dtype=np.uint8),
+                                gan_sr=upscale(gan, lr, out_dtype=np.uint8), labels=None)
+                for i, lr in enumerate(images)]
+    return Validator(gan, prepared, DetectionConfig(threshold=0.9, min_area=10))
 
 
 def test_validator_scores_the_original_weights_as_the_original(validator):

@@ -1,0 +1,95 @@
+"""Fine-tuning takes its data from the pipeline and its store, with the run's exact settings: after a
+``desra`` run it super-resolves and detects nothing again, and its pairs' targets are the run's published
+pseudo-GT pixels (with non-default area rule, feather and tiling)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import tasks.finetune
+from desra_core import build_pseudo_gt
+from desra_core.image import read_image, read_mask, to_float32
+from flows.finetune import finetune
+from flows.full import desra
+from pipeline.settings import Settings
+from tests.flows.conftest import write_lr
+
+# not the defaults: a relative area rule, a feathered pseudo-GT, small overlapping tiles
+RUN = dict(segmenter=None, threshold=0.7, min_area_fraction=0.002, feather=2.0, tile=24, overlap=8, device="cpu")
+TRAINING = dict(iterations=2, batch=2, crop=64, validate_every=1, holdout=0.34)
+
+
+@pytest.fixture
+def spied(monkeypatch):
+    """The data each fine-tuning run hands to delivery (what it trains and validates on)."""
+    seen = []
+    real = tasks.finetune.finetune_and_deliver
+
+    def spy(**kwargs):
+        seen.append(kwargs["data"])
+        return real(**kwargs)
+
+    monkeypatch.setattr(tasks.finetune, "finetune_and_deliver", spy)
+    return seen
+
+
+def _drop(tmp_path, n=3):
+    drop = tmp_path / "drop"
+    for i in range(n):
+        write_lr(drop / f"img{i}.png", i)
+    return drop
+
+
+def _check_against_published(data, out, settings: Settings) -> None:
+    """Every pair is the run's published pseudo-GT and mask, and nothing was computed for it."""
+    assert data.settings == settings
+    assert data.pairs and data.validation and not data.failed
+    assert [r["computed"] for r in data.rows] == [""] * len(data.rows)  # every entry came from the store
+    feathered = False
+    for pair in data.pairs:
+        published = read_image(out / "pseudo_gt" / f"{pair.name}.png").pixels
+        assert np.array_equal(pair.target, to_float32(published)), pair.name
+        assert np.array_equal(pair.mask, read_mask(out / "masks" / f"{pair.name}.png")), pair.name
+        gan = read_image(out / "sr" / "gan" / f"{pair.name}.png").pixels
+        mse = read_image(out / "sr" / "mse" / f"{pair.name}.png").pixels
+        feathered |= not np.array_equal(published, build_pseudo_gt(gan, mse, pair.mask))  # feather 2 ≠ a hard cut
+    assert feathered, "no training image had an artifact region: the feather check would be empty"
+    for image in data.validation:
+        assert np.array_equal(image.gan_sr, read_image(out / "sr" / "gan" / f"{image.name}.png").pixels)
+
+
+def test_finetuning_after_a_run_computes_nothing_and_trains_on_its_pseudo_gt(tmp_path, tiny_models, counted, spied):
+    drop, out = _drop(tmp_path), tmp_path / "out"
+    params = dict(mse_model=tiny_models[0], gan_model=tiny_models[1], **RUN)
+    state = desra(input_dir=str(drop), output_dir=str(out), **params, return_state=True)
+    assert state.is_completed(), state.message
+    assert counted == {"upscale": 6, "detect": 3}  # 3 images × (MSE + GAN), 3 detections
+    settings = Settings.from_options(**params)
+
+    counted.update(upscale=0, detect=0)
+    result = finetune(input_dir=str(drop), output_dir=str(out), **settings.options(), **TRAINING)
+    assert counted == {"upscale": 0, "detect": 0}  # no SR, no detection: the pairs came from the store
+    assert result["pairs"] == 2 and result["reason"]
+    (data,) = spied
+    _check_against_published(data, out, settings)
+
+    # other settings are other store entries: the same call with another feather computes its pseudo-GT,
+    # but neither SR nor detection (their keys do not depend on it)
+    spied.clear()
+    finetune(input_dir=str(drop), output_dir=str(out), **settings.replace(feather=0.0).options(), **TRAINING)
+    assert counted == {"upscale": 0, "detect": 0}
+    assert {r["computed"] for r in spied[0].rows} == {"pseudo_gt"}
+
+
+def test_desra_finetune_passes_the_run_settings_on(tmp_path, tiny_models, counted, spied):
+    drop, out = _drop(tmp_path), tmp_path / "out"
+    params = dict(mse_model=tiny_models[0], gan_model=tiny_models[1], **RUN)
+    training = {k: v for k, v in TRAINING.items() if k != "holdout"}
+    state = desra(input_dir=str(drop), output_dir=str(out), **params, finetune=True, finetune_settings=training,
+                  return_state=True)
+    assert state.is_completed(), state.message
+    assert "fine-tun" in state.message, state.message
+    assert counted == {"upscale": 6, "detect": 3}  # the run's SR and detection only, none for fine-tuning
+    (data,) = spied
+    _check_against_published(data, out, Settings.from_options(**params))
