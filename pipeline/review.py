@@ -27,7 +27,6 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from importlib import resources
 from pathlib import Path
 from urllib.parse import quote
 
@@ -45,6 +44,7 @@ __all__ = [
     "PANEL_SIDE",
     "mask_overlay",
     "order_rows",
+    "prepare_pictures",
     "preview",
     "render_finetune_page",
     "render_review_page",
@@ -443,7 +443,9 @@ def _index(ordered: list[Mapping]) -> str:
 
 
 # The page's style sheet (data/review.css), inlined into every page and allowed by its hash.
-_CSS = resources.files("pipeline").joinpath("data/review.css").read_text("utf-8")
+# Read beside this file, not through importlib.resources: an editable install made while ``pipeline`` had no
+# ``__init__.py`` resolves it as a namespace package, whose resources Python 3.11 cannot open.
+_CSS = (Path(__file__).parent / "data" / "review.css").read_text("utf-8")
 
 # The only script: marks the page as scripted (showing the dividers) and moves a divider on input.
 _JS = """
@@ -462,6 +464,21 @@ for (const range of document.querySelectorAll(".compare-range")) {
 
 def _csp_hash(text: str) -> str:
     return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode("ascii") + "'"
+
+
+def prepare_pictures(row: Mapping, output_dir: str | os.PathLike[str], *, fragments: str | os.PathLike[str],
+                     page_dir: str | os.PathLike[str] | None = None, panel_side: int = PANEL_SIDE,
+                     compare_side: int = COMPARE_SIDE, read_pixels: Callable[[Path], np.ndarray] | None = None,
+                     read_mask_file: Callable[[Path], np.ndarray] | None = None) -> None:
+    """Encode one image's pictures into ``fragments`` now, as the page would, so that writing the page at the
+    end of a run only assembles them: the pipeline calls this as each image is published, on the CPU workers,
+    while the device works on other images. Arguments as for :func:`render_review_page`."""
+    out = Path(output_dir)
+    stem = str(_get(row, "stem") or "")
+    if _failed(row) or not _safe_stem(stem):
+        return
+    _pictures(row, stem, out, Path(page_dir) if page_dir is not None else out, panel_side, compare_side,
+              Path(fragments), (read_pixels or _read_pixels, read_mask_file or read_mask))
 
 
 def render_review_page(rows: Iterable[Mapping], output_dir: str | os.PathLike[str], *, title: str,

@@ -133,14 +133,19 @@ def process_image(job: ImageJob, cpu: contextlib.AbstractContextManager, device:
             # Both SR passes queue at once: the MSE result is encoded while the GAN model runs, the GAN
             # result while the segmenter runs.
             queued = [device.submit(job.order, lambda role=role: job.super_resolve(role)) for role in job.sr_needed]
-            segmenting = None
-            for role, future in zip(job.sr_needed, queued, strict=True):
+            segmenting, store_error = None, None
+            for role, future in zip(job.sr_needed, list(queued), strict=True):  # a copy: segmenting joins queued
                 future.result()
-                if role == "gan" and job.segment_needed:
+                if role == "gan" and job.segment_needed and store_error is None:
                     segmenting = device.submit(job.order, job.segment)
                     queued.append(segmenting)
-                with cpu:
-                    job.store_sr(role)
+                try:
+                    with cpu:
+                        job.store_sr(role)
+                except OSError as e:  # e.g. a full disk: the other result is still stored, so no re-run redoes it
+                    store_error = store_error or e
+            if store_error is not None:
+                raise store_error
             job.done_with_lr()
             if job.segment_needed:
                 if segmenting is None:  # the GAN result came from the store: decode it here, not on the device

@@ -1,4 +1,4 @@
-"""House rules that the code's structure must keep: imports flow flows → tasks → desra_core."""
+"""House rules that the code's structure must keep: imports flow desra/flows → tasks → pipeline → desra_core."""
 
 from __future__ import annotations
 
@@ -24,10 +24,32 @@ def _modules(package: str) -> list[Path]:
     return sorted((REPO / package).rglob("*.py"))
 
 
+def _names(path: Path) -> set[str]:
+    """Names a module assigns at its top level."""
+    names = set()
+    for node in ast.parse(path.read_text(), filename=str(path)).body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
+            node, ast.AnnAssign) else []
+        names.update(t.id for t in targets if isinstance(t, ast.Name))
+    return names
+
+
 @pytest.mark.parametrize("path", _modules("desra_core"), ids=lambda p: str(p.relative_to(REPO)))
 def test_core_is_free_of_orchestration_and_app_code(path):
-    forbidden = {"prefect", "flows", "tasks", "desra"} & _imports(path)
+    forbidden = {"prefect", "pipeline", "flows", "tasks", "desra"} & _imports(path)
     assert not forbidden, f"{path.relative_to(REPO)} imports {sorted(forbidden)}: desra_core must stay pure"
+
+
+@pytest.mark.parametrize("path", _modules("pipeline"), ids=lambda p: str(p.relative_to(REPO)))
+def test_pipeline_is_free_of_prefect_and_entry_points(path):
+    forbidden = {"prefect", "tasks", "flows", "desra"} & _imports(path)
+    assert not forbidden, (f"{path.relative_to(REPO)} imports {sorted(forbidden)}: the pipeline runs without "
+                           "Prefect and serves every entry point")
+
+
+def test_pipeline_modules_declare_all():
+    missing = [str(p.relative_to(REPO)) for p in _modules("pipeline") if "__all__" not in _names(p)]
+    assert not missing, f"modules without __all__: {missing}"
 
 
 @pytest.mark.parametrize("path", _modules("desra_core"), ids=lambda p: str(p.relative_to(REPO)))
@@ -50,7 +72,8 @@ def test_core_modules_declare_all():
 @pytest.mark.parametrize("path", _modules("tasks"), ids=lambda p: str(p.relative_to(REPO)))
 def test_tasks_do_not_import_flows_or_the_app(path):
     forbidden = {"flows", "desra"} & _imports(path)
-    assert not forbidden, f"{path.relative_to(REPO)} imports {sorted(forbidden)}: imports flow flows → tasks → core"
+    assert not forbidden, (f"{path.relative_to(REPO)} imports {sorted(forbidden)}: imports flow "
+                           "flows → tasks → pipeline → core")
 
 
 def test_flow_modules_keep_annotations_real():

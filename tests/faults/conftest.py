@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 import desra_core.image
-import tasks.report
+import pipeline.report
 import pipeline.store
 from tests.flows.conftest import counted, prefect_api, tiny_models  # noqa: F401
 from tests.integration.conftest import REPO, Stack
@@ -109,8 +109,8 @@ class DiskFull:
                         fh.truncate(temp.stat().st_size // 2)
                     raise OSError(errno.ENOSPC, ENOSPC_MESSAGE, str(target))
 
-        # atomic_write_bytes and write_image look atomic_path up in desra_core.image; the tasks imported it.
-        for module in (desra_core.image, tasks.report, pipeline.store):
+        # atomic_write_bytes and write_image look atomic_path up in desra_core.image; the pipeline imported it.
+        for module in (desra_core.image, pipeline.report, pipeline.store):
             monkeypatch.setattr(module, "atomic_path", atomic_path)
 
 

@@ -31,10 +31,11 @@ def _drop(folder: Path) -> list[str]:
     return stems
 
 
-def _in_store_step(step: str):
-    """The first write of a file of store step ``step`` (``sr``, ``detect`` or ``pseudo_gt``) fails."""
+def _in_store_step(step: str, suffix: str = ".png"):
+    """The first write of a ``suffix`` file of store step ``step`` (``sr``, ``detect`` or ``pseudo_gt``) fails
+    (``detect`` with ``.json``: its record, written after its mask)."""
     def fails(target: Path) -> bool:
-        return target.suffix == ".png" and target.parent.parent.name == step and target.parents[2].name == "store"
+        return target.suffix == suffix and target.parent.parent.name == step and target.parents[2].name == "store"
     first = []
 
     def once(target: Path) -> bool:
@@ -60,15 +61,16 @@ def _rerun_completes(drop, out, tiny_models, counted, stems) -> None:
         assert sorted(p.stem for p in (out / folder).glob("*.png")) == stems, folder
 
 
-@pytest.mark.parametrize(("step", "redo"), [("sr", {"upscale": 1, "detect": 1}),
-                                            ("detect", {"upscale": 0, "detect": 1}),
-                                            ("pseudo_gt", {"upscale": 0, "detect": 0})])
+@pytest.mark.parametrize(("step", "suffix", "redo"), [("sr", ".png", {"upscale": 1, "detect": 1}),
+                                                      ("detect", ".png", {"upscale": 0, "detect": 1}),
+                                                      ("detect", ".json", {"upscale": 0, "detect": 1}),
+                                                      ("pseudo_gt", ".png", {"upscale": 0, "detect": 0})])
 def test_a_write_that_runs_out_of_space_fails_its_own_image(tmp_path, tiny_models, counted, monkeypatch,
-                                                             step, redo):
+                                                             step, suffix, redo):
     drop, out = tmp_path / "drop", tmp_path / "out"
     stems = _drop(drop)
     with monkeypatch.context() as patch:
-        disk = DiskFull(patch, _in_store_step(step))
+        disk = DiskFull(patch, _in_store_step(step, suffix))
         state = _run(drop, out, tiny_models)
     (hit,) = disk.hits
     assert state.is_failed(), state.message

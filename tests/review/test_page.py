@@ -209,6 +209,6 @@ def test_desra_detect_writes_the_review_page_and_prints_its_path(tmp_path, capsy
     parsed = PageParser(page.read_text(encoding="utf-8"))
     assert parsed.stems == ["orphan", "painted", "clean"]
     assert len(parsed.imgs()) == 2 * 6 and all(a["src"].startswith("data:") for a in parsed.imgs())
-    assert "expected an MSE image" in parsed.errors[0]
+    assert "expected an MSE result with stem 'orphan'" in parsed.errors[0]
     text = "".join(parsed.text)
     assert "Threshold" in text and str(tmp_path / "gan") in text
