@@ -85,13 +85,10 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
-    # The review page shows the given SR results where they are (desra detect publishes no sr/ folder).
-    shown = [{**row, "mse_path": item.given["mse"][0], "gan_path": item.given["gan"][0]}
-             for row, item in zip(rows, items, strict=True)]
     semantic = (f"labels from {args.labels}" if args.labels else f"segmenter {args.segmenter}" if args.segmenter
                 else "off (every class weighs 1.0)")
     runs_path, page = write_run_files(
-        shown, str(args.out), run_id, title=f"desra detect: {args.gan}",
+        rows, str(args.out), run_id, title=f"desra detect: {args.gan}",
         run_numbers={"Threshold": args.threshold, "Min area fraction": args.min_area_fraction,
                      "Semantic adjustment": semantic, "Feather (px)": args.feather, "MSE folder": str(args.mse),
                      "GAN folder": str(args.gan)})
@@ -394,7 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "'backend:ARG' for another registered backend); label maps go to OUT/labels/")
     sem.add_argument("--no-semantic", action="store_true",
                      help="skip the semantic adjustment (Eq. 9): every class weighs 1.0")
-    p.add_argument("--out", type=Path, required=True, help="output folder (masks/, pseudo_gt/, report.parquet)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="output folder (masks/, pseudo_gt/, reports/, runs/, report.parquet, report.html)")
     p.add_argument("--device", default="auto", help="torch device for --segmenter (default: cuda if available)")
     _add_detection_options(p)
     p.add_argument("--feather", type=float, default=0.0,
@@ -496,7 +494,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--feather", type=float, default=0.0, help="pseudo-GT blend width in pixels")
     p.add_argument("--tile", type=int, default=512, help="largest SR tile side in input pixels")
     p.add_argument("--overlap", type=int, default=32, help="SR tile overlap in input pixels")
-    p.add_argument("--batch-size", type=int, default=32, help="images per batch (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=32,
+                   help="images per desra-batch run when a deployment scales out; in this process the whole "
+                        "drop streams at once (default: %(default)s)")
     p.add_argument("--device", default="auto", help="torch device; auto = cuda when available")
     p.set_defaults(func=_cmd_run)
     return parser

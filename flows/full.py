@@ -1,9 +1,9 @@
 """Flow ``desra`` (deployment ``full``): the DeSRA pipeline over a drop of real-world images.
 
-It lists the drop, splits it into batches of ``batch_size`` images and runs the ``desra-batch`` flow on
-each: in this process (``desra run``, or a small drop), or, under a deployment and for a drop larger
-than one batch, as runs of the ``desra-batch`` deployment on the same work pool, so that several
-workers share the drop. It then gathers the per-image reports into ``runs/<run>.parquet`` and
+In this process (``desra run``, or a drop of one batch) it streams every image of the drop through the
+pipeline at once (:func:`tasks.images.process`); under a deployment, a drop larger than ``batch_size``
+images is split into batches, each a run of the ``desra-batch`` deployment on the same work pool, so
+that several workers share the drop. It then gathers the per-image reports into ``runs/<run>.parquet`` and
 publishes a table and a summary artifact. Images already in the store cost no model work, so a
 scheduled run over a growing drop processes only the new images. The final state counts failures.
 """
@@ -140,8 +140,9 @@ def desra(
     images, a share of them held out to validate on (flow ``finetune``; ``finetune_settings`` passes its
     options, e.g. ``{"iterations": 400, "validate_every": 20}``). A generator is shipped only when a checkpoint
     has fewer artifacts on the held-out images and keeps their detail; the message says which, or why none.
-    ``scale_out``: run batches as ``desra-batch`` deployment runs; by default only when this run
-    itself comes from a deployment and the drop has more than one batch.
+    ``scale_out``: run batches of ``batch_size`` images as ``desra-batch`` deployment runs; by default only
+    when this run itself comes from a deployment and the drop has more than one batch. In this process the
+    whole drop is one stream, whatever ``batch_size``.
     """
     logger = get_run_logger()
     # Before anything is read or created: paths inside the allowed roots, valid options; then device,

@@ -30,7 +30,7 @@ from pipeline import pixels
 from pipeline.review import write_review_page
 
 __all__ = ["IMAGE_COLUMNS", "REGION_COLUMNS", "STEPS", "TIMELINE_COLUMNS", "frame", "is_published",
-           "publish_image", "write_run_files"]
+           "publish_image", "review_fragments", "write_run_files"]
 
 STEPS = ("sr_mse", "sr_gan", "segment", "detect", "pseudo_gt", "publish")
 TIMELINE_COLUMNS = [f"{step}_{edge}" for step in STEPS for edge in ("started_at", "finished_at")]
@@ -129,6 +129,11 @@ def publish_image(row: dict, files: dict[str, str], regions: list[dict], output_
     return row
 
 
+def review_fragments(output_dir: str) -> Path:
+    """Where each image's encoded review pictures are kept (prepared as the image is published)."""
+    return Path(output_dir) / ".desra" / "review"
+
+
 def write_run_files(rows: list[dict], output_dir: str, run_id: str, *, title: str,
                     run_numbers: dict | None = None) -> tuple[Path, Path | str]:
     """``runs/<run_id>.parquet`` (one row per image) and ``report.html`` (the review page, worst first).
@@ -138,7 +143,7 @@ def write_run_files(rows: list[dict], output_dir: str, run_id: str, *, title: st
     path = Path(output_dir) / "runs" / f"{run_id}.parquet"
     _write_parquet(rows, IMAGE_COLUMNS, path)
     try:
-        page = write_review_page(rows, output_dir, title=title, fragments=Path(output_dir) / ".desra" / "review",
+        page = write_review_page(rows, output_dir, title=title, fragments=review_fragments(output_dir),
                                  read_pixels=pixels.read_pixels, read_mask_file=pixels.read_mask,
                                  run_numbers=run_numbers or {})
     except OSError as e:

@@ -33,7 +33,8 @@ from desra_core.image import read_image, read_image_size, read_label_map, to_flo
 from desra_core.models.sr import check_output_size, max_output_pixels
 from pipeline import pixels
 from pipeline.models import SEG_VERSION, SR_VERSION
-from pipeline.report import is_published, publish_image
+from pipeline.report import is_published, publish_image, review_fragments
+from pipeline.review import prepare_pictures
 from pipeline.settings import Settings
 from pipeline.store import Store, step_key
 
@@ -364,12 +365,24 @@ class ImageJob:
         keys = {"mse": self.sr["mse"].key, "gan": self.sr["gan"].key,
                 "labels": None if self.labels is None else self.labels.key, "detect": self.detection["key"],
                 "pseudo_gt": self.pseudo.key}
+        if self.item.given is not None:  # the review page shows given SR results where they are
+            row.update(mse_path=self.item.given["mse"][0], gan_path=self.item.given["gan"][0])
         self.times["publish"] = [started, None]
         self._stamp(row)
         row["publish_finished_at"] = None
         publish_image(row, files, self.detection["regions"], self.run.output_dir, keys)
+        self.review_assets(row)
         row["publish_finished_at"] = self.times["publish"][1] = _now()
         return row
+
+    def review_assets(self, row: dict) -> None:
+        """The image's pictures for the review page, encoded now (on a CPU worker, while the device works on
+        other images) so that the page at the end of the run only assembles them."""
+        try:
+            prepare_pictures(row, self.run.output_dir, fragments=review_fragments(self.run.output_dir),
+                             read_pixels=pixels.read_pixels, read_mask_file=pixels.read_mask)
+        except (OSError, DesraError):  # the page encodes them itself, or shows why it cannot
+            pass
 
     def publish_failure(self, row: dict) -> dict:
         """Write the failed image's report (its row, no outputs); a stale publication record goes."""
