@@ -120,6 +120,20 @@ class Device:
             thread.join()
 
 
+class _OnTheCPU:
+    """A :class:`Device` whose "device" is the CPU itself: each model call also takes one of the CPU gate's
+    permits, so model calls and CPU steps together never ask for more cores than the gate allows."""
+
+    def __init__(self, device: Device, gate: contextlib.AbstractContextManager) -> None:
+        self.device, self.gate = device, gate
+
+    def submit(self, order: int, fn: Callable[[], object]) -> cf.Future:
+        def shared() -> object:
+            with self.gate:
+                return fn()
+        return self.device.submit(order, shared)
+
+
 def process_image(job: ImageJob, cpu: contextlib.AbstractContextManager, device: Device) -> dict:
     """Every step of one image, each where it belongs (CPU steps inside ``cpu``, model calls on ``device``);
     returns the image's row. A failing step fails this image only: its row says why."""
@@ -191,6 +205,7 @@ def process_images(items: Iterable[Item], run: Run, *, device: Device | None = N
     own_device = device is None
     device = device or Device()
     gate = threading.BoundedSemaphore(workers)
+    calls = _OnTheCPU(device, gate) if getattr(run.models, "device", None) == "cpu" else device
     rows: dict[int, dict] = {}
     try:
         todo = []
@@ -207,7 +222,7 @@ def process_images(items: Iterable[Item], run: Run, *, device: Device | None = N
             futures = {}
             for i, item in todo:
                 def work(i=i, item=item) -> dict:
-                    return process_image(ImageJob(run, item, order=i), gate, device)
+                    return process_image(ImageJob(run, item, order=i), gate, calls)
                 body = work if wrap is None else (lambda item=item, work=work: wrap(item, work))
                 futures[pool.submit(contextvars.copy_context().run, body)] = (i, item)
             for future in cf.as_completed(futures):
