@@ -9,11 +9,9 @@ model calls back to back on the device, CPU stages on every core, an ``image <st
 from typing import Annotated
 
 from prefect import flow
-from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
 from desra_core.models.segmentation import DEFAULT_SEGMENTER
-from pipeline.settings import Settings
 from tasks.images import process
 from tasks.preflight import admit
 from tasks.progress import Progress
@@ -23,8 +21,7 @@ __all__ = ["desra_batch"]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
-@flow(name="desra-batch", flow_run_name="desra-batch {input_dir} ({run_id})", validate_parameters=True,
-      task_runner=ThreadPoolTaskRunner(max_workers=4))
+@flow(name="desra-batch", flow_run_name="desra-batch {input_dir} ({run_id})", validate_parameters=True)
 def desra_batch(
     input_dir: str,
     output_dir: str,
@@ -47,14 +44,12 @@ def desra_batch(
     Refused (a ``Failed`` state, nothing read or created) when a path lies outside the allowed roots
     (``DESRA_ALLOWED_ROOTS``, or the folders the deployment was registered with), or when the device,
     the models, the segmenter or the output root do not pass the preflight checks."""
-    refused = admit(input_dir=input_dir, output_dir=output_dir, labels_dir=labels_dir or None, mse_model=mse_model,
-                    gan_model=gan_model, segmenter=segmenter or None, device=device)
+    settings, refused = admit(input_dir=input_dir, output_dir=output_dir, mse_model=mse_model, gan_model=gan_model,
+                              segmenter=segmenter, labels_dir=labels_dir, threshold=threshold, min_area=min_area,
+                              min_area_fraction=min_area_fraction, tile=tile, overlap=overlap, feather=feather,
+                              device=device)
     if refused is not None:
         return refused
-    settings = Settings.from_options(
-        mse_model=mse_model, gan_model=gan_model, segmenter=segmenter, labels_dir=labels_dir, threshold=threshold,
-        min_area=min_area, min_area_fraction=min_area_fraction, tile=tile, overlap=overlap, feather=feather,
-        device=device)
     progress = Progress(f"desra-batch: {len(stems) if stems is not None else 'all'} image(s)")
     rows = process(settings, input_dir, output_dir, run_id, stems, progress)
     progress.done()

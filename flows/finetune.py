@@ -5,7 +5,6 @@ from typing import Annotated
 from prefect import flow
 from pydantic import Field
 
-from pipeline.settings import Settings
 from tasks.finetune import finetune_generator
 from tasks.preflight import admit
 
@@ -60,18 +59,13 @@ def finetune(
     Refused (a ``Failed`` state, nothing read or created) when a path lies outside the allowed roots
     (``DESRA_ALLOWED_ROOTS``) or the device, models, segmenter or output root fail the preflight checks.
     """
-    segmenter, labels_dir = segmenter or None, labels_dir or None
-    chosen: list[Settings] = []  # one Settings, validated before anything is read
-    refused = admit(input_dir=input_dir, output_dir=output_dir, labels_dir=labels_dir, mse_model=mse_model,
-                    gan_model=gan_model, segmenter=segmenter, device=device,
-                    more_paths={"validate_dir": validate_dir, "validate_labels_dir": validate_labels_dir},
-                    check_options=lambda: chosen.append(Settings.from_options(
-                        mse_model=mse_model, gan_model=gan_model, segmenter=segmenter, labels_dir=labels_dir,
-                        threshold=threshold, min_area=min_area, min_area_fraction=min_area_fraction, tile=tile,
-                        overlap=overlap, feather=feather, device=device)))
+    settings, refused = admit(input_dir=input_dir, output_dir=output_dir,
+                              more_paths={"validate_dir": validate_dir, "validate_labels_dir": validate_labels_dir},
+                              mse_model=mse_model, gan_model=gan_model, segmenter=segmenter, labels_dir=labels_dir,
+                              threshold=threshold, min_area=min_area, min_area_fraction=min_area_fraction, tile=tile,
+                              overlap=overlap, feather=feather, device=device)
     if refused is not None:
         return refused
-    settings = chosen[0]
     training = {"iterations": iterations, "batch": batch, "crop": crop, "lr": lr, "ema": ema,
                 "artifact_fraction": artifact_share, "validate_every": validate_every,
                 "min_detail_ratio": min_detail_ratio, "weights": {"perceptual": perceptual, "gan": gan}}

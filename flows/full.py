@@ -17,7 +17,6 @@ from prefect import flow, get_run_logger
 from prefect.runtime import deployment as runtime_deployment
 from prefect.runtime import flow_run as runtime_flow_run
 from prefect.states import Completed, Failed
-from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
 from desra_core import DesraError
@@ -113,8 +112,7 @@ def _gather(output_dir: str, stems: list[str], run_id: str) -> list[dict]:
     return rows
 
 
-@flow(name="desra", flow_run_name="desra {input_dir}", validate_parameters=True,
-      task_runner=ThreadPoolTaskRunner(max_workers=4))
+@flow(name="desra", flow_run_name="desra {input_dir}", validate_parameters=True)
 def desra(
     input_dir: str,
     output_dir: str,
@@ -147,16 +145,12 @@ def desra(
     logger = get_run_logger()
     # Before anything is read or created: paths inside the allowed roots, valid options; then device,
     # models, segmenter and output root, before any image is touched.
-    chosen: list[Settings] = []
-    refused = admit(input_dir=input_dir, output_dir=output_dir, labels_dir=labels_dir or None, mse_model=mse_model,
-                    gan_model=gan_model, segmenter=segmenter or None, device=device,
-                    check_options=lambda: chosen.append(Settings.from_options(
-                        mse_model=mse_model, gan_model=gan_model, segmenter=segmenter, labels_dir=labels_dir,
-                        threshold=threshold, min_area=min_area, min_area_fraction=min_area_fraction, tile=tile,
-                        overlap=overlap, feather=feather, device=device)))
+    settings, refused = admit(input_dir=input_dir, output_dir=output_dir, mse_model=mse_model, gan_model=gan_model,
+                              segmenter=segmenter, labels_dir=labels_dir, threshold=threshold, min_area=min_area,
+                              min_area_fraction=min_area_fraction, tile=tile, overlap=overlap, feather=feather,
+                              device=device)
     if refused is not None:
         return refused
-    settings = chosen[0]
     ensure_gpu_limit()
     run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{str(runtime_flow_run.id or 'local')[:8]}"
     try:

@@ -30,11 +30,13 @@ def scan_drop(input_dir: str, stems: list[str] | None = None) -> list[dict]:
     """``[{"stem", "path", "sha256", "error"}]`` for the drop's images (all, or only ``stems``).
 
     An item with an ``error`` has no ``sha256``, and its ``path`` (if any) is for reports only.
-    A requested stem that is not safe as a file name is reported under :func:`safe_stem` of it.
+    A requested stem that is not safe as a file name is reported under :func:`safe_stem` of it; one requested
+    twice is listed once.
     """
     entries = list_image_entries(input_dir)
     items = []
-    for stem in sorted(entries) if stems is None else stems:
+    # A stem asked for twice is one image: two copies would publish the same files at once.
+    for stem in sorted(entries) if stems is None else dict.fromkeys(stems):
         path, digest, error = _locate(entries, stem, "an image", input_dir)
         items.append({"stem": safe_stem(stem), "path": path, "sha256": digest, "error": error})
     return items

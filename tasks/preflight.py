@@ -17,11 +17,11 @@ and keeps its traceback.
 import logging
 import os
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import State
 from prefect.exceptions import FailedRun
 from prefect.states import Failed
 
@@ -37,6 +37,7 @@ from pipeline.models import (
 )
 from pipeline.models import load_segmenter_cached as _segmenter
 from pipeline.roots import ROOTS_VARIABLE, Roots, check_confined, parse_roots, registered_roots, run_paths
+from pipeline.settings import Settings
 from pipeline.store import Store, step_key
 
 __all__ = ["ReturnedFailedState", "admit", "allowed_roots", "check_device", "confine", "ensure_output_root",
@@ -170,20 +171,21 @@ def refuse(error: DesraError | str, kind: str | None = None):
     return Failed(message=f"{prefix}: {message}")
 
 
-def admit(*, input_dir: str, output_dir: str, labels_dir: str | None, mse_model: str, gan_model: str,
-          segmenter: str | None, device: str, more_paths: dict[str, str | None] | None = None,
-          check_options: Callable[[], object] | None = None):
+def admit(*, input_dir: str, output_dir: str, more_paths: dict[str, str | None] | None = None,
+          **options) -> tuple[Settings | None, State | None]:
     """What every flow does first, before it reads or creates anything: :func:`confine` its paths (and
-    ``more_paths``), run ``check_options`` (raising a :class:`DesraError` for a bad option), then the
-    :func:`preflight` checks. Returns ``None`` when the run may go on, else the ``Failed`` state to return
-    (logged by :func:`refuse`). ``segmenter`` is ignored when ``labels_dir`` is given (labels win)."""
-    segmenter = None if labels_dir else segmenter
+    ``more_paths``), validate ``options`` (the flow's settings parameters) into one :class:`Settings`, then
+    the :func:`preflight` checks. Returns ``(settings, None)`` when the run may go on, else ``(None, the
+    Failed state to return)`` (logged by :func:`refuse`). A segmenter is ignored when label maps are given."""
+    labels_dir = options.get("labels_dir") or None
     try:
-        confine(dict(input_dir=input_dir, output_dir=output_dir, labels_dir=labels_dir, mse_model=mse_model,
-                     gan_model=gan_model, segmenter=segmenter, **(more_paths or {})))
-        if check_options is not None:
-            check_options()
+        confine(dict(input_dir=input_dir, output_dir=output_dir, labels_dir=labels_dir,
+                     mse_model=options.get("mse_model"), gan_model=options.get("gan_model"),
+                     segmenter=None if labels_dir else options.get("segmenter") or None, **(more_paths or {})))
+        settings = Settings.from_options(**options)
     except DesraError as e:
-        return refuse(e)
-    verdict = preflight(mse_model, gan_model, segmenter, output_dir, device)
-    return None if verdict["refusal"] is None else refuse(verdict["refusal"], verdict["kind"])
+        return None, refuse(e)
+    verdict = preflight(settings.mse_model, settings.gan_model, settings.segmenter_in_use, output_dir, settings.device)
+    if verdict["refusal"] is not None:
+        return None, refuse(verdict["refusal"], verdict["kind"])
+    return settings, None

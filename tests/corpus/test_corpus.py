@@ -220,7 +220,7 @@ def test_scan_drop_items_are_safe_and_printable(corpus):
         assert want is None or want in item["error"]
         str(item).encode("utf-8")  # no surrogate escapes anywhere: fit for Parquet and the Prefect API
     # Stems asked for by a caller (e.g. a deployment's parameters) that would escape as file names.
-    asked = scan_drop(str(drop), ["../../etc/passwd", "..", "gray"])
+    asked = scan_drop(str(drop), ["../../etc/passwd", "..", "gray", "gray"])
     assert [i["stem"] for i in asked] == ["%2E%2E%2F..%2Fetc%2Fpasswd", "%2E%2E", "gray"]
     assert "found none" in asked[0]["error"] and asked[2]["error"] is None
     labels = match_labels(items, str(drop))
