@@ -37,8 +37,8 @@ BATCH_DEPLOYMENT = "desra-batch/desra-batch"
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
-def _run_batches_on_workers(batches: list[list[str]], parameters: dict, progress,
-                            takeover_after: float | None = None, settings: Settings | None = None) -> None:
+def _run_batches_on_workers(batches: list[list[str]], parameters: dict, progress, settings: Settings,
+                            takeover_after: float | None = None) -> None:
     """One run of the ``desra-batch`` deployment per batch; wait until all have finished.
 
     This run holds a worker slot while it waits, so with one worker at ``--limit 1`` (or a pool whose
@@ -165,7 +165,7 @@ def desra(
         logger.info("%d images in %d batches: running them as %s deployment runs", len(stems), len(batches),
                     BATCH_DEPLOYMENT)
         parameters = dict(input_dir=input_dir, output_dir=output_dir, run_id=run_id, **settings.options())
-        _run_batches_on_workers(batches, parameters, progress, settings=settings)
+        _run_batches_on_workers(batches, parameters, progress, settings)
         rows = _gather(output_dir, stems, run_id)
     else:  # in this process: one stream over the whole drop (batches only divide work between workers)
         rows = process(settings, input_dir, output_dir, run_id, None, progress)

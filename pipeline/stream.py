@@ -62,10 +62,6 @@ class Device:
         self.busy_seconds = 0.0
         self.calls = 0
 
-    def call(self, order: int, fn: Callable[[], object]) -> object:
-        """Run ``fn`` on the device thread, after the calls of earlier images; return its result."""
-        return self.submit(order, fn).result()
-
     def submit(self, order: int, fn: Callable[[], object]) -> cf.Future:
         """Queue ``fn`` for the device thread, after the calls of earlier images; its future."""
         future: cf.Future = cf.Future()
