@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 
 from desra_core.image import read_image, read_mask
-from tests.conftest import MODELS, REPO
+from tests.conftest import MODELS, REPO, unavailable
 
 pytestmark = [pytest.mark.real_models, pytest.mark.slow]
 
@@ -43,7 +43,7 @@ def test_readme_main_job_is_desra_run_on_the_example_drop():
 @pytest.fixture(scope="module")
 def main_job(tmp_path_factory):
     if not (MSE.is_file() and GAN.is_file()):
-        pytest.skip(f"real weights not found in {MODELS} (needs ../shared/models)")
+        unavailable(f"real weights not found in {MODELS} (needs ../shared/models)")
     out = tmp_path_factory.mktemp("main_job") / "out"
     args = readme_main_job()
     args[args.index("--out") + 1] = str(out)

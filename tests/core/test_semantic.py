@@ -7,7 +7,7 @@ import pytest
 
 from desra_core import ClassTable, ConfigError, LabelMapError, apply_semantic_weights, default_class_table
 from desra_core.semantic import validate_labels
-from tests.conftest import SHARED
+from tests.conftest import SHARED, unavailable
 
 
 def test_table_has_the_papers_values():
@@ -24,7 +24,7 @@ def test_table_matches_shared_reference():
     names_file = SHARED / "reference" / "ade20k_classes.txt"
     table_file = SHARED / "reference" / "desra_class_table.txt"
     if not (names_file.exists() and table_file.exists()):
-        pytest.skip(f"reference data not found under {SHARED / 'reference'}")
+        unavailable(f"reference data not found under {SHARED / 'reference'}")
     order = names_file.read_text().splitlines()
     k_by_name = dict(line.rsplit("--", 1) for line in table_file.read_text().splitlines() if line.strip())
     expected = ClassTable.from_mapping(order, {n: int(k) for n, k in k_by_name.items()})

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from desra import cli
+from tests.conftest import unavailable
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "docker-compose.yml"
@@ -74,7 +75,7 @@ def _compose_config(client: list[str], extra_env: dict[str, str]) -> subprocess.
 def compose_client() -> list[str]:
     client = _compose_client()
     if client is None:
-        pytest.skip("no compose client: neither `docker compose version` nor `docker-compose version` works")
+        unavailable("no compose client: neither `docker compose version` nor `docker-compose version` works")
     return client
 
 

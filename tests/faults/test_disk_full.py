@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from flows.full import desra
+from tests.conftest import unavailable
 from tests.faults.conftest import ENOSPC_MESSAGE, DiskFull, latest_run, store_files, untrustworthy_files
 from tests.flows.conftest import write_lr
 
@@ -115,9 +116,9 @@ def small_tmpfs(tmp_path):
         done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0755", name, str(mount_point)],
                               capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as e:
-        pytest.skip(f"cannot run mount to make a small tmpfs: {e}")
+        unavailable(f"cannot run mount to make a small tmpfs: {e}")
     if done.returncode != 0:
-        pytest.skip(f"mounting a tmpfs is not permitted here (uid {os.getuid()}): {done.stderr.strip()}")
+        unavailable(f"mounting a tmpfs is not permitted here (uid {os.getuid()}): {done.stderr.strip()}")
     try:
         yield mount_point
     finally:

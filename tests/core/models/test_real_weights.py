@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from desra_core.models.sr import check_same_scale, load_sr_model, upscale
-from tests.conftest import MODELS, parity_cases, read_rgb
+from tests.conftest import MODELS, parity_cases, read_rgb, unavailable
 
 pytestmark = [pytest.mark.real_models, pytest.mark.slow]
 
@@ -17,7 +17,7 @@ GAN = MODELS / "realesrgan_x4plus.gan.safetensors"
 @pytest.fixture(scope="module")
 def pair():
     if not (MSE.exists() and GAN.exists()):
-        pytest.skip(f"real SR weights not found in {MODELS}")
+        unavailable(f"real SR weights not found in {MODELS}")
     mse, gan = load_sr_model(MSE), load_sr_model(GAN, expected_scale=4)
     check_same_scale(mse, gan)
     return mse, gan
