@@ -4,7 +4,7 @@
 
 **Inputs: real photos.** ``--images`` distinct ``--size``×``--size`` RGB crops, written as PNG into a
 temporary folder at run time (nothing is copied into the repository). They are cut from the ``gan.png``
-of the parity cases in ``/work/shared/parity`` (real photos from the scikit-image/scikit-learn samples,
+of the parity cases in ``../shared/parity`` (or ``$DESRA_SHARED/parity``) (real photos from the scikit-image/scikit-learn samples,
 upscaled ×4 by Real-ESRGAN; the ``*_injected`` cases are left out), cases in name order: first the
 top-left crop of every case, then the bottom-right one, then top-right, bottom-left and centre, so 24
 crops of 512² are the top-left and bottom-right crops of 12 photos' crops. A photo smaller than
@@ -20,7 +20,7 @@ as with a real GAN), and the label map is the parity case's ADE20K ``labels.png`
 and enlarged ×4 (nearest neighbour). The settings name a segmenter, so every image makes 3 device
 calls. The only work in a call is one sha1 of the input (to find its prepared result; about 1 ms).
 ``--real`` uses :class:`pipeline.models.Models` instead: SPAN (MSE) and Real-ESRGAN x4plus (GAN) from
-``/work/shared/models`` and ``--segmenter`` (a SegFormer id or folder; ``""`` for none), on CUDA when
+``../shared/models`` and ``--segmenter`` (a SegFormer id or folder; ``""`` for none), on CUDA when
 there is one (on a CPU the models use the CPU, and the CPU figure is no longer "non-model" work).
 
 **What runs.** Each contender gets a fresh output root and an empty in-memory pixel cache, and does a
@@ -75,8 +75,9 @@ from pipeline.settings import Settings  # noqa: E402
 from pipeline.steps import ImageJob, Run  # noqa: E402
 from pipeline.stream import Device, default_workers, process_images  # noqa: E402
 
-PARITY = Path("/work/shared/parity")
-MODELS = Path("/work/shared/models")
+SHARED = Path(os.environ.get("DESRA_SHARED", Path(__file__).resolve().parents[2] / "shared"))  # ../shared
+PARITY = SHARED / "parity"
+MODELS = SHARED / "models"
 SCALE = 4
 
 

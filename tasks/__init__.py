@@ -1,4 +1,4 @@
-"""Prefect tasks: thin adapters over :mod:`desra_core` that pass paths and small records."""
+"""Prefect tasks: thin adapters that run :mod:`pipeline` steps as task runs and pass paths and small records."""
 
 from tasks.env import configure as _configure
 
