@@ -3,12 +3,12 @@
     python benchmarks/pipeline_throughput.py [--images 24] [--size 512] [--g 0.5] [--workers N] [--real]
 
 **Inputs: real photos.** ``--images`` distinct ``--size``×``--size`` RGB crops, written as PNG into a
-temporary folder at run time (nothing is copied into the repository). They are cut from the ``gan.png``
-of the parity cases in ``../shared/parity`` (or ``$DESRA_SHARED/parity``) (real photos from the scikit-image/scikit-learn samples,
-upscaled ×4 by Real-ESRGAN; the ``*_injected`` cases are left out), cases in name order: first the
-top-left crop of every case, then the bottom-right one, then top-right, bottom-left and centre, so 24
-crops of 512² are the top-left and bottom-right crops of 12 photos' crops. A photo smaller than
-``--size`` is first enlarged with cubic interpolation (its label map with nearest neighbour).
+temporary folder at run time (nothing is copied into the repository). They are cut from the ``gan.png`` of the
+parity cases in ``../shared/parity`` (or ``$DESRA_SHARED/parity``; real photos from the scikit-image/scikit-
+learn samples, upscaled ×4 by Real-ESRGAN; the ``*_injected`` cases are left out), cases in name order: first
+the top-left crop of every case, then the bottom-right one, then top-right, bottom-left and centre, so 24
+crops of 512² are the top-left and bottom-right crops of 12 photos' crops. A photo smaller than ``--size`` is
+first enlarged with cubic interpolation (its label map with nearest neighbour).
 
 **Simulated device (default).** The models object has the interface the steps use from
 :class:`pipeline.models.Models` (``digests``, ``segmenter_key``, ``device``, ``scale``,

@@ -62,6 +62,6 @@ def test_check_models_raises_model_load_error_for_a_bad_file(tmp_path, tiny_mode
     from desra_core import ModelLoadError
 
     with pytest.raises(ModelLoadError, match=r"truncated\.pth"):
-        pipeline.models.check_models({"mse": pipeline.models.model_digest(_bad_model("truncated", tmp_path, tiny_models[0],
-                                                                              None)),
-                                   "gan": pipeline.models.model_digest(tiny_models[1])})
+        truncated = _bad_model("truncated", tmp_path, tiny_models[0], None)
+        pipeline.models.check_models({"mse": pipeline.models.model_digest(truncated),
+                                      "gan": pipeline.models.model_digest(tiny_models[1])})

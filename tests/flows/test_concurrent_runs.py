@@ -21,8 +21,8 @@ def _run(drop: str, out: str, mse: str, gan: str, ready, go, result) -> None:
     """One `desra run` in its own process with its own embedded API; SR made slow so the runs overlap."""
     os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="desra-concurrent-")
     import desra_core.models.sr as sr
-    import tasks  # noqa: F401
     import pipeline.models as models
+    import tasks  # noqa: F401
     from flows.full import run_in_process
 
     real = sr.upscale
