@@ -3,7 +3,9 @@
 Every image gets one record; an image that cannot be processed gets a record with ``status ==
 "failed"`` and the reason, and the others still run. Stems come from
 :func:`desra_core.listing.list_image_entries`, so they are safe as file names, and entries it refuses
-(a name that is not UTF-8, a symbolic link out of the folder, a directory…) become failed records.
+(a name that is not UTF-8, a symbolic link, a directory…) become failed records. The folder is opened
+once and each file is opened once through it, without following a link, and read whole (at most
+``DESRA_MAX_INPUT_MB``).
 (``desra detect`` runs the pipeline's own steps: :mod:`pipeline.stream`.)
 """
 
@@ -17,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from desra_core import DesraError, InputImageError
-from desra_core.image import read_image, write_image
+from desra_core.folder import Folder, max_input_bytes
+from desra_core.image import read_image_bytes, write_image
 from desra_core.listing import list_image_entries
 
 __all__ = ["run_upscale"]
@@ -32,12 +35,13 @@ def run_upscale(model, in_dir: Path, out_dir: Path, *, tile: int | None, overlap
     before any pixel is decoded; its row names the file, its size, the output size and the limit.
     Returns one record per image: ``stem``, ``status``, ``error``, ``notes``, ``seconds``, ``path``.
     """
-    from desra_core.image import read_image_size
+    from desra_core.image import read_image_size_bytes
     from desra_core.models.sr import check_output_size, max_output_pixels, upscale
 
-    limit = max_output_pixels()
+    limit, max_bytes = max_output_pixels(), max_input_bytes()
     rows = []
-    images = list_image_entries(in_dir)
+    folder = Folder(in_dir)  # opened once; each file opened once through it, never through a link
+    images = list_image_entries(folder)
     for stem in progress(images):
         start = time.perf_counter()
         row = {"stem": stem, "status": "ok", "error": None, "notes": "", "path": None}
@@ -45,9 +49,11 @@ def run_upscale(model, in_dir: Path, out_dir: Path, *, tile: int | None, overlap
         try:
             if images[stem].problem is not None:
                 raise InputImageError(images[stem].problem)
-            width, height = size = read_image_size(images[stem].path)
+            src = folder.read(images[stem].path.name, max_bytes=max_bytes)
+            width, height = size = read_image_size_bytes(src.data, images[stem].path)
             check_output_size(width, height, model.scale, limit, images[stem].shown)
-            loaded = read_image(images[stem].path)
+            loaded = read_image_bytes(src.data, images[stem].path)
+            del src
             result = upscale(model, loaded.pixels, tile=tile, overlap=overlap, batch_size=batch_size,
                              precision=precision, out_dtype=np.uint8 if loaded.bit_depth == 8 else np.uint16)
             path = out_dir / f"{stem}.png"
@@ -62,4 +68,5 @@ def run_upscale(model, in_dir: Path, out_dir: Path, *, tile: int | None, overlap
             row["error"] += f" (input: {shown_size} pixels)"
         row["seconds"] = time.perf_counter() - start
         rows.append(row)
+    folder.close()
     return rows

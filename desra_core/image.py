@@ -30,9 +30,12 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .errors import ConfigError, InputImageError, LabelMapError, ShapeError
+from .folder import read_bounded
 
-__all__ = ["MAX_PIXELS", "LoadedImage", "atomic_path", "atomic_write_bytes", "printable_path", "read_image",
-           "read_image_size", "read_label_map", "read_mask", "to_bit_depth", "to_float32", "write_image"]
+__all__ = ["MAX_BYTES_PER_PIXEL", "MAX_PIXELS", "METADATA_ALLOWANCE", "LoadedImage", "atomic_path",
+           "atomic_write_bytes", "printable_path", "read_image", "read_image_bytes", "read_image_size",
+           "read_image_size_bytes", "read_label_map", "read_label_map_bytes", "read_mask", "to_bit_depth",
+           "to_float32", "write_image"]
 
 StrPath = str | os.PathLike[str]
 BytesPath = bytes | os.PathLike[bytes]
@@ -195,26 +198,41 @@ def _signature_format(data: bytes) -> str | None:
     return None
 
 
-def _open(path: StrPath | BytesPath, max_pixels: int, error: type[InputImageError]) -> _Source:
-    """Read the file, check its header (format, size, completeness); decode nothing yet."""
-    if isinstance(max_pixels, bool) or not isinstance(max_pixels, numbers.Integral) or max_pixels < 1:
-        raise ConfigError(f"expected max_pixels to be a positive integer, got {max_pixels!r}")
+def _read_path(path: StrPath | BytesPath, error: type[InputImageError]) -> tuple[str, str, bytes]:
+    """``(name, shown, data)``: the file opened once (``fstat`` on the open file: a regular file) and read."""
     try:
         name = os.fsdecode(path)
     except TypeError:
         raise ConfigError(f"expected a path (str, bytes or os.PathLike), got {type(path).__name__}") from None
     shown = printable_path(name)
     try:
-        kind = _special_kind(os.stat(name).st_mode)
-        if kind is not None:
-            raise error(f"expected a readable image file, got {kind}", shown)
-        data = Path(name).read_bytes()
+        fd = os.open(name, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0))
+        try:
+            data = read_bounded(fd, shown, None, error)
+        finally:
+            os.close(fd)
     except OSError as exc:
         reason = {FileNotFoundError: "a path that does not exist", IsADirectoryError: "a directory",
                   PermissionError: "permission denied"}.get(type(exc), exc.strerror or str(exc))
         raise error(f"expected a readable image file, got {reason}", shown) from None
     except ValueError:  # an embedded NUL
         raise error("expected a file name without NUL characters, got one containing NUL", shown) from None
+    return name, shown, data
+
+
+def _open(path: StrPath | BytesPath, max_pixels: int, error: type[InputImageError]) -> _Source:
+    """Read the file (one open), check its header (format, size, completeness); decode nothing yet."""
+    _check_max_pixels(max_pixels)
+    return _parse(*_read_path(path, error), max_pixels, error)
+
+
+def _check_max_pixels(max_pixels: int) -> None:
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, numbers.Integral) or max_pixels < 1:
+        raise ConfigError(f"expected max_pixels to be a positive integer, got {max_pixels!r}")
+
+
+def _parse(name: str, shown: str, data: bytes, max_pixels: int, error: type[InputImageError]) -> _Source:
+    """Check a file's bytes as read (format, size, completeness, nothing after its end); decode nothing."""
     if not data:
         raise error("expected an image file, got an empty (0-byte) file", shown)
     # A PNG header is checked before Pillow sees it: Pillow refuses a header without pixel data
@@ -246,7 +264,48 @@ def _open(path: StrPath | BytesPath, max_pixels: int, error: type[InputImageErro
     if reason is not None:
         raise error(f"expected a complete {_FORMATS[image.format]} file, got a truncated or corrupt one "
                     f"({reason})", shown)
+    _check_extent(image.format, data, image.width, image.height, shown, error)
     return _Source(name, shown, data, image, image.format, orientation)
+
+
+def _png_end(data: bytes) -> int | None:
+    """Where a PNG stream ends: the offset just after its IEND chunk (walking chunk headers), or None."""
+    pos = len(_PNG_SIGNATURE)
+    while pos + 8 <= len(data):
+        length = int.from_bytes(data[pos:pos + 4], "big")
+        kind = data[pos + 4:pos + 8]
+        pos += 12 + length
+        if kind == b"IEND":
+            return pos if pos <= len(data) else None
+    return None
+
+
+def _riff_end(data: bytes) -> int:
+    """Where a RIFF (WebP) file ends by its header: 8 + the RIFF size, plus a pad byte for an odd size."""
+    size = int.from_bytes(data[4:8], "little")
+    return 8 + size + (size & 1)
+
+
+MAX_BYTES_PER_PIXEL: int = 16
+"""Largest file size per pixel that reading accepts (plus :data:`METADATA_ALLOWANCE`): twice a raw 16-bit
+RGBA pixel (8 bytes). No PNG, JPEG, WebP, TIFF or BMP of real pixels comes near it; a file padded with
+junk (inside a TIFF or BMP, or after a JPEG's end) does."""
+METADATA_ALLOWANCE: int = 4 * 2**20
+"""Bytes allowed beyond :data:`MAX_BYTES_PER_PIXEL` × pixels: ICC profiles, EXIF, XMP, thumbnails."""
+
+
+def _check_extent(fmt: str, data: bytes, width: int, height: int, shown: str, error: type[InputImageError]) -> None:
+    """Refuse bytes after the image's end (PNG: after IEND; WebP: after the RIFF size) and, for every format,
+    a file out of proportion to its pixels (TIFF and BMP have no end marker to check; a JPEG may carry
+    more after its end marker: MPO pictures, camera trailers)."""
+    end = {"PNG": _png_end, "WEBP": _riff_end}.get(fmt, lambda d: len(d))(data)
+    if end is not None and end < len(data):
+        raise error(f"expected nothing after the end of the {_FORMATS[fmt]} image (byte {end}), got "
+                    f"{len(data) - end} more bytes", shown)
+    most = MAX_BYTES_PER_PIXEL * width * height + METADATA_ALLOWANCE
+    if len(data) > most:
+        raise error(f"expected a file size in proportion to its {width}×{height} pixels (at most {most} bytes), "
+                    f"got {len(data)} bytes", shown)
 
 
 def _decode_with_pillow(src: _Source, error: type[InputImageError]) -> np.ndarray:
@@ -330,7 +389,22 @@ def read_image(path: StrPath | BytesPath, *, max_pixels: int = MAX_PIXELS) -> Lo
             directory, or a special file (a FIFO is refused rather than read, which would block).
         ConfigError: ``max_pixels`` is not a positive integer, or ``path`` is not a path.
     """
-    src = _open(path, max_pixels, InputImageError)
+    return _loaded(_open(path, max_pixels, InputImageError))
+
+
+def read_image_bytes(data: bytes, path: StrPath, *, max_pixels: int = MAX_PIXELS) -> LoadedImage:
+    """:func:`read_image` of a file's bytes as they were read once (e.g.
+    :meth:`desra_core.folder.Folder.read`): the same checks and conversions; ``path`` names the file in
+    messages and in ``LoadedImage.path``; nothing is opened.
+
+    Raises:
+        InputImageError, ConfigError: as :func:`read_image`.
+    """
+    _check_max_pixels(max_pixels)
+    return _loaded(_parse(os.fsdecode(path), printable_path(path), data, max_pixels, InputImageError))
+
+
+def _loaded(src: _Source) -> LoadedImage:
     pixels, oriented = _decode(src, InputImageError)
     mode, notes = src.image.mode, []
     if mode in ("P", "PA"):
@@ -362,17 +436,25 @@ def read_image_size(path: StrPath | BytesPath, *, max_pixels: int = MAX_PIXELS) 
         InputImageError: as :func:`read_image`, for everything found before decoding.
         ConfigError: as :func:`read_image`.
     """
-    src = _open(path, max_pixels, InputImageError)
+    return _size(_open(path, max_pixels, InputImageError))
+
+
+def read_image_size_bytes(data: bytes, path: StrPath, *, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
+    """:func:`read_image_size` of a file's bytes as they were read once (see :func:`read_image_bytes`)."""
+    _check_max_pixels(max_pixels)
+    return _size(_parse(os.fsdecode(path), printable_path(path), data, max_pixels, InputImageError))
+
+
+def _size(src: _Source) -> tuple[int, int]:
     width, height = src.image.width, src.image.height
     return (height, width) if src.orientation in (5, 6, 7, 8) else (width, height)
 
 
-def _read_single_channel(path: StrPath, what: str, error: type[InputImageError]) -> np.ndarray:
+def _read_single_channel(src: _Source, what: str, error: type[InputImageError]) -> np.ndarray:
     """``(H, W)`` uint8 or uint16 from a machine-written file; no orientation is applied.
 
     Palette files give their indices; 3 identical channels count as one.
     """
-    src = _open(path, MAX_PIXELS, error)
     if src.image.mode == "P":
         try:
             with _pil_open(src.data) as image:
@@ -401,14 +483,27 @@ def read_label_map(path: StrPath) -> np.ndarray:
     Raises:
         LabelMapError: unreadable file, several different channels, or values above 255.
     """
-    labels = _read_single_channel(path, "label map", LabelMapError)
+    return _label_map(_open(path, MAX_PIXELS, LabelMapError))
+
+
+def read_label_map_bytes(data: bytes, path: StrPath) -> np.ndarray:
+    """:func:`read_label_map` of a file's bytes as they were read once (see :func:`read_image_bytes`).
+
+    Raises:
+        LabelMapError: as :func:`read_label_map`.
+    """
+    return _label_map(_parse(os.fsdecode(path), printable_path(path), data, MAX_PIXELS, LabelMapError))
+
+
+def _label_map(src: _Source) -> np.ndarray:
+    labels = _read_single_channel(src, "label map", LabelMapError)
     if labels.dtype != np.uint8:
         too_big = labels > 255
         if too_big.any():
             values = np.unique(labels[too_big])
             shown = ", ".join(str(v) for v in values[:5]) + (", …" if values.size > 5 else "")
             raise LabelMapError(f"expected label values of at most 255, got {int(too_big.sum())} pixels "
-                                f"above it (values {shown})", printable_path(path))
+                                f"above it (values {shown})", src.shown)
         labels = labels.astype(np.uint8)
     return labels
 
@@ -418,7 +513,7 @@ def read_mask(path: StrPath) -> np.ndarray:
 
     Channels as for :func:`read_label_map`. Raises InputImageError for unreadable or colour files.
     """
-    return _read_single_channel(path, "mask", InputImageError) != 0
+    return _read_single_channel(_open(path, MAX_PIXELS, InputImageError), "mask", InputImageError) != 0
 
 
 def _temp_beside(target: Path) -> Path:

@@ -2,20 +2,20 @@
 
 Stems name output files (``masks/<stem>.png``), report rows and Prefect task runs, so every stem that
 leaves here is safe as a file name and as text; an entry that cannot be used (a name that is not UTF-8,
-a symbolic link out of the folder, a directory named like an image, two files with one stem) is still
-listed, with its ``problem``, so that a run can give it a report row. Reading one image is
-:mod:`desra_core.image`.
+a symbolic link, a directory named like an image, two files with one stem) is still
+listed, with its ``problem``, so that a run can give it a report row. A folder is listed through its
+descriptor (:class:`~desra_core.folder.Folder`), and entries are checked without following links. Reading
+one image is :mod:`desra_core.image`.
 """
 
 from __future__ import annotations
 
-import os
 import stat
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InputImageError
+from .folder import Folder
 from .image import BytesPath, StrPath, _special_kind, printable_path
 
 __all__ = ["IMAGE_SUFFIXES", "MAX_STEM_BYTES", "ImageEntry", "list_image_entries", "list_images", "safe_stem",
@@ -91,26 +91,20 @@ def safe_stem(stem: str) -> str:
     return text.encode("utf-8")[:MAX_STEM_BYTES].decode("utf-8", "ignore") or "%"
 
 
-def _kind_problem(entry: Path, root: Path) -> str | None:
-    """Why the entry is not a regular file inside ``root`` (the folder, resolved), or ``None``."""
+def _kind_problem(folder: Folder, name: str) -> str | None:
+    """Why the entry is not a regular file (checked on the entry itself: a link is not followed), or ``None``."""
     try:
-        mode = entry.lstat().st_mode
-        if stat.S_ISLNK(mode):
-            try:
-                target = entry.resolve(strict=True)
-            except (OSError, RuntimeError):  # missing target, or a loop
-                return "expected an image file, got a symbolic link to nothing (broken or looping)"
-            if not target.is_relative_to(root):
-                return (f"expected an image file inside the folder, got a symbolic link to "
-                        f"{printable_path(target)}, which is outside it (refused)")
-            mode = target.stat().st_mode
+        mode = folder.lstat(name).st_mode
     except OSError as exc:
         return f"expected a readable image file, got {exc.strerror or exc}"
+    if stat.S_ISLNK(mode):
+        return ("expected an image file, got a symbolic link (links are not followed, even inside the folder: "
+                "copy the file into the folder)")
     kind = _special_kind(mode)
     return None if kind is None else f"expected an image file, got {kind}"
 
 
-def list_image_entries(directory: StrPath | BytesPath) -> dict[str, ImageEntry]:
+def list_image_entries(directory: StrPath | BytesPath | Folder) -> dict[str, ImageEntry]:
     """Entries directly inside ``directory`` (not recursive) that look like images, by stem, sorted.
 
     An entry looks like an image by its suffix (:data:`IMAGE_SUFFIXES`, any case), whatever it is;
@@ -120,26 +114,28 @@ def list_image_entries(directory: StrPath | BytesPath) -> dict[str, ImageEntry]:
 
     * its name is not valid UTF-8, has control characters or ``\\``, starts with ``..`` or has a stem
       over :data:`MAX_STEM_BYTES` bytes: stems name output files and report rows;
-    * it is a symbolic link that leads out of the folder, or to nothing (a link to a file inside the
-      folder is fine);
+    * it is a symbolic link (wherever it leads: a drop is read through its folder's descriptor, and no
+      file is opened through a link);
     * it is a directory, a FIFO, a socket or a device;
     * another image has the same stem (``a.png`` and ``a.jpg``): both are refused, the second under
       a stand-in stem (``a~2``).
 
+    ``directory`` may be a :class:`~desra_core.folder.Folder` (listed through its descriptor, as it was
+    opened: a drop); a path is opened for this listing only. ``ImageEntry.path`` is the folder's path
+    joined with the entry's name.
+
     Raises:
         InputImageError: ``directory`` is missing or not a folder.
     """
-    folder = Path(os.fsdecode(directory))
-    shown = printable_path(folder)
-    if not folder.exists():
-        raise InputImageError("expected an existing folder of images, got a path that does not exist", shown)
-    if not folder.is_dir():
-        raise InputImageError("expected a folder of images, got a file", shown)
-    try:
-        entries = sorted(folder.iterdir())
-        root = folder.resolve(strict=True)
-    except OSError as exc:
-        raise InputImageError(f"expected a readable folder, got {exc.strerror or exc}", shown) from None
+    if isinstance(directory, Folder):
+        return _entries(directory)
+    with Folder(directory) as opened:
+        return _entries(opened)
+
+
+def _entries(opened: Folder) -> dict[str, ImageEntry]:
+    folder = Path(opened.path)
+    entries = [folder / name for name in opened.names()]
     found: dict[str, ImageEntry] = {}
     renamed: list[tuple[Path, str]] = []  # entries with a bad name get their stand-in stems last
     for entry in entries:
@@ -158,7 +154,7 @@ def list_image_entries(directory: StrPath | BytesPath) -> dict[str, ImageEntry]:
             found[entry.stem] = ImageEntry(first.stem, first.path, first.shown, clash)
             renamed.append((entry, clash))
             continue
-        found[entry.stem] = ImageEntry(entry.stem, entry, printable_path(entry), _kind_problem(entry, root))
+        found[entry.stem] = ImageEntry(entry.stem, entry, printable_path(entry), _kind_problem(opened, name))
     for entry, problem in renamed:
         base = stem = safe_stem(entry.stem)
         n = 1
@@ -173,7 +169,7 @@ def list_image_entries(directory: StrPath | BytesPath) -> dict[str, ImageEntry]:
     return dict(sorted(found.items()))
 
 
-def list_images(directory: StrPath | BytesPath) -> dict[str, Path]:
+def list_images(directory: StrPath | BytesPath | Folder) -> dict[str, Path]:
     """The usable entries of :func:`list_image_entries` (no ``problem``): path by stem, sorted by stem.
 
     Use :func:`list_image_entries` where refused entries must be reported (a drop's report rows).

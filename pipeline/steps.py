@@ -21,17 +21,28 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import time
-from dataclasses import dataclass, field
+import traceback
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 import numpy as np
 
 from desra_core import DesraError, InputImageError, LabelMapError, __version__, build_pseudo_gt, detect_artifacts
-from desra_core.image import read_image, read_image_size, read_label_map, to_float32, write_image
+from desra_core.folder import FileBytes, FolderFile, max_input_bytes
+from desra_core.image import (
+    read_image_bytes,
+    read_image_size_bytes,
+    read_label_map,
+    read_label_map_bytes,
+    to_float32,
+    write_image,
+)
 from desra_core.models.sr import check_output_size, max_output_pixels
 from pipeline import pixels
+from pipeline.leftovers import attend
 from pipeline.models import SEG_VERSION, SR_VERSION
 from pipeline.report import is_published, publish_image, review_fragments
 from pipeline.review import prepare_pictures
@@ -47,9 +58,11 @@ ROLES = ("mse", "gan")
 
 @dataclass(frozen=True, kw_only=True)
 class Item:
-    """One image of a run: a low-resolution input (``path``), or, for ``desra detect``, SR results that
-    exist already (``given``: role → ``(path, sha256)``). ``labels``: ``(path, sha256, error)`` of its
-    precomputed label map when the run has a labels folder. ``error``: why it cannot be used at all."""
+    """One image of a run: a low-resolution input (``path``, printable, for reports; ``file``, what to read),
+    or, for ``desra detect``, SR results that exist already (``given``: role → ``(path, sha256)``).
+    ``labels``: ``(path, sha256, error)`` of its precomputed label map when the run has a labels folder
+    (``labels_file``: what to read). ``error``: why it cannot be used at all. ``sha256`` (and the label
+    map's) is ``None`` until :meth:`ImageJob.load` has read the file: it is the digest of the bytes decoded."""
 
     stem: str
     path: str | None
@@ -57,17 +70,24 @@ class Item:
     error: str | None = None
     given: dict[str, tuple[str, str]] | None = None
     labels: tuple[str | None, str | None, str | None] | None = None
+    file: FolderFile | None = None
+    labels_file: FolderFile | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
 class Run:
     """What every image of a run shares: the settings, the output root and the models (``None`` when
-    every SR result is given and no segmenter runs)."""
+    every SR result is given and no segmenter runs). Creating one creates the output root and attends it
+    (:func:`pipeline.leftovers.attend`: temporary files that killed runs left there are removed first)."""
 
     settings: Settings
     output_dir: str
     run_id: str
     models: object | None = None  # pipeline.models.Models, or a stand-in with the same methods
+
+    def __post_init__(self) -> None:
+        os.makedirs(self.output_dir, exist_ok=True)
+        attend(self.output_dir)
 
     @property
     def store(self) -> Store:
@@ -182,11 +202,15 @@ def about_input(error: str, item: Item, size: tuple[int, int] | None) -> str:
 
 
 def failed_row(run: Run, item: Item, error: BaseException | str, size: tuple[int, int] | None = None) -> dict:
-    """The row of an image that could not be processed: its error names the input and its size."""
-    if isinstance(error, DesraError) or isinstance(error, str):
-        text = str(error)
-    else:  # a bug or an environment fault (e.g. a full disk): its type says which
-        text = f"{type(error).__name__}: {error}"
+    """The row of an image that could not be processed: its error names the input and its size.
+
+    For an exception that is not a :class:`DesraError` (a bug, or an environment fault such as a full disk),
+    the row also holds its formatted ``traceback`` (not a report column: text, so that it keeps no frame and
+    no pixels alive), for whoever logs the failure; a ``DesraError`` is expected, and its message says all."""
+    if not isinstance(error, DesraError | str):  # its type says which (e.g. "OSError: [Errno 28] No space…")
+        return {**failed_row(run, item, f"{type(error).__name__}: {error}", size),
+                "traceback": "".join(traceback.format_exception(error))}
+    text = str(error)
     if isinstance(error, LabelMapError) and item.labels is not None and item.labels[0] and item.labels[0] not in text:
         text += f" (label map: {item.labels[0]})"  # the core checks the map as an array: name its file
     return {**base_row(run, item), "error": about_input(text, item, size)}
@@ -209,6 +233,32 @@ class ImageJob:
     times: dict[str, list[datetime]] = field(default_factory=dict)
     device_seconds: float = 0.0
     claims: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+    src: FileBytes | None = None  # the input's bytes, read once by load(), until read() decodes them
+    labels_src: FileBytes | None = None  # the label map's bytes, read once by load(), until detect()
+    load_error: BaseException | None = None  # why load() failed: plan() raises it, inside the image's task
+
+    # --- reading (CPU) -----------------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Open the input (and its label map) once, without following a link, and read it whole (at most
+        ``DESRA_MAX_INPUT_MB``): the bytes that are hashed here are the ones :meth:`read` decodes, and the
+        item's ``sha256`` (its store keys, its row) becomes their digest. A failure is kept for
+        :meth:`plan` (``load_error``), so that the image still gets its row and its task run."""
+        item = self.item
+        try:
+            if item.error is not None:
+                return
+            limit = max_input_bytes()
+            if item.file is not None:
+                self.src = item.file.read(limit)
+                item = replace(item, sha256=self.src.sha256)
+            if item.labels_file is not None and item.labels is not None and item.labels[2] is None:
+                self.labels_src = item.labels_file.read(limit, LabelMapError)
+                item = replace(item, labels=(item.labels[0], self.labels_src.sha256, None))
+        except (DesraError, OSError) as e:
+            self.load_error = e
+        finally:
+            self.item = item
 
     # --- bookkeeping -------------------------------------------------------------------------------------
 
@@ -218,8 +268,13 @@ class ImageJob:
         item = self.item
         if item.error is not None:
             raise InputImageError(item.error)
+        if self.load_error is not None:
+            raise self.load_error
         if item.given is None:
-            self.size = read_image_size(item.path)  # the header only: later messages can name the size
+            if self.src is None:
+                raise DesraError(f"expected the input's bytes from its one read (load), got none (file: {item.path})")
+            # The header only: later messages can name the size.
+            self.size = read_image_size_bytes(self.src.data, item.path)
         for role in ROLES:
             key = _sr_key(self.run, item, role)
             if item.given is not None:
@@ -233,6 +288,8 @@ class ImageJob:
             self.labels = _Entry(f"labels:{digest}", path, cached=True)
         elif self.run.settings.segmenter_in_use is not None:
             self.labels = self._claim("segment", _labels_key(self.run, item, self.sr["gan"].key), ".png")
+        if not self.sr_needed:
+            self.src = None  # no model sees the input: its bytes are not needed
 
     def _claim(self, step: str, key: str, suffix: str) -> _Entry:
         store = self.run.store
@@ -259,7 +316,8 @@ class ImageJob:
             return
         scale = self.run.models.scale
         check_output_size(self.size[0], self.size[1], scale, max_output_pixels(), self.item.path)
-        self.lr = read_image(self.item.path).pixels
+        self.lr = read_image_bytes(self.src.data, self.item.path).pixels  # the bytes hashed by load()
+        self.src = None
 
     def load_sr(self, role: str) -> None:
         """Decode an SR result that came from the store (for a model that needs its pixels)."""
@@ -296,6 +354,7 @@ class ImageJob:
             cached = store.read_json("detect", key)
             if cached is not None and store.has("detect", key, ".png"):
                 self.detection = {**cached, "cached": True}
+                self.labels_src = None
                 return
             started, start = _now(), time.perf_counter()
             mse, gan = self._pair()
@@ -303,7 +362,12 @@ class ImageJob:
                 mse, gan = to_float32(mse), to_float32(gan)
             label_map = None
             if self.labels is not None:
-                label_map = self.labels.pixels if self.labels.pixels is not None else read_label_map(self.labels.path)
+                label_map = self.labels.pixels
+                if label_map is None and self.labels_src is not None:  # the bytes hashed by load()
+                    label_map = read_label_map_bytes(self.labels_src.data, self.labels.path)
+                elif label_map is None:
+                    label_map = read_label_map(self.labels.path)
+                self.labels_src = None
             det = detect_artifacts(mse, gan, label_map, self.run.settings.detection)
             mask_path = store.path("detect", key, ".png")
             pixels.write_mask(mask_path, det.mask)
@@ -354,7 +418,7 @@ class ImageJob:
         return row
 
     def publish(self, row: dict) -> dict:
-        """Link the store entries to ``masks/``, ``pseudo_gt/``, ``sr/…``, ``labels/`` and write the image's
+        """Copy the store entries to ``masks/``, ``pseudo_gt/``, ``sr/…``, ``labels/`` and write the image's
         report; the keys are recorded last, so a later run skips an image whose outputs are current."""
         started = _now()
         files = {"masks": self.detection["mask_path"], "pseudo_gt": self.pseudo.path}

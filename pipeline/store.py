@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from desra_core.image import atomic_path, atomic_write_bytes
+from desra_core.image import atomic_write_bytes
 
 try:
     import fcntl
@@ -32,21 +32,15 @@ except ImportError:  # not POSIX (Windows is not a target): claims do not exclud
 
 __all__ = ["Store", "file_sha256", "step_key"]
 
-_DIGESTS: dict[tuple[str, int, int], str] = {}
-
-
 def file_sha256(path: str | Path) -> str:
-    """sha256 of a file, remembered per (path, size, mtime) within the process."""
-    p = Path(path)
-    st = p.stat()
-    memo = (str(p.resolve()), st.st_size, st.st_mtime_ns)
-    if memo not in _DIGESTS:
-        digest = hashlib.sha256()
-        with open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        _DIGESTS[memo] = digest.hexdigest()
-    return _DIGESTS[memo]
+    """sha256 of a file, read from one open of it. Nothing is remembered: a file rewritten with the same
+    size and mtime gets its new digest. (Drop images are hashed from the very bytes that are decoded,
+    :meth:`desra_core.folder.Folder.read`, not here.)"""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def step_key(step: str, version: str, **inputs: Any) -> str:
@@ -68,12 +62,6 @@ class Store:
 
     def has(self, step: str, key: str, suffix: str) -> bool:
         return self.path(step, key, suffix).is_file()
-
-    def atomic(self, step: str, key: str, suffix: str):
-        """Context manager yielding a temporary path that becomes the entry on success."""
-        target = self.path(step, key, suffix)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        return atomic_path(target)
 
     def write_json(self, step: str, key: str, record: dict) -> Path:
         target = self.path(step, key, ".json")

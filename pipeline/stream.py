@@ -8,8 +8,9 @@
 * **CPU stages on every core**: each image has its own thread; a gate of ``workers`` permits (default: the
   cores this process may use) bounds how many run CPU work at once. There is no barrier between images:
   an image is detected as soon as its own results are there, while the device works on the next ones.
-* **Bounded memory**: at most ``workers + lookahead`` images are in flight (their pixels in memory), whatever
-  the size of the drop; the rest wait as small records.
+* **Bounded memory**: at most ``workers + lookahead`` images are in flight (their bytes, at most
+  ``DESRA_MAX_INPUT_MB`` each, and pixels in memory), whatever the size of the drop; the rest wait as small
+  records.
 * **One failing image fails alone**: its steps raise, its row says why, the others go on.
 
 Entry points wrap what they need around it: the flows run each image as a Prefect task (``wrap``) and
@@ -187,14 +188,17 @@ def process_image(job: ImageJob, cpu: contextlib.AbstractContextManager, device:
 
 def process_images(items: Iterable[Item], run: Run, *, device: Device | None = None, workers: int | None = None,
                    lookahead: int = 2, wrap: Callable[[Item, Callable[[], dict]], dict] | None = None,
-                   on_row: Callable[[dict], None] | None = None) -> list[dict]:
+                   on_row: Callable[[dict], None] | None = None,
+                   on_load: Callable[[int, Item], None] | None = None) -> list[dict]:
     """Run ``items`` through the steps, streamed; returns one row per item, in the items' order.
 
     ``device``: where model calls run (default: a new :class:`Device`, closed at the end). ``workers``:
     CPU stages at once (default :func:`default_workers`); ``lookahead``: images in flight beyond that, so
     that the device always has the next image's input ready. ``wrap(item, work) -> row`` runs ``work``
     for one image (the flows make it a Prefect task run); ``on_row(row)`` sees each row as it is done.
-    Images whose published outputs already come from the current store keys are not started at all.
+    Each image's files are read once, on its own thread (:meth:`ImageJob.load`); an image whose published
+    outputs already come from the current store keys then stops there, without ``wrap``. ``on_load(i,
+    item)`` sees each item as loaded (its ``sha256`` and label map digest filled in).
     """
     items = list(items)
     workers = workers or default_workers()
@@ -204,23 +208,25 @@ def process_images(items: Iterable[Item], run: Run, *, device: Device | None = N
     calls = _OnTheCPU(device, gate) if getattr(run.models, "device", None) == "cpu" else device
     rows: dict[int, dict] = {}
     try:
-        todo = []
-        for i, item in enumerate(items):
-            row = published_row(run, item)
-            if row is None:
-                todo.append((i, item))
-            else:
-                rows[i] = row
-                if on_row is not None:
-                    on_row(row)
-        with cf.ThreadPoolExecutor(max_workers=max(1, min(len(todo), workers + lookahead)),
+        with cf.ThreadPoolExecutor(max_workers=max(1, min(len(items), workers + lookahead)),
                                    thread_name_prefix="desra-image") as pool:
             futures = {}
-            for i, item in todo:
+            for i, item in enumerate(items):
                 def work(i=i, item=item) -> dict:
-                    return process_image(ImageJob(run, item, order=i), gate, calls)
-                body = work if wrap is None else (lambda item=item, work=work: wrap(item, work))
-                futures[pool.submit(contextvars.copy_context().run, body)] = (i, item)
+                    job = ImageJob(run, item, order=i)
+                    with gate:
+                        job.load()  # the one read of its files: their digests give the store keys
+                    if on_load is not None:
+                        on_load(i, job.item)
+                    if job.load_error is None:
+                        row = published_row(run, job.item)
+                        if row is not None:  # nothing to do, not even a task run
+                            return row
+
+                    def steps() -> dict:
+                        return process_image(job, gate, calls)
+                    return steps() if wrap is None else wrap(job.item, steps)
+                futures[pool.submit(contextvars.copy_context().run, work)] = (i, item)
             for future in cf.as_completed(futures):
                 i, item = futures[future]
                 try:

@@ -220,7 +220,7 @@ def test_unsafe_names_and_links_out_of_the_folder_become_rows(drop, tmp_path, ca
     rc, out, report = _detect(drop, labels=False)
     assert rc == 1
     expected = {"caf%E9": r"not valid UTF-8; rename the file (file: ", "%2E%2E%2f..%2fetc": "starting with '.'",
-                "link": "outside it", "dir": "got a directory"}
+                "link": "got a symbolic link", "dir": "got a directory"}
     err = capsys.readouterr().err
     for stem, text in expected.items():
         assert report.loc[stem, "status"] == "failed" and text in report.loc[stem, "error"], report.loc[stem, "error"]

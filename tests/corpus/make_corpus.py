@@ -2,8 +2,8 @@
 
 :func:`make_corpus` writes every kind of file that a real-world drop may hold and that has hurt image
 pipelines before (empty, truncated, misnamed, odd pixel formats, EXIF rotation, tiny, a decompression
-bomb, file names that are not UTF-8 or look like path traversal, symbolic links out of the folder, a
-directory named like an image, a FIFO) and says, for each, what reading it and processing it must give.
+bomb, file names that are not UTF-8 or look like path traversal, symbolic links (out of the folder and
+inside it), a directory named like an image, a FIFO) and says, for each, what reading it and processing it must give.
 """
 
 from __future__ import annotations
@@ -147,8 +147,9 @@ def make_corpus(folder: Path, outside_folder: Path) -> dict[str, Expectation]:
     add("twin.jpg", jpeg, shape=size, check=_close(rgb, 3.0), listing="one image per stem")
     add("twin.png", png, shape=size, pixels=rgb, stem="twin~2", listing="one image per stem")
     # Entries that are not regular files inside the folder.
-    add("outside_link.png", None, shape=size, pixels=rgb, listing="outside it")
-    add("inside_link.png", None, shape=size, pixels=np.dstack([gray] * 3))
+    # Every symbolic link is refused by the listing, wherever it leads (read_image, given a path, follows it).
+    add("outside_link.png", None, shape=size, pixels=rgb, listing="got a symbolic link")
+    add("inside_link.png", None, shape=size, pixels=np.dstack([gray] * 3), listing="got a symbolic link")
     add("dir.png", None, read="got a directory", listing="got a directory")
     add("fifo.png", None, read="got a FIFO", listing="got a FIFO")
 

@@ -216,7 +216,7 @@ def test_scan_drop_items_are_safe_and_printable(corpus):
     by_stem = {e.stem: e for e in expected.values()}
     for item in items:
         want = by_stem[item["stem"]].listing
-        assert (item["error"] is None) == (want is None) == (item["sha256"] is not None), item
+        assert (item["error"] is None) == (want is None) == (item["file"] is not None), item
         assert want is None or want in item["error"]
         str(item).encode("utf-8")  # no surrogate escapes anywhere: fit for Parquet and the Prefect API
     # Stems asked for by a caller (e.g. a deployment's parameters) that would escape as file names.

@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 
 import desra_core.image
+from desra_core.folder import MAX_INPUT_VARIABLE
 from desra_core.models.sr import MAX_OUTPUT_VARIABLE
 from flows.full import desra
 from tests.flows.conftest import write_lr
@@ -46,6 +47,21 @@ def png_claiming(path: Path, width: int, height: int) -> None:
                      + chunk(b"IDAT", body) + chunk(b"IEND", b""))
 
 
+def _desra_run(tmp_path: Path, drop: Path, out: Path, tiny_models) -> tuple[int, str, int]:
+    """``desra run`` on ``drop`` in its own process: ``(exit code, log, peak RSS in bytes)``."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in (MAX_OUTPUT_VARIABLE, MAX_INPUT_VARIABLE) and not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect"), DO_NOT_TRACK="1", PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    command = [sys.executable, "-m", "desra", "run", str(drop), "--out", str(out), "--mse-model", tiny_models[0],
+               "--gan-model", tiny_models[1], "--no-semantic", "--min-area", "10"]
+    # Through the small launcher: measured from this pytest process, the peak would be at least this process's own.
+    proc = subprocess.run([sys.executable, "-c", _PEAK_LAUNCHER, *command], cwd=REPO, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    log, _, peak_line = proc.stdout.rstrip("\n").rpartition("\n")
+    assert peak_line.startswith("peak-rss-kib="), proc.stdout
+    return proc.returncode, log, int(peak_line.split("=")[1]) * 1024
+
+
 def _latest_run(out: Path) -> pd.DataFrame:
     latest = max((out / "runs").glob("*.parquet"), key=lambda p: p.stat().st_mtime_ns)
     return pd.read_parquet(latest).set_index("stem")
@@ -61,17 +77,8 @@ def test_a_png_claiming_12000_squared_gets_a_row_and_the_drop_runs_in_bounded_me
     assert (drop / "huge.png").stat().st_size < 500_000
     write_lr(drop / "a.png", 1)
     write_lr(drop / "b.png", 2)
-    env = {k: v for k, v in os.environ.items() if k != MAX_OUTPUT_VARIABLE and not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(tmp_path / "prefect"), DO_NOT_TRACK="1", PREFECT_SERVER_ANALYTICS_ENABLED="false")
-    command = [sys.executable, "-m", "desra", "run", str(drop), "--out", str(out), "--mse-model", tiny_models[0],
-               "--gan-model", tiny_models[1], "--no-semantic", "--min-area", "10"]
-    # Through the small launcher: measured from this pytest process, the peak would be at least this process's own.
-    proc = subprocess.run([sys.executable, "-c", _PEAK_LAUNCHER, *command], cwd=REPO, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
-    log, _, peak_line = proc.stdout.rstrip("\n").rpartition("\n")
-    assert peak_line.startswith("peak-rss-kib="), proc.stdout
-    peak = int(peak_line.split("=")[1]) * 1024
-    assert proc.returncode == 1, log  # a failed image makes the run Failed, with the count
+    returncode, log, peak = _desra_run(tmp_path, drop, out, tiny_models)
+    assert returncode == 1, log  # a failed image makes the run Failed, with the count
     assert "2 ok, 1 failed of 3" in log, log
     run = _latest_run(out)
     assert run.loc["a", "status"] == "ok" and run.loc["b", "status"] == "ok"
@@ -85,6 +92,35 @@ def test_a_png_claiming_12000_squared_gets_a_row_and_the_drop_runs_in_bounded_me
     # torch); decoding the huge image alone would add 432 MB, upscaling it about 78 GB per model before.
     print(f"\npeak RSS of `desra run` and its children: {peak / 2**20:.0f} MiB")
     assert peak < 2 * 2**30, f"peak RSS of `desra run`: {peak / 2**20:.0f} MiB"
+
+
+def test_a_sparse_3_gb_file_and_a_2_gb_padded_png_are_failed_rows_in_bounded_memory(tmp_path, tiny_models):
+    # Issue 16: reading used to take a whole file into memory before any check (a 3 GB sparse .png took
+    # `desra run` to 4–6 GB RSS) and a 2 GB PNG of zeros after its IEND was processed as ok. Both files are
+    # made with truncate (sparse: no disk), and must cost the run nothing: refused from fstat, unread.
+    clean, attacked = tmp_path / "clean", tmp_path / "attacked"
+    for drop in (clean, attacked):
+        write_lr(drop / "a.png", 1)
+        write_lr(drop / "b.png", 2)
+    with open(attacked / "sparse.png", "wb") as f:
+        f.truncate(3 * 2**30)
+    write_lr(attacked / "padded.png", 3)
+    with open(attacked / "padded.png", "r+b") as f:
+        f.truncate(2 * 2**30)  # the small PNG, then zeros after its IEND up to 2 GiB
+    code, log, baseline = _desra_run(tmp_path, clean, tmp_path / "out-clean", tiny_models)
+    assert code == 0, log
+    code, log, peak = _desra_run(tmp_path, attacked, tmp_path / "out-attacked", tiny_models)
+    assert code == 1 and "2 ok, 2 failed of 4" in log, log
+    run = _latest_run(tmp_path / "out-attacked")
+    assert (run.loc[["a", "b"], "status"] == "ok").all()
+    for stem, size in (("sparse", 3 * 2**30), ("padded", 2 * 2**30)):
+        error = run.loc[stem, "error"]
+        assert run.loc[stem, "status"] == "failed"
+        for part in (f"{stem}.png", "at most 64 MiB", MAX_INPUT_VARIABLE, f"got {size} bytes",
+                     "refused before reading"):
+            assert part in error, error
+    print(f"\npeak RSS of `desra run`: {baseline / 2**20:.0f} MiB without them, {peak / 2**20:.0f} MiB with them")
+    assert peak - baseline < 300 * 2**20, (baseline, peak)
 
 
 def test_just_over_the_limit_is_refused_without_decoding_and_at_the_limit_runs(tmp_path, tiny_models, monkeypatch):

@@ -113,7 +113,7 @@ def test_the_device_thread_only_runs_model_calls(tmp_path, models, monkeypatch):
         return wrapper
 
     # CPU work, wherever it is called from: decoding, encoding, detection, pseudo-GT, publishing.
-    for module, name in ((pipeline.steps, "read_image"), (pipeline.steps, "write_image"),
+    for module, name in ((pipeline.steps, "read_image_bytes"), (pipeline.steps, "write_image"),
                          (pipeline.steps, "detect_artifacts"), (pipeline.steps, "build_pseudo_gt"),
                          (pipeline.steps, "publish_image"), (pipeline.pixels, "write_image"),
                          (pipeline.pixels, "write_mask"), (pipeline.pixels, "read_pixels")):
@@ -128,7 +128,7 @@ def test_the_device_thread_only_runs_model_calls(tmp_path, models, monkeypatch):
     _, run = _run(drop, out, models, "run", segmenter=segmenter, workers=2)
     assert (run["status"] == "ok").all(), run["error"].tolist()
     assert (run["computed"] == "sr/mse,sr/gan,labels,detect,pseudo_gt").all()
-    assert {"cpu:read_image", "cpu:detect_artifacts", "cpu:build_pseudo_gt", "cpu:publish_image",
+    assert {"cpu:read_image_bytes", "cpu:detect_artifacts", "cpu:build_pseudo_gt", "cpu:publish_image",
             "cpu:write_mask", "step:store_labels", "model:sr", "model:segment"} <= set(threads)
     assert threads["model:sr"] == threads["model:segment"] == {DEVICE_THREAD}
     on_device = sorted(kind for kind, names in threads.items() if not kind.startswith("model:")
@@ -188,10 +188,10 @@ def test_images_in_flight_are_bounded(tmp_path, models, slow_sr, monkeypatch, wo
     slow_sr[0] = 0.05
     live, peak = [0], [0]
     lock = threading.Lock()
-    real_read, real_done = pipeline.steps.read_image, ImageJob.done_with_lr
+    real_load, real_done = ImageJob.load, ImageJob.done_with_lr
 
-    def read_image(*a, **k):  # an input's pixels are in memory from here…
-        result = real_read(*a, **k)
+    def load(self):  # an input's bytes (then its pixels) are in memory from here…
+        result = real_load(self)
         with lock:
             live[0] += 1
             peak[0] = max(peak[0], live[0])
@@ -202,7 +202,7 @@ def test_images_in_flight_are_bounded(tmp_path, models, slow_sr, monkeypatch, wo
             live[0] -= 1
         real_done(self)
 
-    monkeypatch.setattr(pipeline.steps, "read_image", read_image)
+    monkeypatch.setattr(ImageJob, "load", load)
     monkeypatch.setattr(ImageJob, "done_with_lr", done_with_lr)
     drop, out = _drop(tmp_path / "drop", 10), tmp_path / "out"
     rows, _ = _run(drop, out, models, "run", workers=workers, lookahead=lookahead)
