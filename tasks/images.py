@@ -2,15 +2,23 @@
 
 :func:`process` runs a drop's images through the pipeline's streamed steps and adds what users see in the
 Prefect UI: one ``image <stem>`` task run per image that needed work (Failed, with its error, when the
-image failed; the others go on), a progress artifact, and a warning per failed image. The device thread
-holds one slot of the ``gpu`` global concurrency limit while it runs model calls, so two runs on one
-machine never share a GPU by accident.
+image failed; the others go on), a progress artifact, and one log line per failed image: a WARNING without
+a traceback when desra expected the failure (a :class:`~desra_core.DesraError`: bad input, a size limit…),
+an ERROR with the traceback when it did not (a bug, or an environment fault such as a full disk). Names and
+errors in those texts pass through :func:`pipeline.text.inert`. The device thread holds one slot of the
+``gpu`` global concurrency limit while it runs model calls, so two runs on one machine never share a GPU
+by accident.
 """
 
+import logging
+import threading
 from collections.abc import Callable
+from typing import ClassVar
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.context import TaskRunContext
+from prefect.states import Failed
 
 from desra_core import DesraError
 from pipeline.drop import drop_items
@@ -18,22 +26,51 @@ from pipeline.models import Models
 from pipeline.settings import Settings
 from pipeline.steps import Item, Run
 from pipeline.stream import Device, process_images
+from pipeline.text import inert
 from tasks.models import gpu_slot
 from tasks.progress import Progress
 
-__all__ = ["ImageFailed", "process"]
+__all__ = ["ImageFailureLogged", "process"]
 
 
-class ImageFailed(DesraError):
-    """An image of the run failed; its row (with the reason) is in the run report."""
+class ImageFailureLogged(logging.Filter):
+    """Drops Prefect's own ERROR records of a failed image task run ("Task run failed with state: Failed(…)",
+    with an empty traceback, then "Finished in state Failed(…)"): :func:`process` logs that failure once
+    itself, with the image's name and, for a bug, the bug's own traceback. Every other record passes.
+    Installed on the ``prefect.task_runs`` logger when this module is imported."""
+
+    _lock: ClassVar[threading.Lock] = threading.Lock()
+    _failed: ClassVar[set[str]] = set()  # ids of image task runs that returned a Failed state
+
+    @classmethod
+    def add(cls, task_run_id: str) -> None:
+        with cls._lock:
+            cls._failed.add(task_run_id)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        task_run_id = getattr(record, "task_run_id", None)
+        if record.levelno < logging.ERROR or task_run_id not in self._failed:
+            return True
+        if str(record.msg).startswith("Finished in state"):  # the engine's last word on the task run
+            with self._lock:
+                self._failed.discard(task_run_id)
+        return False
+
+
+_TASK_RUN_LOGGER = logging.getLogger("prefect.task_runs")
+if not any(isinstance(f, ImageFailureLogged) for f in _TASK_RUN_LOGGER.filters):
+    _TASK_RUN_LOGGER.addFilter(ImageFailureLogged())
 
 
 @task(name="image", cache_policy=NO_CACHE, persist_result=False, task_run_name="image {stem}", retries=0)
-def image_task(stem: str, work: Callable[[], dict]) -> dict:
-    """One image through every step; Failed (with the image's error) when the image failed."""
+def image_task(stem: str, work: Callable[[], dict]):
+    """One image through every step; a ``Failed`` state (the image's error its message) when the image
+    failed, returned rather than raised: :func:`process` logs the failure once (:class:`ImageFailureLogged`),
+    with the bug's own traceback when there is one. ``stem`` only names the task run."""
     row = work()
     if row.get("status") != "ok":
-        raise ImageFailed(row.get("error") or "failed")
+        ImageFailureLogged.add(str(TaskRunContext.get().task_run.id))
+        return Failed(message=inert(row.get("error") or "failed"))
     return row
 
 
@@ -44,16 +81,16 @@ def _as_task(item: Item, work: Callable[[], dict]) -> dict:
         done["row"] = work()
         return done["row"]
 
-    image_task(item.stem, body, return_state=True)
+    image_task(inert(item.stem), body, return_state=True)
     if "row" not in done:  # the task could not even start its work
         raise DesraError(f"the task run of image {item.stem} ended before its work started")
     return done["row"]
 
 
 def process(settings: Settings, input_dir: str, output_dir: str, run_id: str, stems: list[str] | None = None,
-            progress: Progress | None = None, share: tuple[float, float] = (0.0, 100.0)) -> list[dict]:
+            progress: Progress | None = None) -> list[dict]:
     """Every image of ``input_dir`` (or only ``stems``), streamed through the pipeline; one row per image.
-    ``progress`` moves from ``share[0]`` to ``share[1]`` percent as images finish."""
+    ``progress`` moves from 0 to 100 percent as images finish."""
     logger = get_run_logger()
     items = drop_items(input_dir, stems, settings.labels_dir)
     models = Models(settings)
@@ -63,9 +100,13 @@ def process(settings: Settings, input_dir: str, output_dir: str, run_id: str, st
     def on_row(row: dict) -> None:
         finished[0] += 1
         if row.get("status") != "ok":
-            logger.warning("%s failed: %s", row["stem"], row.get("error"))
+            bug = row.pop("traceback", None)  # not a DesraError: the one case that earns a traceback
+            if bug is None:
+                logger.warning("%s failed: %s", inert(row["stem"]), inert(row.get("error")))
+            else:
+                logger.error("%s failed: %s\n%s", inert(row["stem"]), inert(row.get("error")), bug)
         if progress is not None and items:
-            progress.update(share[0] + (share[1] - share[0]) * finished[0] / len(items))
+            progress.update(100.0 * finished[0] / len(items))
 
     device = Device(slot=lambda: gpu_slot(models.device))
     try:

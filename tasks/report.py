@@ -1,6 +1,9 @@
 """The run report in the Prefect UI: ``runs/<run>.parquet`` and ``report.html`` (written by
 :func:`pipeline.report.write_run_files`, as every entry point does), a table artifact of the run's images
-(failures and worst artifacts first) and a summary artifact that links to the review page."""
+(failures and worst artifacts first) and a summary artifact that links to the review page.
+
+The Prefect UI renders both artifacts as markdown (each table cell too), so every name, path and error in
+them passes through :func:`pipeline.text.inert`: a file name cannot add a line, a heading, a link or HTML."""
 
 from pathlib import Path
 
@@ -10,6 +13,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from pipeline.report import IMAGE_COLUMNS, frame, write_run_files
+from pipeline.text import inert
 
 __all__ = ["write_run_report"]
 
@@ -22,25 +26,27 @@ def write_run_report(rows: list[dict], output_dir: str, run_id: str, run_numbers
     ranked = table.assign(_failed=table["status"] != "ok").sort_values(
         ["_failed", "artifact_fraction"], ascending=[False, False], na_position="last")
     create_table_artifact(
-        table=[{"image": r.stem, "status": r.status, "artifact %": None if pd.isna(r.artifact_fraction)
+        table=[{"image": inert(r.stem), "status": inert(r.status), "artifact %": None if pd.isna(r.artifact_fraction)
                 else round(100 * r.artifact_fraction, 3), "regions": None if pd.isna(r.region_count)
-                else int(r.region_count), "error": r.error or ""} for r in ranked.itertuples()],
+                else int(r.region_count), "error": inert(r.error) if isinstance(r.error, str) else ""}
+               for r in ranked.itertuples()],
         key="desra-images", description="Images of this run, failures and worst artifacts first")
     ok = int((table["status"] == "ok").sum())
     failed = len(table) - ok
     flagged = int((table["region_count"].fillna(0) > 0).sum())
-    lines = [f"# desra run `{run_id}`", "",
+    lines = [f"# desra run {inert(run_id)}", "",
              f"* images: {len(table)} ({ok} ok, {failed} failed)",
              f"* with artifacts: {flagged}",
              f"* from the store (no model work): {int(table['cached'].fillna(False).sum())}",
-             f"* output: `{Path(output_dir).resolve()}` (`masks/`, `pseudo_gt/`, `sr/`, `reports/`)",
-             f"* run report: `{path.resolve()}`"]
-    if isinstance(page, Path):
-        lines.append(f"* review page: [report.html]({page.resolve().as_uri()}) (`{page.resolve()}`)")
+             f"* output: {inert(Path(output_dir).resolve())} (`masks/`, `pseudo_gt/`, `sr/`, `reports/`)",
+             f"* run report: {inert(path.resolve())}"]
+    if isinstance(page, Path):  # as_uri() percent-encodes every character that could end the link
+        lines.append(f"* review page: [report.html]({page.resolve().as_uri()}) ({inert(page.resolve())})")
     else:  # e.g. a full disk: the reports above are written; the page is a view of them
-        get_run_logger().warning("could not write the review page: %s", page)
-        lines.append(f"* review page: not written ({page})")
+        get_run_logger().warning("could not write the review page: %s", inert(page))
+        lines.append(f"* review page: not written ({inert(page)})")
     if failed:
-        lines += ["", "## Failed", ""] + [f"* `{r.stem}`: {r.error}" for r in ranked.itertuples() if r.status != "ok"]
+        lines += ["", "## Failed", ""] + [f"* {inert(r.stem)}: {inert(r.error)}" for r in ranked.itertuples()
+                                          if r.status != "ok"]
     create_markdown_artifact("\n".join(lines), key="desra-summary", description="desra run summary")
     return str(path)
