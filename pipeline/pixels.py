@@ -1,13 +1,15 @@
 """Store images kept in memory between the steps of one worker process.
 
-The steps of a batch hand each other store paths, never pixels (Prefect results stay small records).
-Without this module the detect step would decode the PNGs that the SR steps had just encoded, and the
-pseudo-GT step would decode them once more: for small images that is most of the cost of orchestration.
+Within one image, the steps of :class:`pipeline.steps.ImageJob` hand each other arrays in memory; what
+is reached by path instead (a store entry a later step or run reads back, a published file the review
+page reads) would be decoded again from the PNG just encoded: for small images that is most of the cost
+of orchestration.
 :func:`write_image` writes a store image and keeps its pixels; :func:`read_pixels` and
 :func:`read_mask` return them while they are cached, else read the file.
 
-Entries are found by the file's identity (device and inode), so a published hard link of a store file
-(``sr/gan/<stem>.png``) finds its pixels too. A cached entry is trusted only while the file still has
+Entries are found by the file's identity (device and inode), so a hard link of a store file finds its
+pixels too; a published copy (``sr/gan/<stem>.png``) finds them once :func:`alias` has named it. A
+cached entry is trusted only while the file still has
 the size and modification time it had when it was written, so a file replaced or removed on disk is read
 again (or fails as it would without the cache). Arrays handed out are read-only. The cache holds at most
 ``DESRA_PIXEL_CACHE_MB`` megabytes (default 1024; ``0`` turns it off), least recently used first out.
@@ -22,13 +24,14 @@ import numpy as np
 
 from desra_core import image as io
 
-__all__ = ["clear", "read_mask", "read_pixels", "write_image", "write_mask"]
+__all__ = ["alias", "clear", "read_mask", "read_pixels", "write_image", "write_mask"]
 
 
 class _Cache:
     def __init__(self) -> None:
         self._entries: OrderedDict[tuple[int, int, str], tuple[tuple[int, int], np.ndarray]] = OrderedDict()
         self._bytes = 0
+        self._refs: dict[int, int] = {}  # id(array) → entries holding it: an array's bytes count once
         self._lock = threading.Lock()
 
     @staticmethod
@@ -42,13 +45,32 @@ class _Cache:
         st = os.stat(path)
         frozen = array.copy()
         frozen.flags.writeable = False
-        key = (st.st_dev, st.st_ino, kind)
         with self._lock:
-            self._drop(key)
-            self._entries[key] = ((st.st_size, st.st_mtime_ns), frozen)
-            self._bytes += frozen.nbytes
-            while self._bytes > budget:
-                self._drop(next(iter(self._entries)))
+            self._add((st.st_dev, st.st_ino, kind), (st.st_size, st.st_mtime_ns), frozen, budget)
+
+    def _add(self, key: tuple[int, int, str], stamp: tuple[int, int], array: np.ndarray, budget: int) -> None:
+        self._drop(key)
+        self._entries[key] = (stamp, array)
+        self._refs[id(array)] = self._refs.get(id(array), 0) + 1
+        if self._refs[id(array)] == 1:
+            self._bytes += array.nbytes
+        while self._bytes > budget:
+            self._drop(next(iter(self._entries)))
+
+    def alias(self, source: Path, copy: Path) -> None:
+        """Let ``copy`` (a byte-for-byte copy of ``source``) share ``source``'s cached arrays."""
+        try:
+            src, dst = os.stat(source), os.stat(copy)
+        except OSError:
+            return
+        if src.st_size != dst.st_size:
+            return
+        with self._lock:
+            for kind in ("rgb", "mask"):
+                entry = self._entries.get((src.st_dev, src.st_ino, kind))
+                if entry is not None and entry[0] == (src.st_size, src.st_mtime_ns):
+                    self._add((dst.st_dev, dst.st_ino, kind), (dst.st_size, dst.st_mtime_ns), entry[1],
+                              self.budget())
 
     def get(self, path: Path, kind: str) -> np.ndarray | None:
         try:
@@ -69,11 +91,15 @@ class _Cache:
     def _drop(self, key: tuple[int, int, str]) -> None:
         entry = self._entries.pop(key, None)
         if entry is not None:
-            self._bytes -= entry[1].nbytes
+            self._refs[id(entry[1])] -= 1
+            if not self._refs[id(entry[1])]:
+                del self._refs[id(entry[1])]
+                self._bytes -= entry[1].nbytes
 
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+            self._refs.clear()
             self._bytes = 0
 
 
@@ -103,6 +129,13 @@ def read_mask(path: str | Path) -> np.ndarray:
     """``bool (H, W)`` mask (:func:`desra_core.image.read_mask`), read-only when cached."""
     cached = _CACHE.get(Path(path), "mask")
     return cached if cached is not None else io.read_mask(path)
+
+
+def alias(source: str | Path, copy: str | Path) -> None:
+    """``copy`` was just copied from the store file ``source``: serve its pixels from ``source``'s cached
+    arrays too (one array, counted once against the budget). Nothing happens when ``source`` is not
+    cached or either file has changed since."""
+    _CACHE.alias(Path(source), Path(copy))
 
 
 def clear() -> None:

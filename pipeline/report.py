@@ -7,7 +7,8 @@ Layout under ``output_dir``::
                                 without a region when the image is clean or failed
     runs/<run>.parquet          one row per image of a run; read the folder as one dataset:
                                 ``pandas.read_parquet(output_dir / "runs")``
-    report.html                 the run's review page
+    report.html                 the run's review page; a large run's further pages are report-2.html…
+    report-files/               the review pages' preview pictures (named by their content)
 
 Every entry point writes these with the same columns and types (:data:`IMAGE_COLUMNS`,
 :data:`REGION_COLUMNS`). Each image's row carries its timeline: ``<step>_started_at`` and
@@ -17,7 +18,6 @@ the store.
 
 import functools
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -44,18 +44,13 @@ IMAGE_COLUMNS = [
 REGION_COLUMNS = ["region_id", "x", "y", "w", "h", "area", "classes", "mean_adjusted"]
 
 
-def _link(src: str, dst: Path) -> None:
-    """Publish a store file under a stable name, atomically (hard link when possible, else copy)."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    try:
-        try:
-            os.link(src, tmp)
-        except OSError:
-            shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
+def _publish(src: str, dst: Path) -> None:
+    """Publish a store file under a stable name: an atomic copy (never a hard link, so that editing the
+    published file in place cannot change the store entry that later runs trust; an object store would copy
+    too). The copy shares the store file's cached pixels (:func:`pipeline.pixels.alias`)."""
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
+    pixels.alias(src, dst)
 
 
 _INTS = {"region_count", "height", "width", "min_area", "region_id", "x", "y", "w", "h", "area"}
@@ -109,14 +104,14 @@ def is_published(output_dir: str, stem: str, keys: dict) -> bool:
 
 def publish_image(row: dict, files: dict[str, str], regions: list[dict], output_dir: str,
                   keys: dict | None = None) -> dict:
-    """Link the image's store entries to ``masks/``, ``pseudo_gt/``, ``sr/…``, ``labels/`` and write
+    """Copy the image's store entries to ``masks/``, ``pseudo_gt/``, ``sr/…``, ``labels/`` and write
     ``reports/<stem>.parquet``. ``files`` maps a folder (e.g. ``"masks"``, ``"sr/mse"``) to a store path.
     ``keys`` (the store keys it came from) are recorded last, so a later run can skip an image whose
     published outputs are current."""
     out = Path(output_dir)
     stem = row["stem"]
     for folder, src in files.items():
-        _link(src, out / folder / f"{stem}.png")
+        _publish(src, out / folder / f"{stem}.png")
     image = {k: row.get(k) for k in IMAGE_COLUMNS}
     rows = [{**image, "region_id": r["id"], **{k: r[k] for k in REGION_COLUMNS[1:]}} for r in regions]
     _write_parquet(rows or [image], IMAGE_COLUMNS + REGION_COLUMNS, out / "reports" / f"{stem}.parquet")

@@ -25,14 +25,16 @@ from pathlib import Path
 
 from desra_core.errors import ConfigError
 
-__all__ = ["PATH_PARAMETERS", "ROOTS_VARIABLE", "Roots", "check_confined", "model_path", "parse_roots",
-           "registered_roots", "resolve", "run_paths", "segmenter_path"]
+__all__ = ["INPUT_PARAMETERS", "PATH_PARAMETERS", "ROOTS_VARIABLE", "Roots", "check_apart", "check_confined",
+           "model_path", "parse_roots", "registered_roots", "resolve", "run_paths", "segmenter_path"]
 
 ROOTS_VARIABLE = "DESRA_ALLOWED_ROOTS"
 # Run parameters that name a folder or file, in the order they are checked (and named in a refusal).
 PATH_PARAMETERS = ("input_dir", "output_dir", "labels_dir", "mse_model", "gan_model", "segmenter", "validate_dir",
-                   "validate_labels_dir")
+                   "validate_labels_dir", "vgg_weights", "discriminator")
 _MODEL_PARAMETERS = ("mse_model", "gan_model")
+# Folders that a run reads images from: none of them may overlap the output root (see check_apart).
+INPUT_PARAMETERS = ("input_dir", "labels_dir", "validate_dir", "validate_labels_dir")
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 _BACKEND = re.compile(r"([A-Za-z_][\w.-]+):(.+)")  # "backend:id_or_path", as load_segmenter reads it
 
@@ -140,3 +142,37 @@ def check_confined(paths: Mapping[str, str], roots: Roots, *,
         shown = value if str(target) == value else f"{value} (resolves to {target})"
         hint = "" if roots.source == ROOTS_VARIABLE else f"; set {ROOTS_VARIABLE} on the worker to allow other folders"
         raise ConfigError(f"expected {name} inside the allowed roots, {roots.describe()}, got {shown}{hint}")
+
+
+def check_apart(paths: Mapping[str, str | None]) -> None:
+    """Refuse a run whose output root and an input folder (``input_dir``, ``labels_dir``, ``validate_dir``,
+    ``validate_labels_dir``; parameter name → path, ``None`` or empty: not given) overlap: one is the other
+    or lies inside it, compared after symbolic links and ``..`` by whole path components.
+
+    An output root inside the drop would put the store (``.desra/store``, which later runs trust) where the
+    drop's writers can edit it; a drop inside the output root would be read back as images. The roots of
+    :func:`check_confined` are pooled over all parameters, so they cannot catch this. Reads nothing.
+
+    Raises:
+        ConfigError: naming both parameters and both paths.
+    """
+    output = paths.get("output_dir")
+    if not output:
+        return
+    out = resolve(output)
+    for name in INPUT_PARAMETERS:
+        value = paths.get(name)
+        if not value:
+            continue
+        folder = resolve(value)
+        if out == folder:
+            relation = f"is the same folder as {name} {value}"
+        elif folder in out.parents:
+            relation = f"lies inside {name} {value}"
+        elif out in folder.parents:
+            relation = f"contains {name} {value}"
+        else:
+            continue
+        shown = output if str(out) == output else f"{output} (resolves to {out})"
+        raise ConfigError(f"expected output_dir apart from {name}, neither inside the other, got output_dir {shown}, "
+                          f"which {relation}; choose an output root outside the folders that a run reads")

@@ -27,6 +27,8 @@ from prefect.states import Failed
 
 from desra_core import ConfigError, DesraError, ModelLoadError
 from desra_core.models.weights import KNOWN_WEIGHTS, cache_dir
+from pipeline.drop import admit_folder
+from pipeline.leftovers import LOCK_NAME, attend
 from pipeline.models import (
     SEG_VERSION,
     SR_VERSION,
@@ -36,12 +38,21 @@ from pipeline.models import (
     segmenter_id,
 )
 from pipeline.models import load_segmenter_cached as _segmenter
-from pipeline.roots import ROOTS_VARIABLE, Roots, check_confined, parse_roots, registered_roots, run_paths
+from pipeline.roots import (
+    ROOTS_VARIABLE,
+    Roots,
+    check_apart,
+    check_confined,
+    parse_roots,
+    registered_roots,
+    run_paths,
+)
 from pipeline.settings import Settings
 from pipeline.store import Store, step_key
+from pipeline.text import inert
 
-__all__ = ["ReturnedFailedState", "admit", "allowed_roots", "check_device", "confine", "ensure_output_root",
-           "preflight", "refuse"]
+__all__ = ["ReturnedFailedState", "admit", "admit_folders", "allowed_roots", "check_device", "confine",
+           "ensure_output_root", "preflight", "refuse"]
 
 
 class ReturnedFailedState(logging.Filter):
@@ -132,11 +143,22 @@ def ensure_output_root(output_dir: str) -> Path:
     return root
 
 
+def _attend(output_dir: str) -> list[Path]:
+    """:func:`pipeline.leftovers.attend`: this process works in the output root from now on, and the
+    temporary files that killed runs left there go (all of them when no other run works there)."""
+    try:
+        return attend(output_dir)
+    except OSError as e:
+        raise ConfigError(f"expected an output root where desra can lock {LOCK_NAME}, got {e.strerror or e} "
+                          f"for {output_dir}") from None
+
+
 @task(name="preflight", cache_policy=NO_CACHE, persist_result=False)
 def preflight(mse_model: str, gan_model: str, segmenter: str | None, output_dir: str, device: str = "auto") -> dict:
     """Every check a run makes before it touches an image, in this order: the device; both SR models
     (loaded on the CPU, same scale; see :func:`pipeline.models.check_models`); the segmenter, when there is one
-    (loaded on the run's device, its ADE20K class order checked); the output root (created, written).
+    (loaded on the run's device, its ADE20K class order checked); the output root (created, written; the
+    temporary files that killed runs left there are removed, see :mod:`pipeline.leftovers`).
 
     The verdict on the models and the segmenter is remembered in the output root's store by the files'
     digests (and the segmenter's id, or its folder's digest), so a re-run does not load them again.
@@ -156,16 +178,19 @@ def preflight(mse_model: str, gan_model: str, segmenter: str | None, output_dir:
             if segmenter:
                 _segmenter(segmenter, resolved)
         ensure_output_root(output_dir)
+        swept = _attend(output_dir)
         if fresh:
             store.write_json("preflight", key, verdict)
     except DesraError as e:
         return {"refusal": str(e), "kind": type(e).__name__}
-    return {"refusal": None, "device": resolved, **verdict}
+    return {"refusal": None, "device": resolved, "swept": len(swept), **verdict}
 
 
 def refuse(error: DesraError | str, kind: str | None = None):
-    """Log an expected refusal at WARNING (no traceback) and return the run's ``Failed`` state."""
+    """Log an expected refusal at WARNING (no traceback) and return the run's ``Failed`` state; the paths it
+    names pass through :func:`pipeline.text.inert`."""
     message, kind = (error, kind) if isinstance(error, str) else (str(error), type(error).__name__)
+    message = inert(message)
     prefix = "refused the models" if kind == ModelLoadError.__name__ else "refused"
     get_run_logger().warning("%s: %s", prefix, message)
     return Failed(message=f"{prefix}: {message}")
@@ -174,18 +199,47 @@ def refuse(error: DesraError | str, kind: str | None = None):
 def admit(*, input_dir: str, output_dir: str, more_paths: dict[str, str | None] | None = None,
           **options) -> tuple[Settings | None, State | None]:
     """What every flow does first, before it reads or creates anything: :func:`confine` its paths (and
-    ``more_paths``), validate ``options`` (the flow's settings parameters) into one :class:`Settings`, then
+    ``more_paths``) and refuse an output root that overlaps an input folder (:func:`pipeline.roots.check_apart`),
+    validate ``options`` (the flow's settings parameters) into one :class:`Settings`, then
     the :func:`preflight` checks. Returns ``(settings, None)`` when the run may go on, else ``(None, the
     Failed state to return)`` (logged by :func:`refuse`). A segmenter is ignored when label maps are given."""
     labels_dir = options.get("labels_dir") or None
     try:
-        confine(dict(input_dir=input_dir, output_dir=output_dir, labels_dir=labels_dir,
+        paths = dict(input_dir=input_dir, output_dir=output_dir, labels_dir=labels_dir,
                      mse_model=options.get("mse_model"), gan_model=options.get("gan_model"),
-                     segmenter=None if labels_dir else options.get("segmenter") or None, **(more_paths or {})))
+                     segmenter=None if labels_dir else options.get("segmenter") or None, **(more_paths or {}))
+        confine(paths)
+        check_apart(paths)
         settings = Settings.from_options(**options)
     except DesraError as e:
         return None, refuse(e)
     verdict = preflight(settings.mse_model, settings.gan_model, settings.segmenter_in_use, output_dir, settings.device)
     if verdict["refusal"] is not None:
         return None, refuse(verdict["refusal"], verdict["kind"])
+    if verdict["swept"]:
+        get_run_logger().info("removed %d temporary file(s) that killed runs left in %s", verdict["swept"],
+                              output_dir)
+    try:
+        admit_folders({"input_dir": input_dir, "labels_dir": labels_dir,
+                       **{k: v for k, v in (more_paths or {}).items() if k in _FOLDER_PARAMETERS}})
+    except DesraError as e:
+        return None, refuse(e)
     return settings, None
+
+
+_FOLDER_PARAMETERS = ("validate_dir", "validate_labels_dir")
+
+
+def admit_folders(folders: dict[str, str | None]) -> None:
+    """Open a run's input folders once (parameter name → path; ``None`` skipped) and check on each open
+    descriptor that it lies inside the allowed roots: the run lists them through these descriptors
+    (:func:`pipeline.drop.admit_folder`), so a folder swapped for a link after :func:`confine` is refused,
+    never listed.
+
+    Raises:
+        InputImageError: a folder is missing or unreadable. ConfigError: one lies outside the roots.
+    """
+    roots = allowed_roots()
+    for name, path in folders.items():
+        if path:
+            admit_folder(path, roots, name)

@@ -110,7 +110,7 @@ class DiskFull:
                     raise OSError(errno.ENOSPC, ENOSPC_MESSAGE, str(target))
 
         # atomic_write_bytes and write_image look atomic_path up in desra_core.image; the pipeline imported it.
-        for module in (desra_core.image, pipeline.report, pipeline.store):
+        for module in (desra_core.image, pipeline.report):
             monkeypatch.setattr(module, "atomic_path", atomic_path)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import pytest
 from flows.batch import desra_batch
 from flows.finetune import finetune
 from flows.full import desra
-from tests.conftest import file_tree
+from tests.conftest import file_tree, unavailable
 from tests.core.models.test_segmentation import ADE, CITYSCAPES, _save_tiny
 from tests.flows.conftest import write_lr
 
@@ -198,17 +199,27 @@ def test_an_output_root_that_cannot_be_created_is_one_sentence(tmp_path, drop, t
     assert counted["upscale"] == 0
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder anyway")
 def test_an_output_root_that_cannot_be_written_is_one_sentence(tmp_path, drop, tiny_models, prefect_logs):
     out = tmp_path / "read-only"
     out.mkdir()
-    out.chmod(0o555)
+    if os.geteuid() != 0:  # a folder without write permission
+        out.chmod(0o555)
+        reason = "Permission denied"
+    else:  # root writes into any folder: a read-only file system stops it
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "desra-ro", str(out)],
+                              capture_output=True, text=True, timeout=30)
+        if done.returncode != 0:
+            unavailable(f"cannot mount a read-only tmpfs as root: {done.stderr.strip()}")
+        reason = "Read-only file system"
     try:
         state = _run(drop, out, tiny_models)
     finally:
-        out.chmod(0o755)
-    assert_refused_quietly(state, prefect_logs, f"expected an output root that can be written, got Permission "
-                                                f"denied for {out}")
+        if os.geteuid() == 0:
+            subprocess.run(["umount", str(out)], check=True, timeout=30)
+        else:
+            out.chmod(0o755)
+    assert_refused_quietly(state, prefect_logs, f"expected an output root that can be written, got {reason} "
+                                                f"for {out}")
 
 
 @pytest.mark.parametrize("device, expected", [
@@ -334,3 +345,60 @@ def test_under_the_worker_entry_point_a_refusal_logs_no_traceback(tmp_path, drop
 
     assert not ReturnedFailedState().filter(record(FailedRun("refused: …")))
     assert ReturnedFailedState().filter(record(ZeroDivisionError("a bug")))  # a bug keeps its traceback
+
+
+# -- issue 16: the output root apart from the folders a run reads ------------------------------------------
+
+def _overlap_cases(tmp_path: Path) -> dict[str, tuple[dict, str]]:
+    """Case → (parameter overrides, the words of the refusal)."""
+    drop = tmp_path / "drop"
+    (tmp_path / "drop-link").symlink_to(drop)
+    return {
+        "output_dir inside input_dir": ({"output_dir": str(drop / "out")},
+                                        f"lies inside input_dir {drop}"),
+        "output_dir inside input_dir via a symlink": ({"output_dir": str(tmp_path / "drop-link" / "out")},
+                                                      f"(resolves to {drop / 'out'}), which lies inside input_dir"),
+        "input_dir inside output_dir": ({"output_dir": str(tmp_path)}, f"which contains input_dir {drop}"),
+        "the same folder": ({"output_dir": f"{drop}/../drop"}, "which is the same folder as input_dir"),
+        "labels_dir inside output_dir": ({"output_dir": str(tmp_path / "out"),
+                                          "labels_dir": str(tmp_path / "out" / "labels")},
+                                         f"which contains labels_dir {tmp_path / 'out' / 'labels'}"),
+    }
+
+
+@pytest.mark.parametrize("case", ["output_dir inside input_dir", "output_dir inside input_dir via a symlink",
+                                  "input_dir inside output_dir", "the same folder", "labels_dir inside output_dir"])
+@pytest.mark.parametrize("flow", ["desra", "desra-batch", "finetune"])
+def test_an_output_root_overlapping_an_input_folder_is_refused_before_anything_is_created(
+        tmp_path, drop, tiny_models, counted, prefect_logs, case, flow):
+    override, words = _overlap_cases(tmp_path)[case]
+    (tmp_path / "out" / "labels").mkdir(parents=True)
+    params = {**_params(tmp_path, tiny_models), **override}
+    if flow == "finetune":
+        params.update(iterations=1, batch=1, crop=16)
+    run = {"desra": desra, "desra-batch": desra_batch, "finetune": finetune}[flow]
+    before = file_tree(tmp_path)
+    state = run(**params, return_state=True)
+    name = "labels_dir" if "labels_dir" in override else "input_dir"
+    assert_refused_quietly(state, prefect_logs, f"expected output_dir apart from {name}, neither inside the other, "
+                           "got output_dir ", words, "; choose an output root outside the folders that a run reads")
+    assert counted["upscale"] == 0 and counted["detect"] == 0
+    assert file_tree(tmp_path) == before  # not even the output root or its store
+
+
+def test_folders_that_only_share_a_name_prefix_do_not_overlap(tmp_path, drop, tiny_models):
+    state = desra(**_params(tmp_path, tiny_models, output_dir=f"{drop}2"), return_state=True)  # …/drop2
+    assert state.is_completed(), state.message
+
+
+def test_desra_run_refuses_an_output_root_inside_the_drop(tmp_path, drop, tiny_models, capsys):
+    from desra.cli import main
+
+    code = main(["run", str(drop), "--out", str(drop / "out"), "--mse-model", tiny_models[0],
+                 "--gan-model", tiny_models[1], "--no-semantic"])
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert (f"desra run: Failed: refused: expected output_dir apart from input_dir, neither inside the other, got "
+            f"output_dir {drop / 'out'}, which lies inside input_dir {drop}; choose an output root outside the "
+            "folders that a run reads") in out
+    assert "Traceback" not in out + err and not (drop / "out").exists()

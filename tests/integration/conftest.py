@@ -39,7 +39,7 @@ WORKER_NAMES = ("desra-it-a", "desra-it-b")
 WORKER_LIMIT = 2  # the desra/full run holds one slot while its desra-batch runs need the others
 POOL_LIMIT = 2 * WORKER_LIMIT  # `desra deploy --pool-limit`: one per worker slot
 HEARTBEAT_SECONDS = 30  # desra's flow-run heartbeat (desra.automations.HEARTBEAT_SECONDS)
-SERVER_START_TIMEOUT = 90.0
+SERVER_START_TIMEOUT = 180.0  # a cold start takes ~10 s here, far longer when the 2 cores are busy
 CLI_TIMEOUT = 180.0
 UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 

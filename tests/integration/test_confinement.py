@@ -192,3 +192,24 @@ def test_without_the_variable_a_deployment_is_confined_to_its_registered_folders
         assert run.state.message.endswith("; set DESRA_ALLOWED_ROOTS on the worker to allow other folders")
     assert file_tree(tmp_path) == before and not out.exists()
     assert sorted(p.name for p in registered["root"].iterdir()) == ["drop", "out"]  # no out2, no elsewhere
+
+
+def test_a_drop_event_whose_output_root_lies_inside_the_drop_is_refused(stack: Stack, tmp_path):
+    """Issue 16: the allowed roots are pooled over the parameters, so an output root inside the drop passed
+    confinement and put the store where the drop's writers can edit it; the output root must lie apart."""
+    drop = tmp_path / "drop"
+    make_drop(drop, 2, seed=70)
+    payload = {"folder": str(drop), "output_dir": str(drop / "out")}
+    before = file_tree(tmp_path)
+    known = {r.id for r in _on_drop_runs(stack)}
+    stack.cli("event", "emit", "desra.drop.landed", "--resource-id", "desra.drop.overlap",
+              "--payload", json.dumps(payload))
+    (new,) = stack.wait_for("the desra/on-drop run of the event",
+                            lambda: [r for r in _on_drop_runs(stack) if r.id not in known], 60)
+    run = wait_final(stack, new.id)
+    assert run.state.is_failed(), (run.state.name, run.state.message, stack.run_logs(run.id))
+    assert run.state.message == (f"refused: expected output_dir apart from input_dir, neither inside the other, got "
+                                 f"output_dir {drop / 'out'}, which lies inside input_dir {drop}; choose an output "
+                                 "root outside the folders that a run reads"), run.state.message
+    assert task_runs(stack, run.id) == [], "a refused run started tasks"
+    assert file_tree(tmp_path) == before and not (drop / "out").exists()

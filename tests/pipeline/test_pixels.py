@@ -87,3 +87,21 @@ def test_the_budget_evicts_least_recently_used(tmp_path, monkeypatch):
     pixels.clear()
     pixels.write_image(paths[0], rgb(0))
     assert pixels.read_pixels(paths[0]) is not pixels.read_pixels(paths[0])
+
+
+def test_a_published_copy_shares_the_cached_array_and_counts_once(tmp_path, monkeypatch):
+    import shutil
+
+    image = rgb(5)
+    monkeypatch.setenv("DESRA_PIXEL_CACHE_MB", str(1.5 * image.nbytes / 2**20))  # room for one array only
+    pixels.write_image(tmp_path / "store.png", image)
+    shutil.copyfile(tmp_path / "store.png", tmp_path / "published.png")
+    pixels.alias(tmp_path / "store.png", tmp_path / "published.png")
+    served = pixels.read_pixels(tmp_path / "published.png")
+    assert served is pixels.read_pixels(tmp_path / "store.png")  # one array, both names, nothing evicted
+    assert np.array_equal(served, read_image(tmp_path / "published.png").pixels)
+    plain_write(tmp_path / "published.png", rgb(6))  # the copy edited: read from disk, the store's stays
+    st = (tmp_path / "published.png").stat()
+    os.utime(tmp_path / "published.png", ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    assert np.array_equal(pixels.read_pixels(tmp_path / "published.png"), rgb(6))
+    assert pixels.read_pixels(tmp_path / "store.png") is served
