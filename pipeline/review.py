@@ -1,10 +1,15 @@
-"""A self-contained HTML review page of a run: ``report.html``, worst images first.
+"""The HTML review pages of a run: ``report.html`` and, for a large run, ``report-2.html``, ``report-3.html``…,
+worst images first.
 
-The page needs nothing but the file itself: every picture is an embedded ``data:`` URI, the style sheet
-and the one small script are inline, and a Content-Security-Policy forbids every fetch except ``data:``
-images. Pictures are downscaled previews (panels at most :data:`PANEL_SIDE` pixels on the longest side,
-the before/after comparison at most :data:`COMPARE_SIDE`, JPEG quality :data:`JPEG_QUALITY`) so that a
-run of hundreds of images stays a page a browser opens; each panel links to its full-resolution file.
+Every failure and the worst :data:`PAGE_SIZE` other images are on the first page, the next
+:data:`PAGE_SIZE` on each further page; every page links to all the others, and a page stays a few KB per
+image whatever the run's size. Pictures are downscaled JPEG previews (panels at most :data:`PANEL_SIDE`
+pixels on the longest side, the before/after comparison at most :data:`COMPARE_SIDE`, quality
+:data:`JPEG_QUALITY`) kept as small files in :data:`PICTURE_FOLDER` beside the pages, named by their
+content, and loaded lazily (``loading="lazy"``, with their sizes given so the layout does not move); each
+panel links to its full-resolution file. The style sheet and the one small script are inline, and a
+Content-Security-Policy forbids every fetch except pictures from the page's own origin (opened from disk
+or served from a bucket, the pages and :data:`PICTURE_FOLDER` travel together) and ``data:``.
 
 Per image (``ok`` rows): GAN-SR, MSE-SR, the artifact mask over the GAN-SR image (red tint, outlined
 regions) and the pseudo-GT, side by side, then a GAN-SR / pseudo-GT comparison with a draggable divider
@@ -12,7 +17,8 @@ regions) and the pseudo-GT, side by side, then a GAN-SR / pseudo-GT comparison w
 Viewing works without JavaScript; only the divider needs it.
 
 Array contract: previews are ``uint8 (H, W, 3)`` RGB, masks ``bool (H, W)``. Files are read through
-:mod:`desra_core.image`; the previews are encoded to JPEG in memory for the page.
+:mod:`desra_core.image`. The fine-tuning page (a few validation images) embeds its pictures as ``data:``
+URIs instead and is one self-contained file.
 """
 
 from __future__ import annotations
@@ -24,11 +30,17 @@ import html
 import io
 import math
 import os
-from collections.abc import Callable, Iterable, Mapping
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: page sets written into one folder at once are not kept apart
+    fcntl = None
 
 import cv2
 import numpy as np
@@ -41,13 +53,15 @@ __all__ = [
     "COMPARE_SIDE",
     "JPEG_QUALITY",
     "PAGE_NAME",
+    "PAGE_SIZE",
     "PANEL_SIDE",
+    "PICTURE_FOLDER",
     "mask_overlay",
     "order_rows",
     "prepare_pictures",
     "preview",
     "render_finetune_page",
-    "render_review_page",
+    "render_review_pages",
     "write_finetune_page",
     "write_review_page",
 ]
@@ -58,7 +72,11 @@ PANEL_SIDE = 512
 COMPARE_SIDE = 1024
 """Longest side, in pixels, of the two pictures of the before/after comparison."""
 JPEG_QUALITY = 90
-_FRAGMENT_VERSION = "review-pictures-1"  # change with the pictures' HTML or encoding
+PAGE_SIZE = 100
+"""Images with pictures per page; the first page also shows every failure."""
+PICTURE_FOLDER = "report-files"
+"""The folder beside the pages that holds their preview pictures (``<2 hex>/<content hash>.jpg``)."""
+_FRAGMENT_VERSION = "review-pictures-2"  # change with the pictures' HTML or encoding
 _MIN_COMPARE_DISPLAY = 480  # smaller comparisons are shown enlarged by a whole factor
 
 # Where each panel's file is, by default, under the output folder; a row may name its own files instead
@@ -136,11 +154,32 @@ def _rgb8(pixels: np.ndarray) -> np.ndarray:
     return pixels if pixels.dtype == np.uint8 else to_bit_depth(to_float32(pixels), 8)
 
 
-def _jpeg_uri(pixels: np.ndarray) -> str:
+def _jpeg_bytes(pixels: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(pixels)).save(buffer, format="JPEG", quality=JPEG_QUALITY, subsampling=0,
                                                       optimize=True)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return buffer.getvalue()
+
+
+def _jpeg_uri(pixels: np.ndarray) -> str:
+    """``pixels`` as an embedded ``data:`` URI (the fine-tuning page)."""
+    return "data:image/jpeg;base64," + base64.b64encode(_jpeg_bytes(pixels)).decode("ascii")
+
+
+def _picture_file(pixels: np.ndarray, page_dir: Path) -> str:
+    """``pixels`` encoded into ``page_dir/PICTURE_FOLDER``, named by the encoding's hash, written atomically
+    unless that file is there already; returns its address relative to the pages."""
+    data = _jpeg_bytes(pixels)
+    digest = hashlib.sha256(data).hexdigest()[:32]
+    relative = f"{PICTURE_FOLDER}/{digest[:2]}/{digest}.jpg"
+    target = page_dir / relative
+    try:
+        present = target.stat().st_size == len(data)
+    except OSError:
+        present = False
+    if not present:
+        atomic_write_bytes(target, data)
+    return relative
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -304,22 +343,30 @@ def _load(path: Path | None, reader) -> _Loaded:
         return _Loaded(None, path, str(e) or type(e).__name__)
 
 
-def _figure(panel: str, uri: str | None, loaded: _Loaded, stem: str, page_dir: Path) -> str:
+_LAZY = 'loading="lazy" decoding="async"'
+
+
+def _figure(panel: str, picture: tuple[str, int, int] | None, loaded: _Loaded, stem: str, page_dir: Path) -> str:
+    """One panel: ``picture`` is its preview's address, width and height (None: a placeholder that says
+    why)."""
     title = _PANEL_TITLES[panel]
-    if uri is None:
+    if picture is None:
         body = f'<div class="missing" role="img" aria-label="{_e(title)} unavailable">' \
                f"<span>not available</span><small>{_e(loaded.problem)}</small></div>"
     else:
-        img = f'<img src="{uri}" alt="{_e(title)} of {_e(stem)}" decoding="async">'
+        src, width, height = picture
+        img = f'<img src="{_e(src)}" width="{width}" height="{height}" alt="{_e(title)} of {_e(stem)}" {_LAZY}>'
         href = _href(loaded.path, page_dir) if loaded.path is not None else None
         body = f'<a href="{_e(href)}" title="full resolution: {_e(loaded.path)}">{img}</a>' if href else img
     return f'<figure class="panel">{body}<figcaption>{_e(title)}</figcaption></figure>'
 
 
 def _comparison(gan: np.ndarray, pseudo: np.ndarray, stem: str, side: int,
-                names: tuple[str, str] = ("GAN-SR", "pseudo-GT")) -> str:
+                names: tuple[str, str] = ("GAN-SR", "pseudo-GT"),
+                encode: Callable[[np.ndarray], str] = _jpeg_uri) -> str:
     """GAN-SR (left of the divider) over the pseudo-GT (right), both at one preview size; ``names`` label
-    the two sides (another pair of pictures, e.g. original and fine-tuned model, reuses the slider)."""
+    the two sides (another pair of pictures, e.g. original and fine-tuned model, reuses the slider);
+    ``encode`` turns a picture into its ``src`` (a ``data:`` URI, or a file beside the page)."""
     left_name, right_name = names
     left = preview(gan, side)
     h, w = left.shape[:2]
@@ -331,10 +378,10 @@ def _comparison(gan: np.ndarray, pseudo: np.ndarray, stem: str, side: int,
     return (
         f'<figure class="compare{" compare-zoomed" if zoom > 1 else ""}" data-width="{w}" data-height="{h}">'
         f'<div class="compare-frame">'
-        f'<img class="compare-base" src="{_jpeg_uri(right)}" width="{shown_w}" height="{shown_h}" '
-        f'alt="{_e(right_name[:1].upper() + right_name[1:])} of {_e(stem)}">'
-        f'<div class="compare-top"><img src="{_jpeg_uri(left)}" width="{shown_w}" height="{shown_h}" '
-        f'alt="{_e(left_name[:1].upper() + left_name[1:])} of {_e(stem)}"></div>'
+        f'<img class="compare-base" src="{_e(encode(right))}" width="{shown_w}" height="{shown_h}" '
+        f'alt="{_e(right_name[:1].upper() + right_name[1:])} of {_e(stem)}" {_LAZY}>'
+        f'<div class="compare-top"><img src="{_e(encode(left))}" width="{shown_w}" height="{shown_h}" '
+        f'alt="{_e(left_name[:1].upper() + left_name[1:])} of {_e(stem)}" {_LAZY}></div>'
         f'<span class="compare-tag compare-tag-left" aria-hidden="true">{_e(left_name)}</span>'
         f'<span class="compare-tag compare-tag-right" aria-hidden="true">{_e(right_name)}</span>'
         f'<input class="compare-range" type="range" min="0" max="100" step="0.5" value="50" '
@@ -388,47 +435,70 @@ def _fragment_key(sources: Mapping[str, Path | None], stem: str, page_dir: Path,
     return hashlib.sha256("\0".join(parts).encode("utf-8", "backslashreplace")).hexdigest()
 
 
+def _cached_pictures(cached: Path, page_dir: Path) -> str | None:
+    """A section's cached pictures (its first line lists the picture files it shows, the rest is its HTML),
+    or None when it is absent or one of its picture files has gone."""
+    try:
+        listed, html_text = cached.read_text(encoding="utf-8").split("\n", 1)
+    except (OSError, ValueError):
+        return None
+    base = os.path.join(page_dir, "")  # plain strings: this runs for every image of every page written
+    if not all(os.path.isfile(base + src) for src in listed.split()):
+        return None
+    return html_text
+
+
 def _pictures(row: Mapping, stem: str, output_dir: Path, page_dir: Path, panel_side: int, compare_side: int,
               fragments: Path | None, readers: tuple) -> str:
-    """The four panels and the comparison of one image; with ``fragments`` (a folder), kept there by the
-    identity of their files so that a page written again over unchanged files encodes no picture."""
+    """The four panels and the comparison of one image, their previews written into
+    ``page_dir/PICTURE_FOLDER``; with ``fragments`` (a folder), kept there by the identity of their files so
+    that a page written again over unchanged files encodes no picture."""
     sources = _sources(row, output_dir)
     key = None if fragments is None else _fragment_key(sources, stem, page_dir, (panel_side, compare_side))
     cached = None if key is None else fragments / key[:2] / f"{key}.html"
-    if cached is not None and cached.is_file():
-        return cached.read_text(encoding="utf-8")
-    parts = []
+    if cached is not None:
+        html_text = _cached_pictures(cached, page_dir)
+        if html_text is not None:
+            return html_text
+    parts, written = [], []
 
     def read_rgb8(path: Path) -> np.ndarray:
         return _rgb8(readers[0](path))
 
+    def encode(pixels: np.ndarray) -> str:
+        written.append(_picture_file(pixels, page_dir))
+        return written[-1]
+
+    def picture(pixels: np.ndarray) -> tuple[str, int, int]:
+        return encode(pixels), pixels.shape[1], pixels.shape[0]
+
     gan = _load(sources["gan"], read_rgb8)
     loaded = {"gan": gan, "mse": _load(sources["mse"], read_rgb8), "mask": _load(sources["mask"], readers[1]),
               "pseudo_gt": _load(sources["pseudo_gt"], read_rgb8)}
-    uris = {}
+    pictures = {}
     for panel in ("gan", "mse", "pseudo_gt"):
         pixels = loaded[panel].pixels
-        uris[panel] = None if pixels is None else _jpeg_uri(preview(pixels, panel_side))
+        pictures[panel] = None if pixels is None else picture(preview(pixels, panel_side))
     if loaded["mask"].pixels is not None and gan.pixels is not None:
-        uris["mask"] = _jpeg_uri(mask_overlay(preview(gan.pixels, panel_side), loaded["mask"].pixels))
+        pictures["mask"] = picture(mask_overlay(preview(gan.pixels, panel_side), loaded["mask"].pixels))
     else:
-        uris["mask"] = None
+        pictures["mask"] = None
         if loaded["mask"].problem is None:
             loaded["mask"] = _Loaded(None, loaded["mask"].path, f"no GAN-SR image to draw on: {gan.problem}")
-    figures = "".join(_figure(p, uris[p], loaded[p], stem, page_dir) for p in _DEFAULT_FOLDERS)
+    figures = "".join(_figure(p, pictures[p], loaded[p], stem, page_dir) for p in _DEFAULT_FOLDERS)
     parts.append(f'<div class="panels">{figures}</div>')
     if gan.pixels is not None and loaded["pseudo_gt"].pixels is not None:
-        parts.append(_comparison(gan.pixels, loaded["pseudo_gt"].pixels, stem, compare_side))
+        parts.append(_comparison(gan.pixels, loaded["pseudo_gt"].pixels, stem, compare_side, encode=encode))
     html_text = "".join(parts)
     if cached is not None and all(item.problem is None for item in loaded.values()):
         with contextlib.suppress(OSError):  # a cache that cannot be written is no reason to fail the page
-            atomic_write_bytes(cached, html_text.encode("utf-8"))
+            atomic_write_bytes(cached, (" ".join(written) + "\n" + html_text).encode("utf-8"))
     return html_text
 
 
-def _index(ordered: list[Mapping]) -> str:
+def _index(ranked: list[tuple[int, Mapping]], summary: str) -> str:
     lines = []
-    for rank, row in enumerate(ordered, start=1):
+    for rank, row in ranked:
         failed = _failed(row)
         regions = _get(row, "region_count")
         status = _e(_get(row, "status") or "failed")
@@ -437,9 +507,47 @@ def _index(ordered: list[Mapping]) -> str:
             f'<td><a href="#img-{rank}">{_e(_get(row, "stem") or "(no name)")}</a></td>'
             f"<td>{status}</td><td class='num'>{'' if failed else _e(_percent(_get(row, 'artifact_fraction')))}"
             f"</td><td class='num'>{'' if regions is None else _e(_number(regions))}</td></tr>")
-    return ('<details class="index" open><summary>All images, worst first</summary><table><thead><tr>'
+    return (f'<details class="index" open><summary>{_e(summary)}</summary><table><thead><tr>'
             '<th class="num">#</th><th>Image</th><th>Status</th><th class="num">Artifacts</th>'
             '<th class="num">Regions</th></tr></thead><tbody>' + "".join(lines) + "</tbody></table></details>")
+
+
+def _split_pages(ordered: list[Mapping], page_size: int) -> list[list[tuple[int, Mapping]]]:
+    """``ordered`` (worst first, failures first) with their ranks, cut into pages: every failure and the
+    first ``page_size`` other images on the first page, ``page_size`` images on each further page."""
+    ranked = list(enumerate(ordered, start=1))
+    failures = sum(1 for row in ordered if _failed(row))
+    first = failures + page_size
+    return [ranked[:first]] + [ranked[i:i + page_size] for i in range(first, len(ranked), page_size)]
+
+
+def _page_names(first: str, count: int) -> list[str]:
+    """``report.html``, ``report-2.html``, … (``count`` names; ``first`` names the first page)."""
+    stem, suffix = Path(first).stem, Path(first).suffix
+    return [first] + [f"{stem}-{k}{suffix}" for k in range(2, count + 1)]
+
+
+def _pager(names: list[str], spans: list[tuple[int, int]], current: int, total: int) -> str:
+    """Links between the pages: which page this is, every page by number (its ranks in the title) and
+    the previous and next ones; nothing when there is one page."""
+    if len(names) < 2:
+        return ""
+    items = []
+    for k, (name, (low, high)) in enumerate(zip(names, spans, strict=True)):
+        span = f"images #{low}–#{high}"
+        if k == current:
+            items.append(f'<li><span aria-current="page" title="{span}">{k + 1}</span></li>')
+        else:
+            items.append(f'<li><a href="{_e(quote(name))}" title="{span}">{k + 1}</a></li>')
+    low, high = spans[current]
+    steps = []
+    if current > 0:
+        steps.append(f'<a rel="prev" href="{_e(quote(names[current - 1]))}">← previous page</a>')
+    if current + 1 < len(names):
+        steps.append(f'<a rel="next" href="{_e(quote(names[current + 1]))}">next page →</a>')
+    return (f'<nav class="pages" aria-label="Pages of this review"><span class="pages-where">Page {current + 1} '
+            f"of {len(names)}: images #{low}–#{high} of {_number(total)}</span>"
+            f'<ol>{"".join(items)}</ol><span class="pages-steps">{" ".join(steps)}</span></nav>')
 
 
 # The page's style sheet (data/review.css), inlined into every page and allowed by its hash.
@@ -470,9 +578,10 @@ def prepare_pictures(row: Mapping, output_dir: str | os.PathLike[str], *, fragme
                      page_dir: str | os.PathLike[str] | None = None, panel_side: int = PANEL_SIDE,
                      compare_side: int = COMPARE_SIDE, read_pixels: Callable[[Path], np.ndarray] | None = None,
                      read_mask_file: Callable[[Path], np.ndarray] | None = None) -> None:
-    """Encode one image's pictures into ``fragments`` now, as the page would, so that writing the page at the
-    end of a run only assembles them: the pipeline calls this as each image is published, on the CPU workers,
-    while the device works on other images. Arguments as for :func:`render_review_page`."""
+    """Encode one image's pictures into ``page_dir/PICTURE_FOLDER`` and its section into ``fragments`` now,
+    as the pages would, so that writing the pages at the end of a run only assembles them: the pipeline calls
+    this as each image is published, on the CPU workers, while the device works on other images. Arguments
+    as for :func:`render_review_pages`."""
     out = Path(output_dir)
     stem = str(_get(row, "stem") or "")
     if _failed(row) or not _safe_stem(stem):
@@ -481,13 +590,23 @@ def prepare_pictures(row: Mapping, output_dir: str | os.PathLike[str], *, fragme
               Path(fragments), (read_pixels or _read_pixels, read_mask_file or read_mask))
 
 
-def render_review_page(rows: Iterable[Mapping], output_dir: str | os.PathLike[str], *, title: str,
-                       run_numbers: Mapping[str, object] | None = None, page_dir: str | os.PathLike[str] | None = None,
-                       panel_side: int = PANEL_SIDE, compare_side: int = COMPARE_SIDE,
-                       fragments: str | os.PathLike[str] | None = None,
-                       read_pixels: Callable[[Path], np.ndarray] | None = None,
-                       read_mask_file: Callable[[Path], np.ndarray] | None = None) -> str:
-    """The review page as an HTML string (see the module docstring).
+def _check_layout(panel_side: int, compare_side: int, page_size: int) -> None:
+    for name, value, unit in (("panel_side", panel_side, "whole number of pixels"),
+                              ("compare_side", compare_side, "whole number of pixels"),
+                              ("page_size", page_size, "whole number of images")):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"expected {name} to be a {unit} of at least 1, got {value!r}")
+
+
+def render_review_pages(rows: Iterable[Mapping], output_dir: str | os.PathLike[str], *, title: str,
+                        run_numbers: Mapping[str, object] | None = None,
+                        page_dir: str | os.PathLike[str] | None = None, page_name: str = PAGE_NAME,
+                        page_size: int = PAGE_SIZE, panel_side: int = PANEL_SIDE, compare_side: int = COMPARE_SIDE,
+                        fragments: str | os.PathLike[str] | None = None,
+                        read_pixels: Callable[[Path], np.ndarray] | None = None,
+                        read_mask_file: Callable[[Path], np.ndarray] | None = None) -> list[tuple[str, str]]:
+    """The review pages (see the module docstring) as ``(file name, HTML)``, the first one first; the
+    pictures they show are written into ``page_dir/PICTURE_FOLDER`` (each atomically, once).
 
     Args:
         rows: one mapping per image with the run report's columns (``stem``, ``status``, ``error``,
@@ -498,75 +617,120 @@ def render_review_page(rows: Iterable[Mapping], output_dir: str | os.PathLike[st
             ``output_dir`` (``sr/gan/``, ``sr/mse/``, ``masks/``, ``pseudo_gt/`` + ``<stem>.png``).
             A missing or unreadable file shows as a placeholder that says why.
         output_dir: the run's output folder.
-        title: the page's title (escaped).
+        title: the pages' title (escaped).
         run_numbers: further run-level numbers shown on top, label → value (e.g. ``{"Threshold": 0.7}``);
             a label that the page computes itself (e.g. ``"Images"``) is replaced; None values are left out.
-        page_dir: the folder the page will be in, for the links to the full-resolution files
-            (default: ``output_dir``).
+        page_dir: the folder the pages will be in, for their pictures and the links to the full-resolution
+            files (default: ``output_dir``).
+        page_name: the first page's file name; further pages add ``-2``, ``-3``… before its suffix.
+        page_size: images with pictures per page (the first page also has every failure).
         panel_side, compare_side: longest side in pixels of the panel and comparison previews.
-        fragments: a folder in which to keep each image's encoded pictures, by the identity of its files
-            (paths, sizes, modification times), so that writing the page again over unchanged files
-            encodes nothing; None: encode every time.
+        fragments: a folder in which to keep each image's section, by the identity of its files (paths,
+            sizes, modification times), so that writing the pages again over unchanged files encodes
+            nothing; None: encode every time.
         read_pixels, read_mask_file: how to read a picture (RGB ``uint8``/``uint16``) and a mask (``bool``);
             default :func:`~desra_core.image.read_image` (its pixels) and :func:`~desra_core.image.read_mask`.
             The pipeline passes readers that serve images it still holds in memory.
 
     Raises:
-        ConfigError: a preview side below 1.
+        ConfigError: a preview side or a page size below 1.
     """
-    for name, side in (("panel_side", panel_side), ("compare_side", compare_side)):
-        if not isinstance(side, int) or side < 1:
-            raise ConfigError(f"expected {name} to be a whole number of pixels of at least 1, got {side!r}")
+    _check_layout(panel_side, compare_side, page_size)
     out = Path(output_dir)
     page_dir = Path(page_dir) if page_dir is not None else out
     ordered = order_rows(rows)
     numbers = _run_numbers(ordered, out, run_numbers or {})
     readers = (read_pixels or _read_pixels, read_mask_file or read_mask)
-    sections = "".join(_section(rank, row, out, page_dir, panel_side, compare_side,
-                                None if fragments is None else Path(fragments), readers)
-                       for rank, row in enumerate(ordered, start=1))
-    csp = (f"default-src 'none'; img-src data:; style-src {_csp_hash(_CSS)}; script-src {_csp_hash(_JS)}; "
-           "base-uri 'none'; form-action 'none'")
+    pages = _split_pages(ordered, page_size)
+    names = _page_names(page_name, len(pages))
+    spans = [(ranked[0][0], ranked[-1][0]) if ranked else (0, 0) for ranked in pages]
+    csp = (f"default-src 'none'; img-src 'self' data:; style-src {_csp_hash(_CSS)}; "
+           f"script-src {_csp_hash(_JS)}; base-uri 'none'; form-action 'none'")
     written = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    return (
-        "<!DOCTYPE html>\n"
-        '<html lang="en"><head><meta charset="utf-8">'
-        f'<meta http-equiv="Content-Security-Policy" content="{_e(csp)}">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        '<meta name="referrer" content="no-referrer">'
-        '<link rel="icon" href="data:,">'
-        f"<title>{_e(title)}</title><style>{_CSS}</style></head>"
-        f'<body><main id="top"><h1>{_e(title)}</h1>'
-        f'<p class="sub">desra review page, written {_e(written)}; images with failures first, then by the '
-        f"share of pixels flagged as artifacts.</p>"
-        f"{_dl(numbers, 'run')}"
-        f'<p class="note">Pictures are embedded previews, not the files themselves: panels at most {panel_side} px '
-        f"on the longest side, the before/after comparison at most {compare_side} px, JPEG quality "
-        f"{JPEG_QUALITY}. Click a panel for the full-resolution file in the output folder. The mask panel tints "
-        f"artifact pixels red and outlines each region in yellow.</p>"
-        "<noscript><p class=\"note\">JavaScript is off: everything is visible, but the comparison dividers stay "
-        "in the middle.</p></noscript>"
-        f"{_index(ordered)}{sections}"
-        f"<footer>Written by desra. This page loads nothing from the network.</footer>"
-        f"</main><script>{_JS}</script></body></html>\n"
-    )
+    rendered = []
+    for k, ranked in enumerate(pages):
+        sections = "".join(_section(rank, row, out, page_dir, panel_side, compare_side,
+                                    None if fragments is None else Path(fragments), readers) for rank, row in ranked)
+        pager = _pager(names, spans, k, len(ordered))
+        where = "" if len(pages) < 2 else f" (page {k + 1} of {len(pages)})"
+        summary = "All images, worst first" if len(pages) < 2 else \
+            f"Images on this page, worst first (#{spans[k][0]}–#{spans[k][1]} of {_number(len(ordered))})"
+        rendered.append((names[k], (
+            "<!DOCTYPE html>\n"
+            '<html lang="en"><head><meta charset="utf-8">'
+            f'<meta http-equiv="Content-Security-Policy" content="{_e(csp)}">'
+            '<meta name="viewport" content="width=device-width, initial-scale=1">'
+            '<meta name="referrer" content="no-referrer">'
+            '<link rel="icon" href="data:,">'
+            f"<title>{_e(title)}{_e(where)}</title><style>{_CSS}</style></head>"
+            f'<body><main id="top"><h1>{_e(title)}</h1>'
+            f'<p class="sub">desra review page{_e(where)}, written {_e(written)}; images with failures first, '
+            f"then by the share of pixels flagged as artifacts.</p>"
+            f"{_dl(numbers, 'run')}"
+            f'<p class="note">Pictures are previews, not the files themselves: panels at most {panel_side} px on '
+            f"the longest side, the before/after comparison at most {compare_side} px, JPEG quality "
+            f"{JPEG_QUALITY}, kept in {_e(PICTURE_FOLDER)}/ beside this page and loaded as you scroll. Click a "
+            f"panel for the full-resolution file in the output folder. The mask panel tints artifact pixels red "
+            f"and outlines each region in yellow.</p>"
+            "<noscript><p class=\"note\">JavaScript is off: everything is visible, but the comparison dividers "
+            "stay in the middle.</p></noscript>"
+            f"{pager}{_index(ranked, summary)}{sections}{pager}"
+            f"<footer>Written by desra. This page loads nothing from the network.</footer>"
+            f"</main><script>{_JS}</script></body></html>\n")))
+    return rendered
+
+
+@contextlib.contextmanager
+def _pages_lock(folder: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``folder`` itself for the ``with`` block: two runs writing their pages
+    into one folder at once then write one whole set after the other, instead of one run removing the other's
+    further pages just before that one's first page links to them. Ends with the block or the process."""
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _remove_stale_pages(first: Path, count: int) -> None:
+    """Remove ``<stem>-<k><suffix>`` beside ``first`` for every ``k`` above ``count``: the further pages of
+    an earlier, larger run, which no page links to any more."""
+    pattern = re.compile(re.escape(first.stem) + r"-([1-9][0-9]*)" + re.escape(first.suffix))
+    with os.scandir(first.parent) as entries:
+        stale = [e.path for e in entries
+                 if (m := pattern.fullmatch(e.name)) and int(m.group(1)) > max(count, 1) and e.is_file()]
+    for path in stale:
+        with contextlib.suppress(FileNotFoundError):  # another run removed it first
+            os.unlink(path)
 
 
 def write_review_page(rows: Iterable[Mapping], output_dir: str | os.PathLike[str], *, title: str,
                       run_numbers: Mapping[str, object] | None = None, path: str | os.PathLike[str] | None = None,
-                      panel_side: int = PANEL_SIDE, compare_side: int = COMPARE_SIDE,
+                      page_size: int = PAGE_SIZE, panel_side: int = PANEL_SIDE, compare_side: int = COMPARE_SIDE,
                       fragments: str | os.PathLike[str] | None = None,
                       read_pixels: Callable[[Path], np.ndarray] | None = None,
                       read_mask_file: Callable[[Path], np.ndarray] | None = None) -> Path:
-    """Write :func:`render_review_page`'s page to ``path`` (default ``output_dir/report.html``), atomically.
+    """Write :func:`render_review_pages`' pages: the first to ``path`` (default ``output_dir/report.html``),
+    the others beside it, each atomically and the first one last (it never links to a page not yet
+    written); then remove the further pages an earlier, larger run left there. Writing and removing hold a
+    lock on the folder, so that pages written into it at once by another run do not mix with these.
 
-    Returns the path written. Arguments as for :func:`render_review_page`.
+    Returns the first page's path. Arguments as for :func:`render_review_pages`.
     """
     target = Path(path) if path is not None else Path(output_dir) / PAGE_NAME
-    page = render_review_page(rows, output_dir, title=title, run_numbers=run_numbers, page_dir=target.parent,
-                              panel_side=panel_side, compare_side=compare_side, fragments=fragments,
-                              read_pixels=read_pixels, read_mask_file=read_mask_file)
-    atomic_write_bytes(target, page.encode("utf-8"))
+    pages = render_review_pages(rows, output_dir, title=title, run_numbers=run_numbers, page_dir=target.parent,
+                                page_name=target.name, page_size=page_size, panel_side=panel_side,
+                                compare_side=compare_side, fragments=fragments, read_pixels=read_pixels,
+                                read_mask_file=read_mask_file)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _pages_lock(target.parent):
+        for name, text in reversed(pages):
+            atomic_write_bytes(target.parent / name, text.encode("utf-8"))
+        _remove_stale_pages(target, len(pages))
     return target
 
 
@@ -581,11 +745,19 @@ def _fraction_pair(block: Mapping, key: str) -> str:
     return f"{fmt(before)} → {fmt(after)}"
 
 
+def _worst(checkpoint: Mapping) -> str:
+    image = checkpoint.get("validation_worst_detail_image")
+    ratio = checkpoint.get("validation_worst_detail_ratio")
+    return "—" if image is None else f"{image}: {'—' if _missing(ratio) else _number(ratio)}"
+
+
 def render_finetune_page(card: Mapping, pictures: Iterable[tuple[str, np.ndarray, np.ndarray]], *, title: str,
                          compare_side: int = COMPARE_SIDE) -> str:
-    """A page for a fine-tuning run: which checkpoint was chosen and why, before/after figures on the train
-    and validation images (from a model card, :func:`desra_core.finetune.card.build_model_card`), and per
-    validation image a slider between the original model's result (left) and the fine-tuned one's (right).
+    """A page for a fine-tuning run: which checkpoint was chosen and why, the evidence the validation
+    could give (images, artifact pixels, measured noise), the validation image that keeps the least detail,
+    before/after figures on the train and validation images (from a model card,
+    :func:`desra_core.finetune.card.build_model_card`), and per validation image a slider between the
+    original model's result (left) and the fine-tuned one's (right).
 
     ``pictures``: ``(stem, original uint8 (H, W, 3), fine-tuned uint8 (H, W, 3))``; empty when no model was
     chosen.
@@ -597,6 +769,17 @@ def render_finetune_page(card: Mapping, pictures: Iterable[tuple[str, np.ndarray
                "Why": card.get("reason", ""),
                "Train images": ", ".join(i["stem"] for i in card["train_images"]),
                "Validation images": ", ".join(i["stem"] for i in card["validation_images"])}
+    evidence = card.get("evidence")
+    if evidence:
+        numbers["Evidence"] = (
+            f"{evidence['validation_images']} validation image(s), {evidence['images_with_artifacts']} with "
+            f"artifacts ({evidence['artifact_pixels']:,} artifact pixels), {evidence['images_above_noise']} above "
+            f"the noise of validating the original model again (mean ±{_percent(evidence['mean_noise'])}); "
+            + ("enough to judge" if evidence["sufficient"] else f"not enough: {evidence['missing']}"))
+    if chosen is not None and chosen.get("validation_worst_detail_image") is not None:
+        numbers["Worst detail (chosen)"] = (f"{chosen['validation_worst_detail_image']} keeps "
+                                            f"{_number(chosen.get('validation_worst_detail_ratio'))} of the "
+                                            "original's detail")
     for part in ("validation", "train"):
         block = card[part]
         numbers[f"{part.capitalize()}: artifacts, original → fine-tuned"] = _fraction_pair(block, "artifact_fraction")
@@ -604,10 +787,12 @@ def render_finetune_page(card: Mapping, pictures: Iterable[tuple[str, np.ndarray
     rows = "".join(
         f"<tr><td class='num'>{c['step']}</td><td>{_e(c['weights'])}</td>"
         f"<td class='num'>{_e(_percent(c['validation_artifact_fraction']))}</td>"
-        f"<td class='num'>{_e(_number(c['validation_detail_ratio']))}</td></tr>" for c in card.get("checkpoints", []))
+        f"<td class='num'>{_e(_number(c['validation_detail_ratio']))}</td>"
+        f"<td>{_e(_worst(c))}</td></tr>" for c in card.get("checkpoints", []))
     table = ('<details class="index" open><summary>Validated checkpoints</summary><table><thead><tr>'
              '<th class="num">Step</th><th>Weights</th><th class="num">Validation artifacts</th>'
-             '<th class="num">Detail ratio</th></tr></thead><tbody>' + rows + "</tbody></table></details>")
+             '<th class="num">Detail ratio (mean)</th><th>Worst image: detail ratio</th></tr></thead><tbody>'
+             + rows + "</tbody></table></details>")
     sections = []
     for rank, (stem, original, tuned) in enumerate(pictures, start=1):
         per = card["validation"]["per_image"].get(stem, {})

@@ -162,16 +162,30 @@ def browser(start_browser):
     return start_browser()
 
 
-def open_page(driver, page: Path) -> None:
-    """Load ``page`` and wait until it and every picture in it has finished loading."""
+def open_page(driver, page: Path | str, *, every_picture: bool = True) -> None:
+    """Load ``page`` (a file, or a URL) and wait until it has loaded; with ``every_picture``, then scroll each
+    picture into view (they load lazily) and wait until it has loaded or failed, and scroll back to the top."""
     from selenium.webdriver.support.ui import WebDriverWait
 
     driver.get("about:blank")
     for kind in ("performance", "browser"):  # forget what the start page did
         driver.get_log(kind)
-    driver.get(page.resolve().as_uri())
-    WebDriverWait(driver, 30).until(lambda d: d.execute_script(
-        "return document.readyState === 'complete' && [...document.images].every(i => i.complete)"))
+    driver.get(page if isinstance(page, str) else page.resolve().as_uri())
+    WebDriverWait(driver, 30).until(lambda d: d.execute_script("return document.readyState === 'complete'"))
+    if every_picture:
+        load_every_picture(driver)
+
+
+def load_every_picture(driver) -> None:
+    """Scroll each ``<img>`` into view in turn, waiting until it has loaded (or failed); then back to the top."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    for i in range(driver.execute_script("return document.images.length")):
+        driver.execute_script(
+            "document.images[arguments[0]].scrollIntoView({block: 'center', behavior: 'instant'})", i)
+        WebDriverWait(driver, 30).until(
+            lambda d, i=i: d.execute_script("return document.images[arguments[0]].complete", i))
+    driver.execute_script("window.scrollTo({top: 0, behavior: 'instant'})")
 
 
 def image_failures(driver) -> tuple[int, list[str]]:
@@ -198,6 +212,13 @@ def severe_console_messages(driver) -> list[str]:
 
 
 def copy_page(page: Path, folder: Path) -> Path:
-    """``page`` alone in another folder: it must not need anything beside it."""
+    """The pages of ``page`` (``report.html``, ``report-2.html``…) and their picture folder, alone in another
+    folder (as a bucket would hold them): they must not need anything else. Returns the first page's copy."""
+    from pipeline.review import PICTURE_FOLDER
+
     folder.mkdir(parents=True, exist_ok=True)
-    return Path(shutil.copy(page, folder / page.name))
+    for sibling in page.parent.glob(f"{page.stem}*{page.suffix}"):
+        shutil.copy(sibling, folder / sibling.name)
+    if (page.parent / PICTURE_FOLDER).is_dir():
+        shutil.copytree(page.parent / PICTURE_FOLDER, folder / PICTURE_FOLDER)
+    return folder / page.name

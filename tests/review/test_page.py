@@ -1,11 +1,12 @@
-"""The review page as HTML: order, escaping, failures, embedded downscaled previews, no network, and the
-two writers that produce it (``desra detect`` here, the ``desra`` flow in test_flow_page.py)."""
+"""The review page as HTML: order, escaping, failures, downscaled previews in files beside the page, loaded
+lazily, no network, and the two writers that produce it (``desra detect`` here, the ``desra`` flow in
+test_flow_page.py). Paging: test_pages.py."""
 
 from __future__ import annotations
 
-import base64
 import io
 import re
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -15,14 +16,16 @@ from PIL import Image
 from desra.cli import main
 from desra_core import ConfigError, ShapeError
 from desra_core.image import write_image
-from pipeline.review import mask_overlay, order_rows, preview, render_review_page, write_review_page
+from pipeline.review import PICTURE_FOLDER, mask_overlay, order_rows, preview, render_review_pages, write_review_page
 from tests.review.conftest import HOSTILE_STEM, PageParser, make_image, photo
 
 
-def _decode(uri: str) -> np.ndarray:
-    header, data = uri.split(",", 1)
-    assert header == "data:image/jpeg;base64"
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB"))
+def _decode(src: str, page_dir: Path) -> np.ndarray:
+    """The picture at ``src`` (relative to the page, in its picture folder), decoded; it must be a JPEG."""
+    assert src.startswith(f"{PICTURE_FOLDER}/") and src.endswith(".jpg"), src
+    data = (page_dir / src).read_bytes()
+    assert data[:3] == b"\xff\xd8\xff", src
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
 def _page(tmp_path, rows, **kwargs) -> tuple[str, PageParser]:
@@ -93,36 +96,48 @@ def test_missing_files_show_placeholders(tmp_path, run):
     assert "does not exist" in vanished and 'class="compare' not in vanished
 
 
-def test_every_picture_is_an_embedded_data_uri_and_nothing_is_fetched(tmp_path, run):
+def test_every_picture_is_a_lazy_file_beside_the_page_and_nothing_is_fetched(tmp_path, run):
     text, parsed = _page(tmp_path, run)
     imgs = parsed.imgs()
     assert len(imgs) == 3 * 6  # three ok images with files: four panels + two in the comparison
-    assert all(a["src"].startswith("data:image/jpeg;base64,") for a in imgs)
+    assert "data:image" not in text  # nothing embedded: the page stays small
+    for a in imgs:  # each a JPEG in report-files/, loaded lazily, its box sized before it loads
+        picture = _decode(a["src"], tmp_path / "out")
+        assert a["loading"] == "lazy" and a["decoding"] == "async"
+        shown = (int(a["height"]), int(a["width"]))
+        zoom = shown[0] // picture.shape[0]
+        assert zoom >= 1 and shown == (picture.shape[0] * zoom, picture.shape[1] * zoom), a
+    names = {p.relative_to(tmp_path / "out" / PICTURE_FOLDER).as_posix()
+             for p in (tmp_path / "out" / PICTURE_FOLDER).rglob("*") if p.is_file()}
+    assert names == {a["src"].removeprefix(f"{PICTURE_FOLDER}/") for a in imgs}  # no stray or temporary file
     assert not re.search(r"https?:|//[a-z0-9.-]+\.[a-z]{2,}/", text, re.IGNORECASE)
     for tag, attrs in parsed.tags:  # nothing else that a browser would load
         assert tag not in ("iframe", "object", "embed", "video", "audio", "source", "base")
         if tag in ("script", "link", "style"):
             assert "src" not in attrs and attrs.get("href", "data:").startswith("data:"), (tag, attrs)
     csp = next(a["content"] for t, a in parsed.tags if a.get("http-equiv") == "Content-Security-Policy")
-    assert "default-src 'none'" in csp and "img-src data:" in csp
+    assert "default-src 'none'" in csp and "img-src 'self' data:;" in csp
 
 
 def test_previews_are_downscaled_and_small_images_are_not_enlarged(tmp_path, run):
     text, parsed = _page(tmp_path, run)
+    out = tmp_path / "out"
     large = [a for a in parsed.imgs() if a["alt"].endswith(" large")]
-    sizes = sorted({_decode(a["src"]).shape[:2] for a in large})
+    sizes = sorted({_decode(a["src"], out).shape[:2] for a in large})
     assert sizes == [(384, 512), (768, 1024)]  # panels ≤ 512, comparison ≤ 1024, aspect kept
     assert "at most 512 px" in text and "at most 1024 px" in text  # the page says so
-    small = {_decode(a["src"]).shape[:2] for a in parsed.imgs() if a["alt"].endswith(" small")}
+    small = {_decode(a["src"], out).shape[:2] for a in parsed.imgs() if a["alt"].endswith(" small")}
     assert small == {(60, 80)}
     _, parsed = _page(tmp_path, run, panel_side=64, compare_side=100)
-    assert {_decode(a["src"]).shape[:2] for a in parsed.imgs() if a["alt"].endswith(" large")} == {(48, 64), (75, 100)}
+    assert {_decode(a["src"], out).shape[:2] for a in parsed.imgs()
+            if a["alt"].endswith(" large")} == {(48, 64), (75, 100)}
 
 
 def test_comparison_shows_gan_over_pseudo_gt_at_one_size(tmp_path, run):
     _, parsed = _page(tmp_path, run)
     by_alt = {a["alt"]: a for a in parsed.imgs()}
-    gan, pseudo = _decode(by_alt["GAN-SR of large"]["src"]), _decode(by_alt["Pseudo-GT of large"]["src"])
+    out = tmp_path / "out"
+    gan, pseudo = _decode(by_alt["GAN-SR of large"]["src"], out), _decode(by_alt["Pseudo-GT of large"]["src"], out)
     assert gan.shape == pseudo.shape == (768, 1024, 3)
     ranges = [a for t, a in parsed.tags if t == "input"]
     assert len(ranges) == 3 and all(a["type"] == "range" and a["aria-label"] for a in ranges)
@@ -144,7 +159,10 @@ def test_write_is_atomic_and_returns_the_path(tmp_path, run):
     target = tmp_path / "elsewhere" / "review.html"
     assert write_review_page(run, tmp_path / "out", title="t", path=target) == target
     assert target.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
-    assert sorted(p.name for p in target.parent.iterdir()) == ["review.html"]  # no temporary file left
+    # the pictures beside the page, no temporary file left
+    assert sorted(p.name for p in target.parent.iterdir()) == [PICTURE_FOLDER, "review.html"]
+    assert all(p.suffix == ".jpg" for p in (target.parent / PICTURE_FOLDER).rglob("*") if p.is_file())
+    assert not list((tmp_path / "out").glob(PICTURE_FOLDER))  # they are beside the page, not the output
     # links to the full-resolution files are relative to where the page is
     assert 'href="../out/sr/gan/small.png"' in target.read_text(encoding="utf-8")
 
@@ -158,7 +176,12 @@ def test_rows_from_pandas_with_missing_values_render(tmp_path, run):
 
 def test_bad_preview_sides_are_refused(tmp_path, run):
     with pytest.raises(ConfigError, match="panel_side"):
-        render_review_page(run, tmp_path, title="t", panel_side=0)
+        render_review_pages(run, tmp_path, title="t", panel_side=0)
+    with pytest.raises(ConfigError, match="expected page_size to be a whole number of images of at least 1, got 0"):
+        write_review_page(run, tmp_path, title="t", page_size=0)
+    with pytest.raises(ConfigError, match="page_size"):
+        write_review_page(run, tmp_path, title="t", page_size=2.5)
+    assert not (tmp_path / "report.html").exists()
 
 
 def test_preview_keeps_aspect_and_checks_its_input():
@@ -208,7 +231,8 @@ def test_desra_detect_writes_the_review_page_and_prints_its_path(tmp_path, capsy
     assert f"review page: {page}" in capsys.readouterr().out
     parsed = PageParser(page.read_text(encoding="utf-8"))
     assert parsed.stems == ["orphan", "painted", "clean"]
-    assert len(parsed.imgs()) == 2 * 6 and all(a["src"].startswith("data:") for a in parsed.imgs())
+    assert len(parsed.imgs()) == 2 * 6
+    assert all(a["src"].startswith(f"{PICTURE_FOLDER}/") and (out / a["src"]).is_file() for a in parsed.imgs())
     assert "expected an MSE result with stem 'orphan'" in parsed.errors[0]
     text = "".join(parsed.text)
     assert "Threshold" in text and str(tmp_path / "gan") in text
