@@ -23,9 +23,12 @@ from desra_core import DesraError
 from desra_core.listing import list_image_entries
 from desra_core.models.segmentation import DEFAULT_SEGMENTER
 from flows.finetune import finetune as finetune_flow
+from pipeline.drop import drop_folder
 from pipeline.report import IMAGE_COLUMNS
 from pipeline.settings import Settings
+from pipeline.text import inert
 from tasks.gpu import ensure_gpu_limit
+from tasks.heartbeat import heartbeats
 from tasks.images import process
 from tasks.preflight import admit, refuse
 from tasks.progress import Progress
@@ -49,6 +52,14 @@ def _run_batches_on_workers(batches: list[list[str]], parameters: dict, progress
     that comes later is refused), processes its batch in this process and ends the batch run Completed or
     Failed with a message that says so. Even if a worker and this run both did a batch, each image's work
     would be done once: the store's claims see to it.
+
+    While it processes a claimed batch, this run sends the batch run's heartbeats (:func:`tasks.heartbeat.heartbeats`,
+    the first one accepted by the server before any image is touched), since no engine of its own runs: if this
+    process dies, the batch run's heartbeats stop with this run's, and the zombie automation of ``desra deploy``
+    marks both Crashed, which frees the pool slots they hold (a claimed run without heartbeats would stay Pending,
+    holding its slot, for ever: the automation watches only runs that send heartbeats). The batch run stays
+    Pending meanwhile, not Running: its work runs in this run's process, which already counts as the pool's
+    running flow run.
     """
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.objects import StateType
@@ -64,6 +75,7 @@ def _run_batches_on_workers(batches: list[list[str]], parameters: dict, progress
                            flow_run_name=f"batch {i + 1}/{len(batches)}")
             for i, stems in enumerate(batches)]
     stems_of = {r.id: stems for r, stems in zip(runs, batches, strict=True)}
+    run_of = {r.id: r for r in runs}
     pending, scheduled = {r.id for r in runs}, [r.id for r in runs]  # scheduled: in batch order
     last_pickup = time.monotonic()
     with get_client(sync_client=True) as client:
@@ -78,17 +90,19 @@ def _run_batches_on_workers(batches: list[list[str]], parameters: dict, progress
                     pending.discard(run_id)
             if scheduled and time.monotonic() - last_pickup >= takeover_after:
                 run_id = scheduled.pop()  # workers take the oldest first: take the newest
-                claim = client.set_flow_run_state(run_id, Pending(), force=False)
+                parent = f"{runtime_flow_run.id} ({runtime_flow_run.name})"
+                claim = client.set_flow_run_state(
+                    run_id, Pending(message=f"processed in parent run {parent}: no worker was free"), force=False)
                 if claim.status == SetStateStatus.ACCEPT:
                     logger.info("no worker picked up batch run %s within %.0f s: processing its %d image(s) here",
                                 run_id, takeover_after, len(stems_of[run_id]))
-                    parent = f"{runtime_flow_run.id} ({runtime_flow_run.name})"
                     try:
-                        process(settings, parameters["input_dir"], parameters["output_dir"], parameters["run_id"],
-                                stems_of[run_id])
+                        with heartbeats(run_of[run_id], BATCH_DEPLOYMENT.split("/")[0]):
+                            process(settings, parameters["input_dir"], parameters["output_dir"],
+                                    parameters["run_id"], stems_of[run_id])
                     except Exception as e:  # the parent run goes on; _gather reports the missing images
                         client.set_flow_run_state(run_id, Failed(message=f"processed in parent run {parent}, "
-                                                                         f"which failed on it: {e}"), force=True)
+                                                                         f"which failed on it: {inert(e)}"), force=True)
                     else:
                         client.set_flow_run_state(run_id, Completed(message=f"processed in parent run {parent}: "
                                                                             "no worker was free"), force=True)
@@ -99,15 +113,19 @@ def _run_batches_on_workers(batches: list[list[str]], parameters: dict, progress
 
 
 def _gather(output_dir: str, stems: list[str], run_id: str) -> list[dict]:
-    """Image-level rows from ``reports/<stem>.parquet`` (written by whichever worker ran the batch)."""
+    """Image-level rows from ``reports/<stem>.parquet`` (written by whichever worker ran the batch).
+
+    Only a report that this run wrote counts (its ``run_id`` column is ``run_id``): a report left by an
+    earlier run, perhaps with other settings, means that this run's batch died before it published the
+    image, and the image is a failed row, never the old result passed off as this run's."""
     rows = []
     for stem in stems:
         path = Path(output_dir) / "reports" / f"{stem}.parquet"
-        if not path.exists():
+        first = pd.read_parquet(path).iloc[0] if path.exists() else None
+        if first is None or first.get("run_id") != run_id:
             rows.append({"stem": stem, "status": "failed", "run_id": run_id,
-                         "error": "its batch run ended without a report (see the desra-batch run)"})
+                         "error": "its batch run ended without a report from this run (see the desra-batch run)"})
             continue
-        first = pd.read_parquet(path).iloc[0]
         rows.append({k: (None if pd.isna(first[k]) else first[k]) if k in first else None for k in IMAGE_COLUMNS})
     return rows
 
@@ -136,8 +154,10 @@ def desra(
 
     ``finetune``: afterwards, when any image has artifacts, fine-tune the GAN model on the drop's readable
     images, a share of them held out to validate on (flow ``finetune``; ``finetune_settings`` passes its
-    options, e.g. ``{"iterations": 400, "validate_every": 20}``). A generator is shipped only when a checkpoint
-    has fewer artifacts on the held-out images and keeps their detail; the message says which, or why none.
+    options, e.g. ``{"iterations": 400, "validate_every": 20}``; the same run as ``desra finetune``'s, in
+    ``OUT/finetune/<gan>-<key>/``, so a run started again resumes). A generator is shipped only when the
+    held-out images can show an improvement and a checkpoint lowers their artifacts beyond the measured noise
+    while keeping the detail of every one; the message says which, or why none.
     ``scale_out``: run batches of ``batch_size`` images as ``desra-batch`` deployment runs; by default only
     when this run itself comes from a deployment and the drop has more than one batch. In this process the
     whole drop is one stream, whatever ``batch_size``.
@@ -154,7 +174,8 @@ def desra(
     ensure_gpu_limit()
     run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{str(runtime_flow_run.id or 'local')[:8]}"
     try:
-        stems = sorted(list_image_entries(input_dir))  # refused entries too: each gets its report row
+        # Through the folder that admit() opened and checked: refused entries too, each gets its report row.
+        stems = sorted(list_image_entries(drop_folder(input_dir)))
     except DesraError as e:  # no such folder, or not a folder
         return refuse(e)
     batches = [stems[i:i + batch_size] for i in range(0, len(stems), batch_size)]
@@ -189,7 +210,7 @@ def desra(
         else:
             message += "; no artifacts found, nothing to fine-tune"
     if failed:
-        return Failed(message=message + "; first: " + f"{failed[0]['stem']}: {failed[0].get('error')}")
+        return Failed(message=message + "; first: " + f"{inert(failed[0]['stem'])}: {inert(failed[0].get('error'))}")
     return Completed(message=message)
 
 

@@ -122,3 +122,82 @@ def test_worker_killed_mid_task_then_a_new_worker_finishes_the_drop(server_stack
                                "again — finished images are kept in the store")
     with stack.client() as client:
         assert client.read_flow_run(rerun.id).state.is_completed(), "the automation crashed a healthy run"
+
+
+def _batch_runs(stack: Stack, parent_id: str) -> list:
+    """The ``desra-batch`` runs that the ``desra/full`` run ``parent_id`` started."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    with stack.client() as client:
+        children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent_id])))
+    return [r for r in children if r.name.startswith("batch ")]
+
+
+@pytest.mark.slow
+def test_worker_killed_while_its_run_processes_a_batch_itself_never_wedges_the_pool(server_stack: Stack, tmp_path,
+                                                                                   tmp_path_factory):
+    """The default deployment (pool limit 1, one worker at ``--limit 1``): the ``desra/full`` run holds the only
+    slot, so it takes over its own ``desra-batch`` runs (``flows/full.py``). Its worker and flow-run process are
+    SIGKILLed while it processes one: the batch run it took over is marked Crashed by the zombie automation
+    within 2 minutes of the kill, like the parent, so a new worker runs the queued run with nobody cancelling
+    anything. (Before the batch run got heartbeats from its parent, it stayed Pending for ever, holding the slot.)
+    """
+    from prefect.client.schemas.objects import StateType
+
+    stack = server_stack
+    drop, small, out = tmp_path / "drop", tmp_path / "small", tmp_path / "out"
+    for i in range(12):  # two batches of 6: the kill comes after the first image of the first one taken over
+        write_lr(drop / f"img{i}.png", i, size=96)
+    write_lr(small / "late.png", 99, size=40)
+    stack.env["DESRA_ALLOWED_ROOTS"] = str(tmp_path_factory.getbasetemp())  # the tests' folders, small/ too
+    stack.deploy_output = stack.deploy()  # the defaults: locked pool, limit 1, automation with a 90-s window
+    _check_zombie_automation(stack)
+    worker = _start_worker(stack, "worker-1")
+    parent = stack.run_deployment("desra/full", {"input_dir": str(drop), "output_dir": str(out), "min_area": 10,
+                                                 "batch_size": 6})
+    # Waiting for the slot, as a scheduled or event run would: it must run once the dead runs are crashed.
+    queued = stack.run_deployment("desra/full", {"input_dir": str(small), "output_dir": str(tmp_path / "out-late"),
+                                                 "min_area": 10})
+
+    def taken_over():  # a batch run that the parent claimed, once images of it are in the store
+        with stack.client() as client:
+            state = client.read_flow_run(parent).state
+        if state.is_final():
+            pytest.fail(f"the desra/full run ended {state.name} ({state.message}) before the kill\n"
+                        f"{stack.run_logs(parent)}")
+        claimed = [r for r in _batch_runs(stack, parent) if r.state.type in (StateType.PENDING, StateType.RUNNING)]
+        return claimed if claimed and any((out / ".desra" / "store" / "detect").rglob("*.json")) else None
+
+    stack.wait_for("the desra/full run to process a batch run itself", taken_over, RUN_TIMEOUT, interval=0.1)
+    victims = _sigkill_tree(stack, worker)
+    killed_at, crash_deadline = time.time(), time.monotonic() + CRASH_WITHIN
+    assert victims, "the worker had no flow-run process to kill"
+
+    batches = _batch_runs(stack, parent)
+    claimed = [r for r in batches if r.state.type in (StateType.PENDING, StateType.RUNNING)]
+    assert len(claimed) == 1, [(r.name, r.state_name) for r in batches]  # the kill came during its processing
+    [batch] = claimed
+    assert not batch.infrastructure_pid, batch  # no worker ever ran it: its parent did
+
+    _start_worker(stack, "worker-2")
+    crashed = {}
+    for name, run_id in (("batch", batch.id), ("parent", parent)):
+        crashed[name] = _wait_crashed(stack, run_id, crash_deadline)
+        assert crashed[name].message == crash_message(ZOMBIE_WITHIN), crashed[name]
+        detected_after = crashed[name].timestamp.timestamp() - killed_at
+        print(f"{name} run marked Crashed {detected_after:.0f} s after the kill")
+        assert 0 < detected_after <= CRASH_WITHIN, (name, crashed[name].timestamp, killed_at)
+
+    late = stack.wait_for_flow_run(queued, RUN_TIMEOUT)  # nobody touched the API: no cancel, no state set
+    assert late.state.message == "1 ok, 0 failed of 1 image(s)", late.state.message
+    with stack.client() as client:
+        for r in batches:
+            if r.id != batch.id:  # the dead parent's other batch: Completed (by it, or by the new worker)
+                assert stack.wait_for(f"{r.name} to finish", lambda r=r: client.read_flow_run(r.id).state.is_final(),
+                                      RUN_TIMEOUT), r
+                assert client.read_flow_run(r.id).state.is_completed(), client.read_flow_run(r.id).state
+        assert client.read_flow_run(batch.id).state.is_crashed()  # nothing revived it
+        history = [(st.type, st.message) for st in client.read_flow_run_states(batch.id)]
+    assert (StateType.PENDING, f"processed in parent run {parent} (desra {drop}): no worker was free") in history, \
+        history
