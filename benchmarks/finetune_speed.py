@@ -62,6 +62,7 @@ def main() -> int:
         print(f"GPU: {torch.cuda.get_device_name()}; RRDBNet x4plus, batch 12, crop 256, full recipe")
         for name, precision in (("fp32", "fp32"), ("bf16 autocast", "bf16")):
             cfg = FinetuneConfig(iterations=args.iterations, batch=12, crop=256, vgg_weights_path=str(vgg),
+                                 weights=LossWeights(), ema=0.999,  # the recipe (desra's defaults are L1 only)
                                  checkpoint_every=10**6, discriminator_warmup=0, precision=precision)
             print(f"  {name}: {_rate(ESRGAN(scale=4), pairs, cfg, 'cuda'):.2f} it/s")
     pairs = _pairs(4, 384)

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from desra_core import ConfigError, DesraError, DetectionConfig
+from pipeline.text import inert
 
 __all__ = ["build_parser", "main"]
 
@@ -96,14 +97,14 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     atomic_write_bytes(report_path, runs_path.read_bytes())
     failed = [r for r in rows if r.get("status") != "ok"]
     for row in failed:
-        print(f"failed: {row['stem']}: {row.get('error')}", file=sys.stderr)
+        print(f"failed: {inert(row['stem'])}: {inert(row.get('error'))}", file=sys.stderr)
     flagged = sum((r.get("region_count") or 0) > 0 for r in rows if r.get("status") == "ok")
     print(f"{len(rows) - len(failed)} ok, {len(failed)} failed; {flagged} image(s) with artifacts; "
           f"report: {report_path} (run {runs_path})")
     if isinstance(page, Path):
         print(f"review page: {page}")
     else:  # e.g. a full disk: the reports are written, the page is only a view of them
-        print(f"warning: could not write the review page: {page}", file=sys.stderr)
+        print(f"warning: could not write the review page: {inert(page)}", file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -137,7 +138,7 @@ def _cmd_upscale(args: argparse.Namespace) -> int:
                        batch_size=args.batch, precision=args.precision, progress=_progress("upscale"))
     failed = [r for r in rows if r["status"] != "ok"]
     for r in failed:
-        print(f"failed: {r['stem']}: {r['error']}", file=sys.stderr)
+        print(f"failed: {inert(r['stem'])}: {inert(r['error'])}", file=sys.stderr)
     print(f"{len(rows) - len(failed)} ok, {len(failed)} failed; x{model.scale} {model.architecture} "
           f"({model.source}) into {args.out_dir}")
     return 1 if failed else 0
@@ -244,11 +245,21 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
         raise
     except Exception as e:  # API errors: say which server and what to check
         hint = ("the server wants credentials: set PREFECT_API_AUTH_STRING to its PREFECT_SERVER_API_AUTH_STRING"
-                if "401" in str(e) else "is the server running and reachable?")
+                if "401" in str(e) else
+                "the server has CSRF protection on: keep PREFECT_CLIENT_CSRF_SUPPORT_ENABLED at its default, true"
+                if "403" in str(e) and "csrf" in str(e).lower() else "is the server running and reachable?")
         print(f"error: could not create or update work pool {args.pool!r} on {api_url} ({type(e).__name__}: "
               f"{e}); {hint}", file=sys.stderr)
         return 1
     print(pool.summary())
+    from desra.csrf import csrf_warning
+
+    try:
+        csrf = csrf_warning(api_url)
+    except Exception as e:  # the pool exists: say that the check could not be made, and go on
+        csrf = f"could not ask {api_url} whether it has CSRF protection on ({type(e).__name__}: {e})"
+    if csrf:
+        print(f"warning: {csrf}", file=sys.stderr)
 
     prefect = [sys.executable, "-m", "prefect"]
     deploy = [*prefect, "--no-prompt", "deploy", "--prefect-file", str(_PREFECT_FILE)]
@@ -305,8 +316,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     import httpx
 
     import tasks  # noqa: F401  (Prefect environment defaults before Prefect loads)
+    from desra.embedded import start_embedded_server
     from flows.full import run_in_process
 
+    start_embedded_server()  # without PREFECT_API_URL: an embedded server that dies with this process
     try:
         state = run_in_process(
             input_dir=str(args.input_dir), output_dir=str(args.out), mse_model=args.mse_model,
@@ -444,36 +457,45 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("finetune", help="fine-tune a GAN-SR model so that the detected artifacts go away")
     _add_model_pair_options(p, many_gans=False)
-    # Defaults: the best row of the README's measured table (L1 only; see "Fine-tuning (delete)").
-    p.add_argument("--iterations", type=int, default=200, help="training iterations (default: %(default)s)")
-    p.add_argument("--batch", type=int, default=4, help="crops per iteration (default: %(default)s)")
-    p.add_argument("--crop", type=int, default=128, help="HR crop side, a multiple of the scale (default: 128)")
-    p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default: %(default)s)")
-    p.add_argument("--ema", type=float, default=0.0, help="EMA decay of the generator; 0 = off (default)")
-    p.add_argument("--perceptual", action=argparse.BooleanOptionalAction, default=False,
+    from desra_core.finetune.options import DEFAULTS as FT  # the one set of defaults (flows use it too)
+
+    p.add_argument("--iterations", type=int, default=FT.iterations, help="training iterations (default: %(default)s)")
+    p.add_argument("--batch", type=int, default=FT.batch, help="crops per iteration (default: %(default)s)")
+    p.add_argument("--crop", type=int, default=FT.crop,
+                   help="HR crop side, a multiple of the scale (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=FT.lr, help="Adam learning rate (default: %(default)s)")
+    p.add_argument("--ema", type=float, default=FT.ema,
+                   help="EMA decay of the generator; 0 = off (default: %(default)s)")
+    p.add_argument("--perceptual", action=argparse.BooleanOptionalAction, default=FT.perceptual > 0,
                    help="add the VGG19 perceptual term (needs VGG19 weights: torchvision's cache or --vgg-weights)")
-    p.add_argument("--adversarial", action="store_true",
+    p.add_argument("--adversarial", action="store_true", default=FT.gan > 0,
                    help="add the adversarial term against a U-Net discriminator (--discriminator to start from one)")
     p.add_argument("--no-gan", dest="adversarial", action="store_false",
                    help="no adversarial term (the default; kept for older command lines)")
     p.add_argument("--discriminator", type=Path, help="pretrained U-Net discriminator (e.g. *_netD.pth)")
     p.add_argument("--vgg-weights", help="local VGG19 weights file (offline machines)")
-    p.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (resumable)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--artifact-share", type=float, default=0.5,
+    p.add_argument("--checkpoint-every", type=int, default=FT.checkpoint_every,
+                   help="steps between checkpoints; the same command run again resumes (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=FT.seed, help="training seed (default: %(default)s)")
+    p.add_argument("--artifact-share", type=float, default=FT.artifact_share,
                    help="share of training crops forced onto artifact pixels (default: %(default)s)")
     p.add_argument("--validate", type=Path, metavar="DIR",
                    help="folder of validation images, never trained on (default: hold out --holdout of --images)")
     p.add_argument("--validate-labels", type=Path, metavar="DIR",
                    help="label maps of the validation images, by stem (default: the --labels folder)")
-    p.add_argument("--holdout", type=float, default=0.25,
+    p.add_argument("--holdout", type=float, default=FT.holdout,
                    help="share of --images held out for validation without --validate, at least one "
                         "(default: %(default)s)")
-    p.add_argument("--split-seed", type=int, default=0, help="seed of the held-out choice (recorded in the card)")
-    p.add_argument("--validate-every", type=int, default=100, help="steps between validations (default: 100)")
-    p.add_argument("--min-detail-ratio", type=float, default=0.9,
-                   help="least validation detail, relative to the original model, that a shipped checkpoint "
-                        "keeps (default: %(default)s); exit code 3 when no checkpoint qualifies")
+    p.add_argument("--split-seed", type=int, default=FT.split_seed,
+                   help="seed of the held-out choice (recorded in the card)")
+    p.add_argument("--validate-every", type=int, default=FT.validate_every,
+                   help="steps between validations (default: %(default)s)")
+    p.add_argument("--min-detail-ratio", type=float, default=FT.min_detail_ratio,
+                   help="least detail, relative to the original model, that a shipped checkpoint keeps on every "
+                        "validation image (default: %(default)s); exit code 3 when no checkpoint qualifies")
+    p.add_argument("--min-artifact-images", type=int, default=FT.min_artifact_images, metavar="N",
+                   help="validation images with artifacts beyond the measured noise that shipping needs; with "
+                        "fewer nothing is trained and the exit code is 3 (default: %(default)s)")
     p.set_defaults(func=_cmd_finetune)
 
     p = sub.add_parser("evaluate", help="artifact fraction and kept detail per image and GAN model")
@@ -508,8 +530,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {inert(e)}", file=sys.stderr)
         return 2
     except DesraError as e:  # a problem with the run as a whole (e.g. a missing input folder)
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {inert(e)}", file=sys.stderr)
         return 1

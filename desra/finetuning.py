@@ -1,10 +1,13 @@
 """``desra finetune`` and ``desra evaluate``: DeSRA's delete step and its measured effect, on folders.
 
-``desra finetune`` exits with :data:`NO_BETTER_MODEL` (3) when no validated checkpoint qualifies: nothing
-is shipped then, only the training log, the model card and the report say what was tried.
+``desra finetune`` exits with :data:`NO_BETTER_MODEL` (3) when no validated checkpoint qualifies, or when
+the validation images cannot show an improvement (then nothing is trained): nothing is shipped, only the
+training log, the model card and the report say what was tried or what was missing.
 
 Both run the pipeline (:mod:`pipeline.pairs`) with one :class:`~pipeline.settings.Settings` from their
 options and its store in ``--out``: results a run there has already computed are read, not recomputed.
+``desra finetune`` is :func:`pipeline.finetuning.run_finetuning`, as the ``finetune`` flow is: its files go
+to ``OUT/finetune/<gan>-<key>/``, where running the same command (or the flow) again resumes.
 """
 
 from __future__ import annotations
@@ -13,17 +16,17 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from desra_core import DesraError
+from desra_core.finetune.options import FinetuneOptions
 from desra_core.finetune.pipeline import detail_kept
 from desra_core.image import atomic_path
 
-__all__ = ["NO_BETTER_MODEL", "run_evaluate", "run_finetune"]
+__all__ = ["NO_BETTER_MODEL", "finetune_options", "run_evaluate", "run_finetune"]
 
 NO_BETTER_MODEL = 3
-"""Exit code of ``desra finetune`` when no checkpoint beats the original on the validation images."""
+"""Exit code of ``desra finetune`` when nothing is shipped (no checkpoint qualifies, or too little evidence)."""
 
 
 def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
@@ -51,50 +54,41 @@ def _report_failed(rows: list[dict], what: str = "") -> None:
         print(f"skipped{what}: {row['stem']}: {row.get('error')}", file=sys.stderr)
 
 
-def run_finetune(args, device: str, progress_factory) -> int:
-    from desra_core.finetune.losses import LossWeights
-    from desra_core.finetune.trainer import FinetuneConfig
-    from desra_core.models.sr import load_sr_model
-    from pipeline.delivery import finetune_and_deliver
-    from pipeline.models import Models
-    from pipeline.pairs import prepare_finetuning
+def finetune_options(args) -> FinetuneOptions:
+    """The command line's options as the one :class:`~desra_core.finetune.options.FinetuneOptions` (``--perceptual``
+    and ``--adversarial`` switch on the recipe's weights, 1.0 and 0.1)."""
+    return FinetuneOptions(
+        iterations=args.iterations, batch=args.batch, crop=args.crop, lr=args.lr, ema=args.ema,
+        perceptual=1.0 if args.perceptual else 0.0, gan=0.1 if args.adversarial else 0.0,
+        artifact_share=args.artifact_share, seed=args.seed, vgg_weights=args.vgg_weights,
+        discriminator=None if args.discriminator is None else str(args.discriminator),
+        checkpoint_every=args.checkpoint_every, validate_every=args.validate_every,
+        min_detail_ratio=args.min_detail_ratio, min_artifact_images=args.min_artifact_images,
+        validate_dir=None if args.validate is None else str(args.validate),
+        validate_labels_dir=None if args.validate_labels is None else str(args.validate_labels),
+        holdout=args.holdout, split_seed=args.split_seed)
 
-    config = FinetuneConfig(iterations=args.iterations, batch=args.batch, crop=args.crop, lr=args.lr, ema=args.ema,
-                            artifact_fraction=args.artifact_share,
-                            weights=LossWeights(perceptual=1.0 if args.perceptual else 0.0,
-                                                gan=0.1 if args.adversarial else 0.0),
-                            seed=args.seed, vgg_weights_path=args.vgg_weights, checkpoint_every=args.checkpoint_every,
-                            validate_every=args.validate_every, min_detail_ratio=args.min_detail_ratio)
+
+def run_finetune(args, device: str, progress_factory) -> int:
+    """``desra finetune``: :func:`pipeline.finetuning.run_finetuning` with the command line's settings and
+    options, the store and the run's folder under ``--out``."""
+    from pipeline.finetuning import run_finetuning
+
+    options = finetune_options(args)
+    options.config()  # bad options fail before any model or image is touched
     settings = _settings(args, device, args.gan)
-    # The pipeline with these settings, its store in --out: what a run there has computed is not computed again.
-    # The --labels folder (by stem) or the segmenter serve the validation images too, unless told otherwise.
-    data = prepare_finetuning(settings, args.images, args.out, run_id=f"finetune-{time.strftime('%Y%m%dT%H%M%S')}",
-                              holdout=args.holdout, seed=args.split_seed, validate_dir=args.validate,
-                              validate_labels_dir=args.validate_labels)
-    _report_failed(data.failed)
-    print(f"validation image(s): {', '.join(sorted(data.validation_files))} ({data.how['mode']})")
-    scores = data.train_scores
-    flagged = sum(s.artifact_fraction > 0 for s in scores)
-    print(f"{len(scores)} training pair(s), {flagged} with artifacts (mean artifact fraction "
-          f"{np.mean([s.artifact_fraction for s in scores]):.4f})", flush=True)
-    gan = load_sr_model(settings.gan_model, device=device)  # a private copy: training changes it
-    mse = Models(settings).sr_model("mse")
-    bar = progress_factory(config.iterations)
+    bar = progress_factory(options.iterations)
     try:
-        delivery = finetune_and_deliver(
-            gan=gan, mse=mse, data=data, config=config, out_dir=args.out, device=device,
-            discriminator_path=args.discriminator, progress=bar,
-            record={"device": device, "discriminator": args.discriminator, "gan": args.gan, "mse": args.mse})
+        run = run_finetuning(settings, args.images, args.out, options, progress=bar, say=print,
+                             warn=lambda line: print(line, file=sys.stderr))
     finally:
         if hasattr(bar, "close"):
             bar.close()
-    _write_parquet(pd.DataFrame(delivery.result.log), args.out / "train_log.parquet")
-    print(f"training log: {args.out / 'train_log.parquet'}\nmodel card: {delivery.card_path}\n"
-          f"report: {delivery.report}")
-    if delivery.generator is None:
-        print(f"no fine-tuned generator written: {delivery.result.reason}", file=sys.stderr)
+    print(f"training log: {run.log}\nmodel card: {run.delivery.card_path}\nreport: {run.delivery.report}")
+    if run.generator is None:
+        print(f"no fine-tuned generator written: {run.reason}", file=sys.stderr)
         return NO_BETTER_MODEL
-    print(f"chosen: {delivery.result.reason}\nfine-tuned generator: {delivery.generator}")
+    print(f"chosen: {run.reason}\nfine-tuned generator: {run.generator}")
     return 0
 
 

@@ -3,7 +3,10 @@
 :func:`finetune_and_deliver` takes the training pairs and validation images that
 :func:`pipeline.pairs.prepare_finetuning` read from the pipeline's store, fine-tunes with validation
 (:func:`~desra_core.finetune.trainer.finetune`; the weights under test run with the run's tile and overlap
-and are detected with its detection settings), and in ``out_dir`` writes
+and are detected with its detection settings), and in ``out_dir`` writes what follows. When the validation
+cannot show an improvement (:func:`~desra_core.finetune.validation.evidence_gap`: too few validation images
+with artifacts beyond the noise of validating the original model again) nothing is trained: the card and
+the report say what is missing, and no generator is written.
 
 * ``generator.safetensors``: the chosen checkpoint's weights, only when one qualifies (a generator left
   by an earlier run in the folder is removed otherwise, so the folder never offers a model that failed);
@@ -24,7 +27,7 @@ import numpy as np
 from desra_core.finetune.card import build_model_card, write_model_card
 from desra_core.finetune.pipeline import ImageScore
 from desra_core.finetune.trainer import FinetuneConfig, FinetuneResult, finetune, save_generator
-from desra_core.finetune.validation import Validator
+from desra_core.finetune.validation import Validator, evidence_gap
 from desra_core.image import to_bit_depth, to_float32
 from desra_core.models.sr import SRModel
 from pipeline.pairs import FinetuneData
@@ -82,8 +85,13 @@ def finetune_and_deliver(*, gan: SRModel, mse: SRModel, data: FinetuneData, conf
     out.mkdir(parents=True, exist_ok=True)
     validator = Validator(gan, data.validation, settings.detection, tile=settings.tile, overlap=settings.overlap,
                           original=data.validation_original)
-    result = finetune(gan.descriptor.model, data.pairs, config, work_dir=out, device=device,
-                      discriminator_path=discriminator_path, progress=progress, validator=validator)
+    gap = evidence_gap(validator.evidence(), config.min_artifact_images)
+    if gap is not None:  # refused up front: no training could ship anything
+        result = FinetuneResult(generator=gan.descriptor.model, log=[], original=validator.original,
+                                evidence=validator.evidence(), reason=gap)
+    else:
+        result = finetune(gan.descriptor.model, data.pairs, config, work_dir=out, device=device,
+                          discriminator_path=discriminator_path, progress=progress, validator=validator)
     generator_path = out / GENERATOR_NAME
     model = str(settings.gan_model)
     val_before = [ImageScore(name, model, f, d) for name, (f, d) in validator.original.per_image.items()]
@@ -105,7 +113,8 @@ def finetune_and_deliver(*, gan: SRModel, mse: SRModel, data: FinetuneData, conf
                   "overlap": settings.overlap, "feather": settings.feather, "segmenter": settings.segmenter_in_use,
                   "labels_dir": settings.labels_dir, **(record or {})},
         result=result, train_before=data.train_scores, train_after=train_after, validation_before=val_before,
-        validation_after=val_after, generator_file=GENERATOR_NAME if result.chosen is not None else None)
+        validation_after=val_after, generator_file=GENERATOR_NAME if result.chosen is not None else None,
+        min_artifact_images=config.min_artifact_images)
     card_path = write_model_card(card, out / CARD_NAME)
     report = write_finetune_page(card, pictures, out / REPORT_NAME, title=f"desra fine-tuning of {gan.source}")
     return Delivery(result=result, card=card, generator=generator_path if result.chosen is not None else None,

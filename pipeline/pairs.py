@@ -27,7 +27,8 @@ from desra_core import DesraError
 from desra_core.finetune.data import TrainingPair, make_pair
 from desra_core.finetune.pipeline import ImageScore, detail_kept
 from desra_core.finetune.validation import ValidationImage, split_stems
-from desra_core.image import read_image, read_label_map
+from desra_core.folder import max_input_bytes
+from desra_core.image import read_image, read_image_bytes, read_label_map
 from pipeline import pixels
 from pipeline.drop import drop_items
 from pipeline.models import Models
@@ -68,9 +69,15 @@ class StoredImage:
 def process_stored(run: Run, items: Sequence[Item], *, device: Device | None = None,
                    on_row: Callable[[dict], None] | None = None) -> tuple[list[tuple[Item, dict]], list[dict]]:
     """Run ``items`` through the pipeline (from the store where it has them): ``(ok, failed)``, the ok
-    images as ``(item, row)`` and the failed images' rows (each with its error)."""
-    rows = process_images(items, run, device=device, on_row=on_row)
-    ok = [(item, row) for item, row in zip(items, rows, strict=True) if row.get("status") == "ok"]
+    images as ``(item, row)`` (the item as its run read it: with its digests) and the failed images' rows
+    (each with its error)."""
+    loaded = dict(enumerate(items))
+
+    def on_load(i: int, item: Item) -> None:
+        loaded[i] = item
+
+    rows = process_images(items, run, device=device, on_row=on_row, on_load=on_load)
+    ok = [(loaded[i], row) for i, row in enumerate(rows) if row.get("status") == "ok"]
     return ok, [row for row in rows if row.get("status") != "ok"]
 
 
@@ -83,10 +90,22 @@ def read_stored(run: Run, item: Item, row: dict) -> StoredImage:
     missing = [p for k, p in paths.items() if p is not None and k != "pseudo_gt" and not Path(p).is_file()]
     if missing:
         raise DesraError(f"expected the store entries of {item.stem} after its run, got none at {missing[0]}")
-    return StoredImage(stem=item.stem, file=item.path, lr=read_image(item.path).pixels,
+    return StoredImage(stem=item.stem, file=item.path, lr=_input_pixels(item),
                        mse=pixels.read_pixels(paths["mse"]), gan=pixels.read_pixels(paths["gan"]),
                        labels=None if paths["labels"] is None else read_label_map(paths["labels"]),
                        mask=pixels.read_mask(paths["mask"]), artifact_fraction=float(row["artifact_fraction"]))
+
+
+def _input_pixels(item: Item) -> np.ndarray:
+    """The input's pixels, read once more (through its folder, no link followed) and checked to be the bytes
+    its run read: a file changed since would pair other pixels with the stored results."""
+    if item.file is None:
+        return read_image(item.path).pixels
+    src = item.file.read(max_input_bytes())
+    if item.sha256 is not None and src.sha256 != item.sha256:
+        raise DesraError(f"expected the input as its run read it (sha256 {item.sha256[:12]}…), got a file that "
+                         f"has changed since (sha256 {src.sha256[:12]}…) (file: {item.path})")
+    return read_image_bytes(src.data, item.path).pixels
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,10 @@
 
 :func:`build_model_card` returns a JSON-able dict (``model_card.json`` beside the generator): the base
 model and its digest, the MSE reference, the train and validation stems with the sha256 of their files,
-how the validation images were chosen, every setting, every validated checkpoint, the chosen one and why,
-and the artifact fraction and detail before and after on the train and the validation images.
+how the validation images were chosen, what the validation can tell (``evidence``: images and artifact
+pixels, the noise of validating the original model again, whether it suffices), every setting, every
+validated checkpoint (with the image that keeps the least detail), the chosen one and why, and the artifact
+fraction and detail before and after on the train and the validation images.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from ..image import atomic_write_bytes
 from ..models.sr import SRModel
 from .pipeline import ImageScore
 from .trainer import FinetuneResult
+from .validation import JITTERS, Candidate, Evidence, evidence_gap, improved_images, worst_detail
 
 __all__ = ["CARD_FORMAT", "build_model_card", "file_sha256", "write_model_card"]
 
@@ -64,6 +67,36 @@ def _before_after(before: Sequence[ImageScore], after: Sequence[ImageScore] | No
             "per_image": per_image}
 
 
+def _evidence(evidence: Evidence | None, min_artifact_images: int) -> dict | None:
+    if evidence is None:
+        return None
+    gap = evidence_gap(evidence, min_artifact_images)
+    return {"validation_images": len(evidence.original.per_image),
+            "images_with_artifacts": len(evidence.with_artifacts),
+            "images_above_noise": len(evidence.above_noise),
+            "artifact_pixels": sum(evidence.artifact_pixels(n) for n in evidence.original.per_image),
+            "min_artifact_images": min_artifact_images,
+            "mean_artifact_fraction": evidence.original.artifact_fraction,
+            "mean_noise": evidence.mean_noise,
+            "noise_method": f"the original model validated again on each image cropped by (rows, columns) = "
+                            f"{', '.join(map(str, JITTERS))} input pixels; the largest change of the artifact "
+                            "fraction, per image and of the mean",
+            "sufficient": gap is None, "missing": gap,
+            "per_image": {n: {"artifact_fraction": evidence.fraction(n), "artifact_pixels": evidence.artifact_pixels(n),
+                              "pixels": evidence.pixels[n], "noise": evidence.noise[n]}
+                          for n in sorted(evidence.original.per_image)}}
+
+
+def _checkpoint(c: Candidate, evidence: Evidence | None) -> dict:
+    record = {"step": c.step, "weights": c.weights, "validation_artifact_fraction": c.score.artifact_fraction,
+              "validation_detail_ratio": c.score.detail_ratio}
+    if evidence is not None:
+        image, ratio = worst_detail(c.score, evidence.original)
+        record.update(validation_worst_detail_image=image, validation_worst_detail_ratio=ratio,
+                      improved_images=improved_images(c.score, evidence))
+    return record
+
+
 def _jsonable(value: object) -> object:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
@@ -83,7 +116,7 @@ def build_model_card(*, base: SRModel, mse: SRModel, train_files: Mapping[str, s
                      settings: Mapping[str, object], result: FinetuneResult,
                      train_before: Sequence[ImageScore], train_after: Sequence[ImageScore] | None,
                      validation_before: Sequence[ImageScore], validation_after: Sequence[ImageScore] | None,
-                     generator_file: str | None) -> dict:
+                     generator_file: str | None, min_artifact_images: int = 3) -> dict:
     """The card as a JSON-able dict (see the module docstring).
 
     Args:
@@ -96,6 +129,7 @@ def build_model_card(*, base: SRModel, mse: SRModel, train_files: Mapping[str, s
         train_before / train_after: scores of the original / chosen weights on the training images
             (``train_after`` None when nothing was chosen); likewise ``validation_before`` / ``validation_after``.
         generator_file: the name of the written generator, None when none was written.
+        min_artifact_images: the shipping rule's least number of validation images with artifacts.
     """
     chosen = result.chosen
     return _jsonable({
@@ -107,14 +141,10 @@ def build_model_card(*, base: SRModel, mse: SRModel, train_files: Mapping[str, s
         "validation_split": dict(validation_split),
         "settings": dict(settings),
         "generator": generator_file,
-        "chosen": None if chosen is None else {
-            "step": chosen.step, "weights": chosen.weights,
-            "validation_artifact_fraction": chosen.score.artifact_fraction,
-            "validation_detail_ratio": chosen.score.detail_ratio},
+        "evidence": _evidence(result.evidence, min_artifact_images),
+        "chosen": None if chosen is None else _checkpoint(chosen, result.evidence),
         "reason": result.reason,
-        "checkpoints": [{"step": c.step, "weights": c.weights,
-                         "validation_artifact_fraction": c.score.artifact_fraction,
-                         "validation_detail_ratio": c.score.detail_ratio} for c in result.candidates],
+        "checkpoints": [_checkpoint(c, result.evidence) for c in result.candidates],
         "train": _before_after(train_before, train_after),
         "validation": _before_after(validation_before, validation_after),
     })

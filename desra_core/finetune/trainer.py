@@ -32,50 +32,63 @@ from .data import CropConfig, PairSampler, TrainingPair
 from .ema import EMA
 from .losses import LossWeights, PerceptualLoss, discriminator_loss, gan_loss_vanilla
 from .networks import UNetDiscriminatorSN, load_discriminator
-from .validation import Candidate, ValidationScore, Validator, choose_checkpoint
+from .options import DEFAULTS
+from .validation import Candidate, Evidence, ValidationScore, Validator, choose_checkpoint, worst_detail
 
 __all__ = ["CHECKPOINT_NAME", "VALIDATION_COLUMNS", "FinetuneConfig", "FinetuneResult", "finetune", "save_generator"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
-VALIDATION_COLUMNS = ("val_artifact_fraction", "val_detail_ratio", "ema_val_artifact_fraction", "ema_val_detail_ratio")
-"""Log columns of the validation figures (NaN on steps without validation; ``ema_*`` NaN without EMA)."""
+VALIDATION_COLUMNS = ("val_artifact_fraction", "val_detail_ratio", "val_worst_detail_ratio",
+                      "ema_val_artifact_fraction", "ema_val_detail_ratio", "ema_val_worst_detail_ratio")
+"""Log columns of the validation figures (NaN on steps without validation; ``ema_*`` NaN without EMA):
+the mean artifact fraction, the mean detail ratio and the detail ratio of the image that keeps the least."""
 
 
 @dataclass(frozen=True, kw_only=True)
 class FinetuneConfig:
-    """Settings of a fine-tuning run; the defaults are Real-ESRGAN's (batch 12 suits a GPU).
+    """Settings of a fine-tuning run. The defaults are desra's only ones,
+    :data:`~desra_core.finetune.options.DEFAULTS` (L1 only, batch 4, HR crop 128, EMA off); Real-ESRGAN's
+    recipe is batch 12, crop 256, EMA 0.999 and ``LossWeights()`` (perceptual 1, GAN 0.1).
 
     ``ema`` 0 turns the EMA off (the saved generator is then the trained one); ``discriminator_warmup``
     steps train the discriminator while the generator learns without the adversarial term (used only
     with a fresh discriminator); ``weights.perceptual`` 0 skips VGG entirely. ``validate_every``: steps
-    between validations (with a validator); ``min_detail_ratio``: the least validation detail, relative to
-    the original model's, that a checkpoint must keep to be chosen.
+    between validations (with a validator); ``min_detail_ratio``: the least detail, relative to the
+    original model's, that a checkpoint must keep on every validation image to be chosen;
+    ``min_artifact_images``: the validation images with artifacts beyond the measured noise that the
+    shipping rule needs (:func:`~desra_core.finetune.validation.choose_checkpoint`).
     """
 
-    iterations: int = 1000
-    batch: int = 12
-    crop: int = 256
-    artifact_fraction: float = 0.5
-    lr: float = 1e-4
+    iterations: int = DEFAULTS.iterations
+    batch: int = DEFAULTS.batch
+    crop: int = DEFAULTS.crop
+    artifact_fraction: float = DEFAULTS.artifact_share
+    lr: float = DEFAULTS.lr
     betas: tuple[float, float] = (0.9, 0.99)
-    ema: float = 0.999
-    weights: LossWeights = field(default_factory=LossWeights)
+    ema: float = DEFAULTS.ema
+    weights: LossWeights = field(default_factory=lambda: LossWeights(perceptual=DEFAULTS.perceptual,
+                                                                     gan=DEFAULTS.gan))
     discriminator_warmup: int = 100
-    checkpoint_every: int = 100
-    validate_every: int = 100
-    min_detail_ratio: float = 0.9
-    seed: int = 0
+    checkpoint_every: int = DEFAULTS.checkpoint_every
+    validate_every: int = DEFAULTS.validate_every
+    min_detail_ratio: float = DEFAULTS.min_detail_ratio
+    min_artifact_images: int = DEFAULTS.min_artifact_images
+    seed: int = DEFAULTS.seed
     vgg_weights_path: str | None = None
     precision: str = "auto"  # on CUDA: "auto" (bf16, else fp16), "bf16", "fp16" or "fp32"; the CPU runs fp32
 
     def __post_init__(self) -> None:
-        for name in ("iterations", "batch", "crop", "checkpoint_every", "validate_every"):
+        for name in ("iterations", "batch", "crop", "checkpoint_every", "validate_every", "min_artifact_images"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"expected {name} to be a whole number ≥ 1, got {getattr(self, name)!r}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ConfigError(f"expected lr > 0, got {self.lr}")
         if self.precision not in ("auto", "bf16", "fp16", "fp32"):
             raise ConfigError(f"expected precision auto, bf16, fp16 or fp32, got {self.precision!r}")
+        if not 0.0 < self.ema < 1.0 and self.ema != 0.0:
+            raise ConfigError(f"expected ema 0 (off) or in (0, 1), got {self.ema}")
+        if not 0.0 <= self.artifact_fraction <= 1.0:
+            raise ConfigError(f"expected artifact_fraction in [0, 1], got {self.artifact_fraction}")
         if not 0.0 <= self.min_detail_ratio:
             raise ConfigError(f"expected min_detail_ratio ≥ 0, got {self.min_detail_ratio}")
         if self.discriminator_warmup < 0:
@@ -87,14 +100,15 @@ class FinetuneResult:
     """The outcome of a run.
 
     ``generator``: the last weights (EMA weights when the EMA is on); ``log``: one record per step. With a
-    validator: ``original`` is the original model's validation score, ``candidates`` every validated
-    checkpoint, ``chosen`` the one to ship (None when none qualifies), ``chosen_generator`` a module with
-    its weights, ``reason`` why it (or nothing) was chosen.
+    validator: ``original`` is the original model's validation score, ``evidence`` what the validation
+    can tell (its noise), ``candidates`` every validated checkpoint, ``chosen`` the one to ship (None when
+    none qualifies), ``chosen_generator`` a module with its weights, ``reason`` why it (or nothing) was chosen.
     """
 
     generator: torch.nn.Module
     log: list[dict]
     original: ValidationScore | None = None
+    evidence: Evidence | None = None
     candidates: tuple[Candidate, ...] = ()
     chosen: Candidate | None = None
     chosen_generator: torch.nn.Module | None = None
@@ -240,9 +254,12 @@ def finetune(generator: torch.nn.Module, pairs: Sequence[TrainingPair], config: 
                 score = validator(module)
                 record[f"{prefix}val_artifact_fraction"] = score.artifact_fraction
                 record[f"{prefix}val_detail_ratio"] = score.detail_ratio
+                record[f"{prefix}val_worst_detail_ratio"] = worst_detail(score, validator.original)[1]
                 candidate = Candidate(step, weights, score)
                 candidates.append(candidate)
-                chosen, _ = choose_checkpoint(candidates, validator.original, min_detail_ratio=config.min_detail_ratio)
+                chosen, _ = choose_checkpoint(candidates, validator.evidence(),
+                                              min_detail_ratio=config.min_detail_ratio,
+                                              min_artifact_images=config.min_artifact_images)
                 if chosen is candidate:
                     best, best_state = candidate, {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
             generator.train()
@@ -262,13 +279,15 @@ def finetune(generator: torch.nn.Module, pairs: Sequence[TrainingPair], config: 
     result = (ema.shadow if ema is not None else generator).eval()
     if validator is None:
         return FinetuneResult(generator=result, log=log)
-    chosen, reason = choose_checkpoint(candidates, validator.original, min_detail_ratio=config.min_detail_ratio)
+    chosen, reason = choose_checkpoint(candidates, validator.evidence(), min_detail_ratio=config.min_detail_ratio,
+                                       min_artifact_images=config.min_artifact_images)
     chosen_generator = None
     if chosen is not None:
         chosen_generator = copy.deepcopy(result)
         chosen_generator.load_state_dict(best_state)
-    return FinetuneResult(generator=result, log=log, original=validator.original, candidates=tuple(candidates),
-                          chosen=chosen, chosen_generator=chosen_generator, reason=reason)
+    return FinetuneResult(generator=result, log=log, original=validator.original, evidence=validator.evidence(),
+                          candidates=tuple(candidates), chosen=chosen, chosen_generator=chosen_generator,
+                          reason=reason)
 
 
 def save_generator(module: torch.nn.Module, path: str | Path) -> Path:

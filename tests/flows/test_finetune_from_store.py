@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import tasks.finetune
+import pipeline.finetuning
 from desra_core import build_pseudo_gt
 from desra_core.image import read_image, read_mask, to_float32
 from flows.finetune import finetune
@@ -24,13 +24,13 @@ TRAINING = dict(iterations=2, batch=2, crop=64, validate_every=1, holdout=0.34)
 def spied(monkeypatch):
     """The data each fine-tuning run hands to delivery (what it trains and validates on)."""
     seen = []
-    real = tasks.finetune.finetune_and_deliver
+    real = pipeline.finetuning.finetune_and_deliver
 
     def spy(**kwargs):
         seen.append(kwargs["data"])
         return real(**kwargs)
 
-    monkeypatch.setattr(tasks.finetune, "finetune_and_deliver", spy)
+    monkeypatch.setattr(pipeline.finetuning, "finetune_and_deliver", spy)
     return seen
 
 

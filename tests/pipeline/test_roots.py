@@ -155,3 +155,13 @@ def test_a_validation_folder_of_fine_tuning_is_confined_too(tree):
     for name in ("validate_dir", "validate_labels_dir"):
         with pytest.raises(ConfigError, match=name):
             check_confined({name: str(tree / "secret")}, roots)
+
+
+def test_the_weights_files_of_fine_tuning_are_confined_too(tree):
+    # The finetune flow loads its vgg_weights and discriminator files: a run may not name one elsewhere.
+    found = run_paths({"vgg_weights": "/w/vgg19.pth", "discriminator": "/w/netD.pth"}, KNOWN)
+    assert found == {"vgg_weights": "/w/vgg19.pth", "discriminator": "/w/netD.pth"}
+    roots = Roots([tree / "data"], "DESRA_ALLOWED_ROOTS")
+    for name in ("vgg_weights", "discriminator"):
+        with pytest.raises(ConfigError, match=name):
+            check_confined({name: str(tree / "secret")}, roots)

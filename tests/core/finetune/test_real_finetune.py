@@ -27,7 +27,7 @@ from pipeline.models import Models
 from pipeline.pairs import prepare_finetuning, process_stored
 from pipeline.settings import Settings
 from pipeline.steps import Run
-from tests.conftest import MODELS, PARITY
+from tests.conftest import MODELS, PARITY, unavailable
 
 pytestmark = [pytest.mark.real_models, pytest.mark.slow]
 
@@ -53,7 +53,7 @@ def test_finetuning_generalizes_to_photos_it_never_saw(tmp_path):
     gan_path, mse_path = MODELS / "realesr_general_x4v3.gan.safetensors", MODELS / "span_x4_ch52.mse.safetensors"
     cases = TRAIN + VALIDATION + CLEAN
     if not (gan_path.exists() and mse_path.exists() and all((PARITY / c / "lr.png").exists() for c in cases)):
-        pytest.skip(f"real weights or parity photos not found under {MODELS.parent}")
+        unavailable(f"real weights or parity photos not found under {MODELS.parent}")
     labels = tmp_path / "labels"
     settings = Settings(mse_model=str(mse_path), gan_model=str(gan_path), labels_dir=str(labels),
                         detection=DetectionConfig(threshold=0.8, min_area=500), device="cpu")

@@ -16,7 +16,7 @@ from desra_core import ConfigError, DetectionConfig
 from desra_core.finetune.data import make_pair
 from desra_core.finetune.losses import LossWeights
 from desra_core.finetune.trainer import CHECKPOINT_NAME, VALIDATION_COLUMNS, FinetuneConfig, finetune, save_generator
-from desra_core.finetune.validation import ValidationImage, Validator, choose_checkpoint
+from desra_core.finetune.validation import Candidate, ValidationImage, Validator, choose_checkpoint
 from desra_core.image import to_bit_depth
 from desra_core.models.sr import load_sr_model, upscale
 
@@ -49,7 +49,9 @@ def vgg_file(tmp_path_factory):
 
 
 def _config(**kw):
-    base = dict(iterations=4, batch=2, crop=32, checkpoint_every=2, discriminator_warmup=1, ema=0.9)
+    # the Real-ESRGAN recipe's loss terms (the defaults are L1 only), and a rule that can ship on two images
+    base = dict(iterations=4, batch=2, crop=32, checkpoint_every=2, discriminator_warmup=1, ema=0.9,
+                weights=LossWeights(), min_artifact_images=1)
     return FinetuneConfig(**{**base, **kw})
 
 
@@ -110,6 +112,33 @@ def test_validator_scores_the_original_weights_as_the_original(validator):
     assert other.per_image != validator.original.per_image
 
 
+def test_evidence_measures_the_noise_of_the_unchanged_model_which_never_ships(validator):
+    evidence = validator.evidence()
+    assert evidence is validator.evidence()  # measured once
+    assert set(evidence.noise) == {"v0", "v1"} and evidence.pixels == {"v0": 96 * 96, "v1": 96 * 96}
+    assert all(0.0 <= n <= 1.0 for n in evidence.noise.values()) and 0.0 <= evidence.mean_noise <= 1.0
+    assert evidence.with_artifacts == ["v0", "v1"]
+    # the jittered validation is a real re-measurement: it moves the figures of at least one image
+    assert any(n > 0 for n in evidence.noise.values())
+    same = Candidate(1, "trained", validator(_textured()))
+    chosen, reason = choose_checkpoint([same], evidence, min_detail_ratio=0.0, min_artifact_images=1)
+    assert chosen is None and "improve beyond their noise" in reason
+
+
+def test_one_validation_image_refuses_whatever_the_training_does(tmp_path, validator):
+    """Tiny models: the validation holds one image; however well a checkpoint does there, nothing ships."""
+    single = Validator(load_sr_model(validator._model.path), validator.images[:1], validator.detection)
+    cfg = _config(iterations=2, validate_every=1, lr=3e-3, ema=0.0, min_detail_ratio=0.0, min_artifact_images=3,
+                  weights=LossWeights(perceptual=0, gan=0))
+    result = finetune(_textured(), _pairs(), cfg, work_dir=tmp_path, validator=single)
+    assert len(result.candidates) == 2 and result.chosen is None and result.chosen_generator is None
+    assert result.reason.startswith("1 validation image with ")
+    assert result.reason.endswith("cannot show an improvement: shipping needs at least 3 validation images whose "
+                                  "artifacts exceed that noise; give --validate DIR (validate_dir in the flows) "
+                                  "with at least 3 photos that have artifacts")
+    assert result.evidence is single.evidence()
+
+
 def _same(a: float, b: float) -> bool:
     return (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, rel=1e-5, abs=1e-7)
 
@@ -143,7 +172,8 @@ def test_chosen_checkpoint_follows_the_rule_and_holds_its_weights(tmp_path, vali
                   weights=LossWeights(perceptual=0, gan=0))
     result = finetune(_textured(), _pairs(), cfg, work_dir=tmp_path, validator=validator)
     assert len(result.candidates) == 6 and result.original is validator.original
-    expected, _ = choose_checkpoint(result.candidates, validator.original, min_detail_ratio=0.0)
+    expected, _ = choose_checkpoint(result.candidates, validator.evidence(), min_detail_ratio=0.0,
+                                    min_artifact_images=1)
     assert result.chosen is expected
     if result.chosen is not None:  # the kept weights are the ones that were scored
         again = validator(result.chosen_generator)
