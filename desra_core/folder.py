@@ -11,17 +11,17 @@ are decoded. ``DESRA_MAX_INPUT_MB`` bounds what one read may hold (:func:`max_in
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ConfigError, InputImageError
+from .errors import InputImageError
+from .limits import positive_setting
 
-__all__ = ["DEFAULT_MAX_INPUT_MB", "MAX_INPUT_VARIABLE", "FileBytes", "Folder", "FolderFile", "max_input_bytes",
-           "read_bounded"]
+__all__ = ["DEFAULT_MAX_INPUT_MB", "MAX_INPUT_VARIABLE", "FileBytes", "Folder", "FolderFile", "file_kind",
+           "max_input_bytes", "read_bounded"]
 
 MAX_INPUT_VARIABLE = "DESRA_MAX_INPUT_MB"
 DEFAULT_MAX_INPUT_MB: float = 64.0
@@ -43,23 +43,15 @@ def max_input_bytes(environ: Mapping[str, str] | None = None) -> int:
     Raises:
         ConfigError: a value that is not a positive number.
     """
-    raw = (os.environ if environ is None else environ).get(MAX_INPUT_VARIABLE, "").strip()
-    if not raw:
-        return int(DEFAULT_MAX_INPUT_MB * 2**20)
-    try:
-        mib = float(raw)
-    except ValueError:
-        mib = float("nan")
-    if not math.isfinite(mib) or mib <= 0:
-        raise ConfigError(f"expected {MAX_INPUT_VARIABLE} to be a positive number of MiB, got {raw!r}")
-    return max(1, int(mib * 2**20))
+    mib = positive_setting(MAX_INPUT_VARIABLE, "MiB", environ)
+    return max(1, int((DEFAULT_MAX_INPUT_MB if mib is None else mib) * 2**20))
 
 
 def _shown(path: str | os.PathLike[str] | bytes) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
-def _kind(mode: int) -> str | None:
+def file_kind(mode: int) -> str | None:
     """What a file of this ``st_mode`` is when it is not a regular file."""
     if stat.S_ISREG(mode):
         return None
@@ -98,7 +90,7 @@ def read_bounded(fd: int, shown: str, max_bytes: int | None,
         OSError: reading failed.
     """
     st = os.fstat(fd)
-    kind = _kind(st.st_mode)
+    kind = file_kind(st.st_mode)
     if kind is not None:
         raise error(f"expected a regular image file, got {kind}", shown)
     if max_bytes is not None and st.st_size > max_bytes:

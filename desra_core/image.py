@@ -17,7 +17,6 @@ import numbers
 import os
 import re
 import secrets
-import stat
 import struct
 import warnings
 import zlib
@@ -170,19 +169,6 @@ def _orientation(image: Image.Image) -> int:
         return int(image.getexif().get(_ORIENTATION_TAG, 1))
     except Exception:  # unreadable EXIF must not make readable pixels unusable
         return 1
-
-
-def _special_kind(mode: int) -> str | None:
-    """What a file of this ``st_mode`` is when it is not a regular file (reading a FIFO would block)."""
-    if stat.S_ISREG(mode):
-        return None
-    if stat.S_ISDIR(mode):
-        return "a directory"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO (named pipe)"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    return "a device or other special file"
 
 
 def _signature_format(data: bytes) -> str | None:

@@ -15,8 +15,8 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
-from .folder import Folder
-from .image import BytesPath, StrPath, _special_kind, printable_path
+from .folder import Folder, file_kind
+from .image import BytesPath, StrPath, printable_path
 
 __all__ = ["IMAGE_SUFFIXES", "MAX_STEM_BYTES", "ImageEntry", "list_image_entries", "list_images", "safe_stem",
            "stem_problem"]
@@ -100,7 +100,7 @@ def _kind_problem(folder: Folder, name: str) -> str | None:
     if stat.S_ISLNK(mode):
         return ("expected an image file, got a symbolic link (links are not followed, even inside the folder: "
                 "copy the file into the folder)")
-    kind = _special_kind(mode)
+    kind = file_kind(mode)
     return None if kind is None else f"expected an image file, got {kind}"
 
 

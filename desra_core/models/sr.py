@@ -24,6 +24,7 @@ import torch
 
 from ..errors import ConfigError, InputImageError, ModelLoadError, ShapeError
 from ..image import to_bit_depth, to_float32
+from ..limits import positive_setting
 
 __all__ = ["DEFAULT_MAX_OUTPUT_MPIX", "MAX_OUTPUT_VARIABLE", "Precision", "SRModel", "check_output_size",
            "check_same_scale", "load_sr_model", "max_output_pixels", "upscale"]
@@ -123,18 +124,8 @@ def max_output_pixels(environ: Mapping[str, str] | None = None) -> int:
     Raises:
         ConfigError: a value that is not a positive number.
     """
-    import os
-
-    raw = (os.environ if environ is None else environ).get(MAX_OUTPUT_VARIABLE, "").strip()
-    if not raw:
-        return int(DEFAULT_MAX_OUTPUT_MPIX * 1e6)
-    try:
-        mpix = float(raw)
-    except ValueError:
-        mpix = float("nan")
-    if not math.isfinite(mpix) or mpix <= 0:
-        raise ConfigError(f"expected {MAX_OUTPUT_VARIABLE} to be a positive number of megapixels, got {raw!r}")
-    return max(1, int(mpix * 1e6))
+    mpix = positive_setting(MAX_OUTPUT_VARIABLE, "megapixels", environ)
+    return max(1, int((DEFAULT_MAX_OUTPUT_MPIX if mpix is None else mpix) * 1e6))
 
 
 def check_output_size(width: int, height: int, scale: int, max_pixels: int, path: str) -> None:
