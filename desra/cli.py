@@ -36,11 +36,11 @@ def _progress(desc: str):
 
 
 def _device(name: str) -> str:
-    if name != "auto":
-        return name
-    import torch
+    """The device a command asked for, checked on this machine (ConfigError naming it otherwise), before any
+    model is loaded: `--device bogus` is a device problem, not a weights problem."""
+    from pipeline.models import check_device
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return check_device(name)
 
 
 def _add_detection_options(p: argparse.ArgumentParser) -> None:

@@ -23,8 +23,17 @@ from pipeline.roots import segmenter_path
 from pipeline.settings import Settings
 from pipeline.store import file_sha256
 
-__all__ = ["SEG_VERSION", "SR_VERSION", "Models", "check_models", "load_segmenter_cached", "model_digest",
-           "resolve_device", "segmenter_id"]
+__all__ = [
+    "SEG_VERSION",
+    "SR_VERSION",
+    "Models",
+    "check_device",
+    "check_models",
+    "load_segmenter_cached",
+    "model_digest",
+    "resolve_device",
+    "segmenter_id",
+]
 
 SR_VERSION = f"sr-1/{__version__}"
 SEG_VERSION = f"seg-2/{__version__}"  # 2: 8-bit results are segmented as uint8
@@ -36,6 +45,30 @@ def resolve_device(device: str) -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def check_device(device: str) -> str:
+    """The torch device a run asked for (``auto``: CUDA when available, else the CPU), checked on this
+    machine. Raises :class:`ConfigError` for a name torch does not know or a device this machine lacks."""
+    import torch
+
+    name = resolve_device(device)
+    try:
+        parsed = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"expected device auto, cpu, cuda or cuda:N, got {device!r}") from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"expected a device this worker has, got {device!r}, but CUDA is not available here")
+        if parsed.index is not None and parsed.index >= count:
+            raise ConfigError(f"expected a device this worker has, got {device!r}, but it has {count} CUDA device(s)")
+    elif parsed.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ConfigError(f"expected a device this worker has, got {device!r}, but MPS is not available here")
+    elif parsed.type != "cpu":
+        raise ConfigError(f"expected device auto, cpu, cuda or cuda:N, got {device!r}")
+    return name
 
 
 def model_digest(spec: str) -> tuple[Path, str]:

@@ -32,9 +32,9 @@ from pipeline.leftovers import LOCK_NAME, attend
 from pipeline.models import (
     SEG_VERSION,
     SR_VERSION,
+    check_device,
     check_models,
     model_digest,
-    resolve_device,
     segmenter_id,
 )
 from pipeline.models import load_segmenter_cached as _segmenter
@@ -96,30 +96,6 @@ def confine(parameters: dict) -> None:
     roots = allowed_roots()
     if roots is not None:
         check_confined(run_paths(parameters, KNOWN_WEIGHTS), roots, model_cache=cache_dir())
-
-
-def check_device(device: str) -> str:
-    """The torch device a run asked for (``auto``: CUDA when available, else the CPU), checked on this
-    machine. Raises :class:`ConfigError` for a name torch does not know or a device this machine lacks."""
-    import torch
-
-    name = resolve_device(device)
-    try:
-        parsed = torch.device(name)
-    except (RuntimeError, TypeError, ValueError):
-        raise ConfigError(f"expected device auto, cpu, cuda or cuda:N, got {device!r}") from None
-    if parsed.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise ConfigError(f"expected a device this worker has, got {device!r}, but CUDA is not available here")
-        if parsed.index is not None and parsed.index >= count:
-            raise ConfigError(f"expected a device this worker has, got {device!r}, but it has {count} CUDA device(s)")
-    elif parsed.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise ConfigError(f"expected a device this worker has, got {device!r}, but MPS is not available here")
-    elif parsed.type != "cpu":
-        raise ConfigError(f"expected device auto, cpu, cuda or cuda:N, got {device!r}")
-    return name
 
 
 def ensure_output_root(output_dir: str) -> Path:
