@@ -15,29 +15,18 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from spandrel import ModelLoader
 
 from desra.cli import build_parser, main
 from desra.finetuning import NO_BETTER_MODEL, finetune_options
 from desra_core.finetune.options import DEFAULTS, FinetuneOptions
 from desra_core.finetune.trainer import VALIDATION_COLUMNS, FinetuneConfig
-from tests.core.models.test_sr import tiny_compact
-from tests.flows.conftest import write_lr
+from tests.flows.conftest import finetune_job, write_lr
 
 
 @pytest.fixture
 def setup(tmp_path):
-    images = tmp_path / "lr"
-    for i in range(3):
-        write_lr(images / f"im{i}.png", i, size=32)
-    gan_state = tiny_compact()
-    last = max(int(k.split(".")[1]) for k in gan_state if k.startswith("body."))
-    mse_state = {k: (torch.zeros_like(v) if k.startswith(f"body.{last}.") else v) for k, v in gan_state.items()}
-    mse, gan = tmp_path / "mse.pth", tmp_path / "gan.pth"
-    torch.save({"params_ema": mse_state}, mse)
-    torch.save({"params": gan_state}, gan)
-    return images, mse, gan
+    return finetune_job(tmp_path)
 
 
 def _folder(out):

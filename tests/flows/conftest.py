@@ -27,6 +27,24 @@ def tiny_models(tmp_path_factory):
     return str(mse), str(gan)
 
 
+def finetune_job(folder, images: int = 3, size: int = 32):
+    """``images`` small LR images in ``folder/lr`` and a model pair to fine-tune: a textured tiny Compact as
+    the GAN model and its smooth twin (last residual branch zeroed) as the MSE model, so that detection
+    finds texture to remove. Returns ``(images_dir, mse_path, gan_path)``."""
+    from pathlib import Path
+
+    folder = Path(folder)
+    for i in range(images):
+        write_lr(folder / "lr" / f"im{i}.png", i, size=size)
+    gan_state = tiny_compact()
+    last = max(int(k.split(".")[1]) for k in gan_state if k.startswith("body."))
+    mse_state = {k: (torch.zeros_like(v) if k.startswith(f"body.{last}.") else v) for k, v in gan_state.items()}
+    mse, gan = folder / "mse.pth", folder / "gan.pth"
+    torch.save({"params_ema": mse_state}, mse)
+    torch.save({"params": gan_state}, gan)
+    return folder / "lr", mse, gan
+
+
 def write_lr(path, seed: int, size: int = 40) -> None:
     rng = np.random.default_rng(seed)
     coarse = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)

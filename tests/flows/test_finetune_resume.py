@@ -23,8 +23,7 @@ import desra_core.finetune.data
 from desra.cli import main
 from flows.finetune import finetune
 from tests.conftest import REPO
-from tests.core.models.test_sr import tiny_compact
-from tests.flows.conftest import write_lr
+from tests.flows.conftest import finetune_job
 
 # In the child: the checkpoint is written whole (atomically), then the process dies at once.
 _KILLED_AFTER_FIRST_CHECKPOINT = """
@@ -47,15 +46,7 @@ TRAINING = dict(iterations=4, batch=2, crop=64, lr=1e-2, checkpoint_every=2, val
 def job(tmp_path):
     """Three small images; a textured tiny Compact as the GAN model, its smooth twin (residual branch zeroed)
     as the MSE model, so that detection finds texture to remove."""
-    images = tmp_path / "lr"
-    for i in range(3):
-        write_lr(images / f"im{i}.png", i, size=32)
-    gan_state = tiny_compact()
-    last = max(int(k.split(".")[1]) for k in gan_state if k.startswith("body."))
-    mse_state = {k: (torch.zeros_like(v) if k.startswith(f"body.{last}.") else v) for k, v in gan_state.items()}
-    mse, gan = tmp_path / "mse.pth", tmp_path / "gan.pth"
-    torch.save({"params_ema": mse_state}, mse)
-    torch.save({"params": gan_state}, gan)
+    images, mse, gan = finetune_job(tmp_path)
     return dict(input_dir=str(images), output_dir=str(tmp_path / "out"), mse_model=str(mse), gan_model=str(gan),
                 segmenter=None, threshold=0.9, min_area=10, device="cpu", **TRAINING)
 
