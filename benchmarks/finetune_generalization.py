@@ -11,7 +11,7 @@ in validation (rocket, astronaut_1, camera) or in the near-clean check (brick, a
 
 Prints progress lines and, per run, one JSON line with the figures. ``--sweep`` prepares the pairs and the
 validation images once and runs the README's rows one after the other (each from the original weights).
-The photos go through the pipeline (``pipeline.pairs``) as a drop with their label maps, the way
+The photos go through the pipeline (``desra.pipeline.pairs``) as a drop with their label maps, the way
 ``desra finetune`` takes them; the store lives in a temporary folder (``--work`` keeps it between runs).
 """
 
@@ -36,11 +36,11 @@ from desra_core.finetune.losses import LossWeights
 from desra_core.finetune.trainer import FinetuneConfig, finetune
 from desra_core.finetune.validation import Validator
 from desra_core.models.sr import load_sr_model
-from pipeline.drop import drop_items
-from pipeline.models import Models
-from pipeline.pairs import prepare_finetuning, process_stored, read_stored
-from pipeline.settings import Settings
-from pipeline.steps import Run
+from desra.pipeline.drop import drop_items
+from desra.pipeline.models import Models
+from desra.pipeline.pairs import prepare_finetuning, process_stored, read_stored
+from desra.pipeline.settings import Settings
+from desra.pipeline.steps import Run
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 TRAIN = ("hubble_0", "hubble_0_big", "coffee_0", "coffee_1", "coffee_0_big", "motorcycle_0", "motorcycle_1",

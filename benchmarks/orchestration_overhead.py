@@ -20,7 +20,7 @@ os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="desra-bench-prefe
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import tasks  # noqa: E402,F401  (Prefect environment defaults)
+import desra.tasks  # noqa: E402,F401  (Prefect environment defaults)
 
 
 def make_drop(folder: Path, images: int, size: int) -> None:
@@ -52,7 +52,7 @@ def plain_loop(drop: Path, out: Path, mse_path: str, gan_path: str, min_area: in
     from desra_core.image import read_image, to_bit_depth, write_image
     from desra_core.listing import list_images
     from desra_core.models.sr import load_sr_model, upscale
-    from pipeline.review import write_review_page
+    from desra.pipeline.review import write_review_page
 
     mse_model, gan_model = load_sr_model(mse_path), load_sr_model(gan_path)
     rows = []
@@ -78,7 +78,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each; the best counts")
     args = parser.parse_args()
 
-    from flows.full import run_in_process
+    from desra.flows.full import run_in_process
 
     work = Path(tempfile.mkdtemp(prefix="desra-bench-"))
     drop = work / "drop"

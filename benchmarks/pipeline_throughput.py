@@ -11,7 +11,7 @@ crops of 512² are the top-left and bottom-right crops of 12 photos' crops. A ph
 first enlarged with cubic interpolation (its label map with nearest neighbour).
 
 **Simulated device (default).** The models object has the interface the steps use from
-:class:`pipeline.models.Models` (``digests``, ``segmenter_key``, ``device``, ``scale``,
+:class:`desra.pipeline.models.Models` (``digests``, ``segmenter_key``, ``device``, ``scale``,
 ``super_resolve(role, lr)``, ``segment(gan)``). Each call sleeps ``--g`` seconds, which holds the
 simulated device without using the CPU, and returns a result prepared before timing starts: MSE is a
 cubic ×4 upscale of the input softened by a Gaussian blur (sigma 0.7), GAN the same upscale sharpened
@@ -19,21 +19,21 @@ cubic ×4 upscale of the input softened by a Gaussian blur (sigma 0.7), GAN the 
 as with a real GAN), and the label map is the parity case's ADE20K ``labels.png`` cut at the same place
 and enlarged ×4 (nearest neighbour). The settings name a segmenter, so every image makes 3 device
 calls. The only work in a call is one sha1 of the input (to find its prepared result; about 1 ms).
-``--real`` uses :class:`pipeline.models.Models` instead: SPAN (MSE) and Real-ESRGAN x4plus (GAN) from
+``--real`` uses :class:`desra.pipeline.models.Models` instead: SPAN (MSE) and Real-ESRGAN x4plus (GAN) from
 ``../shared/models`` and ``--segmenter`` (a SegFormer id or folder; ``""`` for none), on CUDA when
 there is one (on a CPU the models use the CPU, and the CPU figure is no longer "non-model" work).
 
 **What runs.** Each contender gets a fresh output root and an empty in-memory pixel cache, and does a
-whole run: list and hash the drop (:func:`pipeline.drop.drop_items`), every step of every image, then
-``runs/<run>.parquet`` and ``report.html`` (:func:`pipeline.report.write_run_files`).
+whole run: list and hash the drop (:func:`desra.pipeline.drop.drop_items`), every step of every image, then
+``runs/<run>.parquet`` and ``report.html`` (:func:`desra.pipeline.report.write_run_files`).
 
-* *pipeline*: :func:`pipeline.stream.process_images` with a :class:`~pipeline.stream.Device`.
+* *pipeline*: :func:`desra.pipeline.stream.process_images` with a :class:`~desra.pipeline.stream.Device`.
 * *batch-synchronous* (today's order before the streaming scheduler, one batch of up to ``--batch-size``
   images): all MSE-SR, each image read and its PNG encoded inside the SR loop while the device is held;
   then all GAN-SR the same way (reading each input again); then segmentation (label maps encoded in the
   loop); then detection of each image (on ``--workers`` threads, as the flow's task runner ran its detect
   tasks); then the pseudo-GT of each; then publishing each. It is driven here from the same
-  :class:`pipeline.steps.ImageJob` step methods: a different order of the same steps.
+  :class:`desra.pipeline.steps.ImageJob` step methods: a different order of the same steps.
 
 **Measured the same way for both.** Device busy = time spent inside the models object's calls (a
 wrapper times each ``super_resolve``/``segment``); occupancy = busy / wall time of the whole run;
@@ -68,12 +68,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from desra_core.image import read_image, write_image  # noqa: E402
-from pipeline import pixels  # noqa: E402
-from pipeline.drop import drop_items  # noqa: E402
-from pipeline.report import write_run_files  # noqa: E402
-from pipeline.settings import Settings  # noqa: E402
-from pipeline.steps import ImageJob, Run  # noqa: E402
-from pipeline.stream import Device, default_workers, process_images  # noqa: E402
+from desra.pipeline import pixels  # noqa: E402
+from desra.pipeline.drop import drop_items  # noqa: E402
+from desra.pipeline.report import write_run_files  # noqa: E402
+from desra.pipeline.settings import Settings  # noqa: E402
+from desra.pipeline.steps import ImageJob, Run  # noqa: E402
+from desra.pipeline.stream import Device, default_workers, process_images  # noqa: E402
 
 SHARED = Path(os.environ.get("DESRA_SHARED", Path(__file__).resolve().parents[2] / "shared"))  # ../shared
 PARITY = SHARED / "parity"
@@ -309,7 +309,7 @@ def main() -> int:
 
     if args.real:
         from desra_core.models.segmentation import DEFAULT_SEGMENTER
-        from pipeline.models import Models
+        from desra.pipeline.models import Models
 
         settings = Settings(mse_model=str(MODELS / "span_x4_ch52.mse.safetensors"),
                             gan_model=str(MODELS / "realesrgan_x4plus.gan.safetensors"),

@@ -12,9 +12,9 @@ distinct artifact fraction.
 
 **What is measured.**
 
-* *prepare*: :func:`pipeline.review.prepare_pictures` for every image, as the pipeline calls it when it
+* *prepare*: :func:`desra.pipeline.review.prepare_pictures` for every image, as the pipeline calls it when it
   publishes an image (on a CPU worker): CPU and wall time per image.
-* *write*: :func:`pipeline.review.write_review_page` with every image prepared (what the run does at
+* *write*: :func:`desra.pipeline.review.write_review_page` with every image prepared (what the run does at
   its end): wall time.
 * *bytes per image*: the first page's size over the images on it, all pages' size over all images, and
   the picture files' size over all images.
@@ -84,7 +84,7 @@ def make_run(out: Path, images: int, side: int) -> list[dict]:
 
 def old_structure(out: Path, rows: list[dict], path: Path) -> Path:
     """One page with every image and every picture inlined as a ``data:`` URI, no lazy loading."""
-    from pipeline.review import PICTURE_FOLDER, write_review_page
+    from desra.pipeline.review import PICTURE_FOLDER, write_review_page
 
     single = write_review_page(rows, out, title="old structure", path=path, page_size=len(rows),
                                fragments=out / ".desra" / "review")
@@ -156,7 +156,7 @@ def main() -> int:
 
 
 def measure(root: Path, args: argparse.Namespace) -> int:
-    from pipeline.review import PICTURE_FOLDER, prepare_pictures, write_review_page
+    from desra.pipeline.review import PICTURE_FOLDER, prepare_pictures, write_review_page
 
     out = root / "out"
     started = time.perf_counter()

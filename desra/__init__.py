@@ -1,3 +1,5 @@
 """desra: the application layer (command line, batch runs) on top of :mod:`desra_core`."""
 
-__all__: list[str] = []
+from desra_core import __version__
+
+__all__ = ["__version__"]

@@ -8,7 +8,7 @@ last heartbeat neither another heartbeat nor a final state arrives in time.
 
 :func:`build_zombie_automation` builds that automation (pure, no API call);
 :func:`ensure_zombie_automation` creates it on the Prefect API unless one of the same name exists.
-Prefect is imported inside the functions, after ``tasks.env`` has set its environment defaults.
+Prefect is imported inside the functions, after ``desra.tasks.env`` has set its environment defaults.
 """
 
 from __future__ import annotations

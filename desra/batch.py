@@ -6,7 +6,7 @@ Every image gets one record; an image that cannot be processed gets a record wit
 (a name that is not UTF-8, a symbolic link, a directory…) become failed records. The folder is opened
 once and each file is opened once through it, without following a link, and read whole (at most
 ``DESRA_MAX_INPUT_MB``).
-(``desra detect`` runs the pipeline's own steps: :mod:`pipeline.stream`.)
+(``desra detect`` runs the pipeline's own steps: :mod:`desra.pipeline.stream`.)
 """
 
 from __future__ import annotations

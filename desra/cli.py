@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from desra_core import ConfigError, DesraError, DetectionConfig
-from pipeline.text import inert
+from desra.pipeline.text import inert
 
 __all__ = ["build_parser", "main"]
 
@@ -38,7 +38,7 @@ def _progress(desc: str):
 def _device(name: str) -> str:
     """The device a command asked for, checked on this machine (ConfigError naming it otherwise), before any
     model is loaded: `--device bogus` is a device problem, not a weights problem."""
-    from pipeline.models import check_device
+    from desra.pipeline.models import check_device
 
     return check_device(name)
 
@@ -61,12 +61,12 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     import uuid
 
     from desra_core.image import atomic_write_bytes
-    from pipeline.drop import result_items
-    from pipeline.models import Models
-    from pipeline.report import write_run_files
-    from pipeline.settings import Settings
-    from pipeline.steps import Run
-    from pipeline.stream import process_images
+    from desra.pipeline.drop import result_items
+    from desra.pipeline.models import Models
+    from desra.pipeline.report import write_run_files
+    from desra.pipeline.settings import Settings
+    from desra.pipeline.steps import Run
+    from desra.pipeline.stream import process_images
 
     settings = Settings.from_options(threshold=args.threshold, min_area=args.min_area,
                                      min_area_fraction=args.min_area_fraction, segmenter=args.segmenter or None,
@@ -208,7 +208,7 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
     import yaml
 
     from desra.automations import default_within_seconds, worker_heartbeat_seconds
-    from tasks.env import configure
+    from desra.tasks.env import configure
 
     missing = [name for name in _DEPLOY_REQUIRED if not os.environ.get(name)]
     if missing:
@@ -315,9 +315,9 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     import httpx
 
-    import tasks  # noqa: F401  (Prefect environment defaults before Prefect loads)
+    import desra.tasks  # noqa: F401  (Prefect environment defaults before Prefect loads)
     from desra.embedded import start_embedded_server
-    from flows.full import run_in_process
+    from desra.flows.full import run_in_process
 
     start_embedded_server()  # without PREFECT_API_URL: an embedded server that dies with this process
     try:

@@ -4,9 +4,9 @@
 the validation images cannot show an improvement (then nothing is trained): nothing is shipped, only the
 training log, the model card and the report say what was tried or what was missing.
 
-Both run the pipeline (:mod:`pipeline.pairs`) with one :class:`~pipeline.settings.Settings` from their
+Both run the pipeline (:mod:`desra.pipeline.pairs`) with one :class:`~desra.pipeline.settings.Settings` from their
 options and its store in ``--out``: results a run there has already computed are read, not recomputed.
-``desra finetune`` is :func:`pipeline.finetuning.run_finetuning`, as the ``finetune`` flow is: its files go
+``desra finetune`` is :func:`desra.pipeline.finetuning.run_finetuning`, as the ``finetune`` flow is: its files go
 to ``OUT/finetune/<gan>-<key>/``, where running the same command (or the flow) again resumes.
 """
 
@@ -37,8 +37,8 @@ def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
 
 def _settings(args, device: str, gan: str):
     """The one Settings of a ``desra finetune``/``desra evaluate`` command line (as ``desra run`` builds it)."""
-    from pipeline.models import Models, check_models
-    from pipeline.settings import Settings
+    from desra.pipeline.models import Models, check_models
+    from desra.pipeline.settings import Settings
 
     settings = Settings.from_options(
         mse_model=str(args.mse), gan_model=str(gan), segmenter=None if args.no_semantic else args.segmenter,
@@ -70,9 +70,9 @@ def finetune_options(args) -> FinetuneOptions:
 
 
 def run_finetune(args, device: str, progress_factory) -> int:
-    """``desra finetune``: :func:`pipeline.finetuning.run_finetuning` with the command line's settings and
+    """``desra finetune``: :func:`desra.pipeline.finetuning.run_finetuning` with the command line's settings and
     options, the store and the run's folder under ``--out``."""
-    from pipeline.finetuning import run_finetuning
+    from desra.pipeline.finetuning import run_finetuning
 
     options = finetune_options(args)
     options.config()  # bad options fail before any model or image is touched
@@ -95,10 +95,10 @@ def run_finetune(args, device: str, progress_factory) -> int:
 def run_evaluate(args, device: str) -> int:
     """Each GAN model through the pipeline (one Settings per model, the store in ``--out``: the MSE results
     are computed once): the artifact fraction from the rows, the detail kept from the stored pixels and mask."""
-    from pipeline.drop import drop_items
-    from pipeline.models import Models
-    from pipeline.pairs import process_stored, read_stored
-    from pipeline.steps import Run
+    from desra.pipeline.drop import drop_items
+    from desra.pipeline.models import Models
+    from desra.pipeline.pairs import process_stored, read_stored
+    from desra.pipeline.steps import Run
 
     base = _settings(args, device, args.gan[0])
     run_id = f"evaluate-{time.strftime('%Y%m%dT%H%M%S')}"

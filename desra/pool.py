@@ -167,9 +167,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=DEFAULT_POOL_LIMIT,
                         help="flow runs at once in the whole pool; 0 = no limit (default: %(default)s)")
     args = parser.parse_args(argv)
-    import tasks.env
+    import desra.tasks.env
 
-    tasks.env.configure()
+    desra.tasks.env.configure()
     try:
         print(ensure_pool(args.name, limit=args.limit or None).summary())
     except ConfigError as e:

@@ -2,7 +2,7 @@
 
 The ``desra`` flow runs a whole drop in its own process; under a deployment, for a drop larger than one
 batch, it starts one run of this flow's ``desra-batch`` deployment per batch, so that any worker of the
-pool can take one. Each run streams its images through :mod:`pipeline.stream` (:func:`tasks.images.process`):
+pool can take one. Each run streams its images through :mod:`desra.pipeline.stream` (:func:`desra.tasks.images.process`):
 model calls back to back on the device, CPU stages on every core, an ``image <stem>`` task run per image.
 """
 
@@ -12,9 +12,9 @@ from prefect import flow
 from pydantic import Field
 
 from desra_core.models.segmentation import DEFAULT_SEGMENTER
-from tasks.images import process
-from tasks.preflight import admit
-from tasks.progress import Progress
+from desra.tasks.images import process
+from desra.tasks.preflight import admit
+from desra.tasks.progress import Progress
 
 __all__ = ["desra_batch"]
 

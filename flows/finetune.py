@@ -6,8 +6,8 @@ from prefect import flow
 from pydantic import Field
 
 from desra_core.finetune.options import DEFAULTS, FinetuneOptions
-from tasks.finetune import finetune_generator
-from tasks.preflight import admit
+from desra.tasks.finetune import finetune_generator
+from desra.tasks.preflight import admit
 
 __all__ = ["finetune"]
 
@@ -58,7 +58,7 @@ def finetune(
     same defaults as ``desra finetune``: the best row of the README's measured table, L1 only, no EMA);
     ``perceptual`` and ``gan`` weight the Real-ESRGAN recipe's other terms (1.0 and 0.1 there) where their
     weights are available (``vgg_weights``, ``discriminator``). The run is ``desra finetune``'s own
-    (:func:`pipeline.finetuning.run_finetuning`): its files go to ``OUT/finetune/<gan>-<key>/``, and a run
+    (:func:`desra.pipeline.finetuning.run_finetuning`): its files go to ``OUT/finetune/<gan>-<key>/``, and a run
     started again with the same inputs resumes from its checkpoint.
 
     Validation images (``validate_dir``, or a ``holdout`` share of the images chosen with ``split_seed``) are

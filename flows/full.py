@@ -1,7 +1,7 @@
 """Flow ``desra`` (deployment ``full``): the DeSRA pipeline over a drop of real-world images.
 
 In this process (``desra run``, or a drop of one batch) it streams every image of the drop through the
-pipeline at once (:func:`tasks.images.process`); under a deployment, a drop larger than ``batch_size``
+pipeline at once (:func:`desra.tasks.images.process`); under a deployment, a drop larger than ``batch_size``
 images is split into batches, each a run of the ``desra-batch`` deployment on the same work pool, so
 that several workers share the drop. It then gathers the per-image reports into ``runs/<run>.parquet`` and
 publishes a table and a summary artifact. Images already in the store cost no model work, so a
@@ -22,17 +22,17 @@ from pydantic import Field
 from desra_core import DesraError
 from desra_core.listing import list_image_entries
 from desra_core.models.segmentation import DEFAULT_SEGMENTER
-from flows.finetune import finetune as finetune_flow
-from pipeline.drop import drop_folder
-from pipeline.report import IMAGE_COLUMNS
-from pipeline.settings import Settings
-from pipeline.text import inert
-from tasks.gpu import ensure_gpu_limit
-from tasks.heartbeat import heartbeats
-from tasks.images import process
-from tasks.preflight import admit, refuse
-from tasks.progress import Progress
-from tasks.report import write_run_report
+from desra.flows.finetune import finetune as finetune_flow
+from desra.pipeline.drop import drop_folder
+from desra.pipeline.report import IMAGE_COLUMNS
+from desra.pipeline.settings import Settings
+from desra.pipeline.text import inert
+from desra.tasks.gpu import ensure_gpu_limit
+from desra.tasks.heartbeat import heartbeats
+from desra.tasks.images import process
+from desra.tasks.preflight import admit, refuse
+from desra.tasks.progress import Progress
+from desra.tasks.report import write_run_report
 
 __all__ = ["BATCH_DEPLOYMENT", "desra", "run_in_process"]
 
@@ -53,7 +53,7 @@ def _run_batches_on_workers(batches: list[list[str]], parameters: dict, progress
     Failed with a message that says so. Even if a worker and this run both did a batch, each image's work
     would be done once: the store's claims see to it.
 
-    While it processes a claimed batch, this run sends the batch run's heartbeats (:func:`tasks.heartbeat.heartbeats`,
+    While it processes a claimed batch, this run sends the batch run's heartbeats (:func:`desra.tasks.heartbeat.heartbeats`,
     the first one accepted by the server before any image is touched), since no engine of its own runs: if this
     process dies, the batch run's heartbeats stop with this run's, and the zombie automation of ``desra deploy``
     marks both Crashed, which frees the pool slots they hold (a claimed run without heartbeats would stay Pending,

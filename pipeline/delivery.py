@@ -1,7 +1,7 @@
 """One fine-tuning run from prepared data to shipped files: train, validate, choose, and write what qualifies.
 
 :func:`finetune_and_deliver` takes the training pairs and validation images that
-:func:`pipeline.pairs.prepare_finetuning` read from the pipeline's store, fine-tunes with validation
+:func:`desra.pipeline.pairs.prepare_finetuning` read from the pipeline's store, fine-tunes with validation
 (:func:`~desra_core.finetune.trainer.finetune`; the weights under test run with the run's tile and overlap
 and are detected with its detection settings), and in ``out_dir`` writes what follows. When the validation
 cannot show an improvement (:func:`~desra_core.finetune.validation.evidence_gap`: too few validation images
@@ -30,8 +30,8 @@ from desra_core.finetune.trainer import FinetuneConfig, FinetuneResult, finetune
 from desra_core.finetune.validation import Validator, evidence_gap
 from desra_core.image import to_bit_depth, to_float32
 from desra_core.models.sr import SRModel
-from pipeline.pairs import FinetuneData
-from pipeline.review import write_finetune_page
+from desra.pipeline.pairs import FinetuneData
+from desra.pipeline.review import write_finetune_page
 
 __all__ = ["CARD_NAME", "GENERATOR_NAME", "REPORT_NAME", "Delivery", "finetune_and_deliver"]
 
@@ -66,7 +66,7 @@ def finetune_and_deliver(*, gan: SRModel, mse: SRModel, data: FinetuneData, conf
     Args:
         gan, mse: the GAN model to tune (a private copy: it is changed) and the MSE reference (for the card).
         data: the prepared pairs, scores and validation images, with the run's ``settings``
-            (:func:`pipeline.pairs.prepare_finetuning`).
+            (:func:`desra.pipeline.pairs.prepare_finetuning`).
         config: training settings.
         out_dir: where the checkpoint, generator, card and report go.
         record: further settings to record in the card (device, discriminator, model specs…).

@@ -19,9 +19,9 @@ from desra_core import ConfigError
 from desra_core.folder import Folder, FolderFile
 from desra_core.image import printable_path
 from desra_core.listing import list_image_entries, safe_stem
-from pipeline.roots import Roots
-from pipeline.steps import Item
-from pipeline.store import file_sha256
+from desra.pipeline.roots import Roots
+from desra.pipeline.steps import Item
+from desra.pipeline.store import file_sha256
 
 __all__ = ["admit_folder", "drop_folder", "drop_items", "match_labels", "result_items", "scan_drop"]
 
@@ -137,7 +137,7 @@ def drop_items(input_dir: str | Folder, stems: list[str] | None = None,
     """The drop's images (all, or only ``stems``) as pipeline items, with their label maps when given.
 
     Nothing is read or hashed here: each item's ``file`` (and ``labels_file``) is opened and read once by
-    its image's step (:meth:`pipeline.steps.ImageJob.load`), which fills in the digests."""
+    its image's step (:meth:`desra.pipeline.steps.ImageJob.load`), which fills in the digests."""
     scanned = scan_drop(input_dir, stems)
     labels = {r["stem"]: r for r in match_labels(scanned, labels_dir)} if labels_dir else {}
     items = []

@@ -2,9 +2,9 @@
 :func:`run_finetuning` with one :class:`~desra_core.finetune.options.FinetuneOptions` (one set of defaults,
 the same options everywhere).
 
-A run takes its pairs and validation images from the pipeline (:func:`pipeline.pairs.prepare_finetuning`,
+A run takes its pairs and validation images from the pipeline (:func:`desra.pipeline.pairs.prepare_finetuning`,
 the store under ``output_dir``), trains, validates and ships what the rule accepts
-(:func:`pipeline.delivery.finetune_and_deliver`), and writes everything in one folder,
+(:func:`desra.pipeline.delivery.finetune_and_deliver`), and writes everything in one folder,
 :func:`finetune_folder`: ``OUT/finetune/<gan>-<key>/``, where the key is a digest of what decides the
 training (the GAN weights' sha256, the run's settings, the options but ``iterations`` and
 ``checkpoint_every``, and the train and validation images with the sha256 of their files). So the same
@@ -31,10 +31,10 @@ from desra_core.finetune.options import FinetuneOptions
 from desra_core.finetune.trainer import VALIDATION_COLUMNS
 from desra_core.image import atomic_path
 from desra_core.models.sr import SRModel, load_sr_model
-from pipeline.delivery import Delivery, finetune_and_deliver
-from pipeline.models import Models, resolve_device
-from pipeline.pairs import FinetuneData, prepare_finetuning
-from pipeline.settings import Settings
+from desra.pipeline.delivery import Delivery, finetune_and_deliver
+from desra.pipeline.models import Models, resolve_device
+from desra.pipeline.pairs import FinetuneData, prepare_finetuning
+from desra.pipeline.settings import Settings
 
 __all__ = ["FOLDER", "LOG_NAME", "FinetuneOptions", "FinetuneRun", "finetune_folder", "run_finetuning"]
 

@@ -1,6 +1,6 @@
 """The models of a run: which weights (by digest), loaded once per process, and the device calls the steps make.
 
-:class:`Models` is what the device stage of :mod:`pipeline.stream` calls: ``super_resolve(role, lr)`` and
+:class:`Models` is what the device stage of :mod:`desra.pipeline.stream` calls: ``super_resolve(role, lr)`` and
 ``segment(gan)``. It loads nothing until the first call (a run whose images all come from the store loads
 no model), and keeps loaded models in the process for the next run. Weights enter store keys by the
 sha256 of their file (:func:`model_digest`), a segmenter by its id, or a local folder by its files
@@ -19,9 +19,9 @@ from desra_core import ConfigError, __version__
 from desra_core.image import to_float32
 from desra_core.models.sr import SRModel, check_same_scale, load_sr_model, upscale
 from desra_core.models.weights import resolve_weights
-from pipeline.roots import segmenter_path
-from pipeline.settings import Settings
-from pipeline.store import file_sha256
+from desra.pipeline.roots import segmenter_path
+from desra.pipeline.settings import Settings
+from desra.pipeline.store import file_sha256
 
 __all__ = [
     "SEG_VERSION",
@@ -120,7 +120,7 @@ def _folder_digest(folder: str) -> str:
 
 
 class Models:
-    """The SR pair and segmenter of one :class:`~pipeline.settings.Settings`, as the device stage calls them.
+    """The SR pair and segmenter of one :class:`~desra.pipeline.settings.Settings`, as the device stage calls them.
 
     ``digests`` (role → sha256) and ``segmenter_key`` are known at once (the files are hashed, nothing is
     loaded); the models load on the first call, on the thread that makes it (the device thread).

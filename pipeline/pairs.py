@@ -1,12 +1,12 @@
 """Fine-tuning data from the pipeline: training pairs and validation images, read from a run's store.
 
 Every fine-tuning entry point (the ``finetune`` flow, ``desra finetune``, ``desra evaluate``) gets its
-images here, with the run's exact :class:`~pipeline.settings.Settings`. :func:`process_stored` runs the
-pipeline (:func:`pipeline.stream.process_images`) over a drop: after a run with the same settings every
+images here, with the run's exact :class:`~desra.pipeline.settings.Settings`. :func:`process_stored` runs the
+pipeline (:func:`desra.pipeline.stream.process_images`) over a drop: after a run with the same settings every
 entry is in the store, so nothing is super-resolved or detected again (the rows' ``computed`` column is
 empty); otherwise the pipeline computes what is missing, once, into the store. :func:`read_stored` then
 reads an ok image back: the LR input from its file; the MSE and GAN results, the label map and the mask
-from the store entries under the run's keys (:func:`pipeline.steps.entry_paths`).
+from the store entries under the run's keys (:func:`desra.pipeline.steps.entry_paths`).
 
 :func:`prepare_finetuning` does the whole preparation: the training pairs
 (:func:`~desra_core.finetune.data.make_pair` with the run's ``feather``: each target is the pseudo-GT the
@@ -29,12 +29,12 @@ from desra_core.finetune.pipeline import ImageScore, detail_kept
 from desra_core.finetune.validation import ValidationImage, split_stems
 from desra_core.folder import max_input_bytes
 from desra_core.image import read_image, read_image_bytes, read_label_map
-from pipeline import pixels
-from pipeline.drop import drop_items
-from pipeline.models import Models
-from pipeline.settings import Settings
-from pipeline.steps import Item, Run, entry_paths
-from pipeline.stream import Device, process_images
+from desra.pipeline import pixels
+from desra.pipeline.drop import drop_items
+from desra.pipeline.models import Models
+from desra.pipeline.settings import Settings
+from desra.pipeline.steps import Item, Run, entry_paths
+from desra.pipeline.stream import Device, process_images
 
 __all__ = ["FinetuneData", "StoredImage", "prepare_finetuning", "process_stored", "read_stored"]
 

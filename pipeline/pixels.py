@@ -1,6 +1,6 @@
 """Store images kept in memory between the steps of one worker process.
 
-Within one image, the steps of :class:`pipeline.steps.ImageJob` hand each other arrays in memory; what
+Within one image, the steps of :class:`desra.pipeline.steps.ImageJob` hand each other arrays in memory; what
 is reached by path instead (a store entry a later step or run reads back, a published file the review
 page reads) would be decoded again from the PNG just encoded: for small images that is most of the cost
 of orchestration.

@@ -26,8 +26,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from desra_core.image import atomic_path, atomic_write_bytes
-from pipeline import pixels
-from pipeline.review import write_review_page
+from desra.pipeline import pixels
+from desra.pipeline.review import write_review_page
 
 __all__ = ["IMAGE_COLUMNS", "REGION_COLUMNS", "STEPS", "TIMELINE_COLUMNS", "frame", "is_published",
            "publish_image", "review_fragments", "write_run_files"]
@@ -47,7 +47,7 @@ REGION_COLUMNS = ["region_id", "x", "y", "w", "h", "area", "classes", "mean_adju
 def _publish(src: str, dst: Path) -> None:
     """Publish a store file under a stable name: an atomic copy (never a hard link, so that editing the
     published file in place cannot change the store entry that later runs trust; an object store would copy
-    too). The copy shares the store file's cached pixels (:func:`pipeline.pixels.alias`)."""
+    too). The copy shares the store file's cached pixels (:func:`desra.pipeline.pixels.alias`)."""
     with atomic_path(dst) as tmp:
         shutil.copyfile(src, tmp)
     pixels.alias(src, dst)

@@ -1,7 +1,7 @@
 """DeSRA's per-image steps, each written once: read, MSE-SR, GAN-SR, segment, detect, pseudo-GT, publish.
 
 An :class:`ImageJob` carries one image through the steps. Each step is a method that does one kind of
-work, so a scheduler (:mod:`pipeline.stream`) can put it where it belongs:
+work, so a scheduler (:mod:`desra.pipeline.stream`) can put it where it belongs:
 
 * **CPU** (run under the ``cpu`` gate a scheduler passes in): :meth:`~ImageJob.read` (decode the input),
   :meth:`~ImageJob.store_sr`, :meth:`~ImageJob.store_labels` (encode results into the store),
@@ -10,7 +10,7 @@ work, so a scheduler (:mod:`pipeline.stream`) can put it where it belongs:
 * **bookkeeping** (no pixels): :meth:`~ImageJob.plan` (store keys, what is already stored, the claims
   on what is not).
 
-Every output is content-addressed in the run's :class:`~pipeline.store.Store` by what it depends on
+Every output is content-addressed in the run's :class:`~desra.pipeline.store.Store` by what it depends on
 (input digest, model digests, settings, code version): a key that exists is taken, not recomputed,
 and the image's row says which steps this run ``computed``. Claims (:meth:`Store.claim`) make two runs
 on one output root compute each entry once. A step that fails raises; :func:`failed_row` turns that
@@ -41,13 +41,13 @@ from desra_core.image import (
     write_image,
 )
 from desra_core.models.sr import check_output_size, max_output_pixels
-from pipeline import pixels
-from pipeline.leftovers import attend
-from pipeline.models import SEG_VERSION, SR_VERSION
-from pipeline.report import is_published, publish_image, review_fragments
-from pipeline.review import prepare_pictures
-from pipeline.settings import Settings
-from pipeline.store import Store, step_key
+from desra.pipeline import pixels
+from desra.pipeline.leftovers import attend
+from desra.pipeline.models import SEG_VERSION, SR_VERSION
+from desra.pipeline.report import is_published, publish_image, review_fragments
+from desra.pipeline.review import prepare_pictures
+from desra.pipeline.settings import Settings
+from desra.pipeline.store import Store, step_key
 
 __all__ = ["DETECT_VERSION", "PSEUDO_VERSION", "ImageJob", "Item", "Run", "entry_paths", "failed_row", "published_row"]
 
@@ -78,12 +78,12 @@ class Item:
 class Run:
     """What every image of a run shares: the settings, the output root and the models (``None`` when
     every SR result is given and no segmenter runs). Creating one creates the output root and attends it
-    (:func:`pipeline.leftovers.attend`: temporary files that killed runs left there are removed first)."""
+    (:func:`desra.pipeline.leftovers.attend`: temporary files that killed runs left there are removed first)."""
 
     settings: Settings
     output_dir: str
     run_id: str
-    models: object | None = None  # pipeline.models.Models, or a stand-in with the same methods
+    models: object | None = None  # desra.pipeline.models.Models, or a stand-in with the same methods
 
     def __post_init__(self) -> None:
         os.makedirs(self.output_dir, exist_ok=True)

@@ -1,6 +1,6 @@
 """Streaming the per-image steps so that the device never waits on CPU work.
 
-:func:`process_images` runs every image of a run through :mod:`pipeline.steps` at once, within bounds:
+:func:`process_images` runs every image of a run through :mod:`desra.pipeline.steps` at once, within bounds:
 
 * **One device thread** (:class:`Device`) runs the model calls (MSE-SR, GAN-SR, segmentation) back to back,
   the earliest image first. It does nothing else: decoding, encoding, detection, pseudo-GT and publishing
@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
-from pipeline.steps import ImageJob, Item, Run, failed_row, published_row
+from desra.pipeline.steps import ImageJob, Item, Run, failed_row, published_row
 
 __all__ = ["Device", "default_workers", "process_image", "process_images"]
 

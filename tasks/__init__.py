@@ -1,6 +1,6 @@
 """Prefect tasks: thin adapters that run :mod:`pipeline` steps as task runs and pass paths and small records."""
 
-from tasks.env import configure as _configure
+from desra.tasks.env import configure as _configure
 
 _configure()  # before anything imports prefect
 

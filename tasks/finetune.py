@@ -6,10 +6,10 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from desra_core.finetune.options import FinetuneOptions
-from pipeline.finetuning import run_finetuning
-from pipeline.models import resolve_device
-from pipeline.settings import Settings
-from tasks.models import gpu_slot
+from desra.pipeline.finetuning import run_finetuning
+from desra.pipeline.models import resolve_device
+from desra.pipeline.settings import Settings
+from desra.tasks.models import gpu_slot
 
 __all__ = ["finetune_generator"]
 
@@ -41,7 +41,7 @@ def _validation_markdown(card: dict) -> str:
 def finetune_generator(input_dir: str, output_dir: str, settings: Settings, options: FinetuneOptions,
                        stems: list[str] | None = None) -> dict:
     """Fine-tune ``settings.gan_model`` on pseudo-GT pairs of ``input_dir`` with ``options``, validated on
-    images never trained on: :func:`pipeline.finetuning.run_finetuning`, the function ``desra finetune``
+    images never trained on: :func:`desra.pipeline.finetuning.run_finetuning`, the function ``desra finetune``
     runs too (same folder ``OUT/finetune/<gan>-<key>/``, so a run started again resumes from its checkpoint).
 
     The pairs and validation images come from the pipeline with ``settings`` exactly: after a ``desra`` run

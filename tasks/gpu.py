@@ -2,7 +2,7 @@
 
 from prefect import get_client
 
-from tasks.models import GPU_LIMIT
+from desra.tasks.models import GPU_LIMIT
 
 __all__ = ["ensure_gpu_limit"]
 

@@ -1,11 +1,11 @@
-"""The Prefect face of :mod:`pipeline.stream`: each image a task run, the device holding the ``gpu`` slot.
+"""The Prefect face of :mod:`desra.pipeline.stream`: each image a task run, the device holding the ``gpu`` slot.
 
 :func:`process` runs a drop's images through the pipeline's streamed steps and adds what users see in the
 Prefect UI: one ``image <stem>`` task run per image that needed work (Failed, with its error, when the
 image failed; the others go on), a progress artifact, and one log line per failed image: a WARNING without
 a traceback when desra expected the failure (a :class:`~desra_core.DesraError`: bad input, a size limit…),
 an ERROR with the traceback when it did not (a bug, or an environment fault such as a full disk). Names and
-errors in those texts pass through :func:`pipeline.text.inert`. The device thread holds one slot of the
+errors in those texts pass through :func:`desra.pipeline.text.inert`. The device thread holds one slot of the
 ``gpu`` global concurrency limit while it runs model calls, so two runs on one machine never share a GPU
 by accident.
 """
@@ -21,14 +21,14 @@ from prefect.context import TaskRunContext
 from prefect.states import Failed
 
 from desra_core import DesraError
-from pipeline.drop import drop_items
-from pipeline.models import Models
-from pipeline.settings import Settings
-from pipeline.steps import Item, Run
-from pipeline.stream import Device, process_images
-from pipeline.text import inert
-from tasks.models import gpu_slot
-from tasks.progress import Progress
+from desra.pipeline.drop import drop_items
+from desra.pipeline.models import Models
+from desra.pipeline.settings import Settings
+from desra.pipeline.steps import Item, Run
+from desra.pipeline.stream import Device, process_images
+from desra.pipeline.text import inert
+from desra.tasks.models import gpu_slot
+from desra.tasks.progress import Progress
 
 __all__ = ["ImageFailureLogged", "process"]
 

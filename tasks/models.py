@@ -1,6 +1,6 @@
 """The ``gpu`` slot: one slot of a global concurrency limit, held by a run's device thread while it runs
 model calls, so two flows on one machine never share a GPU by accident. The models themselves, their
-digests and their device calls are :mod:`pipeline.models`."""
+digests and their device calls are :mod:`desra.pipeline.models`."""
 
 import contextlib
 

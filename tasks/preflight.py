@@ -1,6 +1,6 @@
 """Checks that a run makes before it reads any image or creates anything: fail fast, fail clearly.
 
-:func:`confine` applies the allowed roots (:mod:`pipeline.roots`) to a run's paths; the ``preflight`` task
+:func:`confine` applies the allowed roots (:mod:`desra.pipeline.roots`) to a run's paths; the ``preflight`` task
 checks the device, loads and checks the SR models and the segmenter, and makes sure that the output
 root can be created and written. A refusal that desra expects (a :class:`~desra_core.DesraError`) is one
 sentence: :func:`refuse` logs it at WARNING, without a traceback, and turns it into the run's ``Failed``
@@ -27,9 +27,9 @@ from prefect.states import Failed
 
 from desra_core import ConfigError, DesraError, ModelLoadError
 from desra_core.models.weights import KNOWN_WEIGHTS, cache_dir
-from pipeline.drop import admit_folder
-from pipeline.leftovers import LOCK_NAME, attend
-from pipeline.models import (
+from desra.pipeline.drop import admit_folder
+from desra.pipeline.leftovers import LOCK_NAME, attend
+from desra.pipeline.models import (
     SEG_VERSION,
     SR_VERSION,
     check_device,
@@ -37,8 +37,8 @@ from pipeline.models import (
     model_digest,
     segmenter_id,
 )
-from pipeline.models import load_segmenter_cached as _segmenter
-from pipeline.roots import (
+from desra.pipeline.models import load_segmenter_cached as _segmenter
+from desra.pipeline.roots import (
     ROOTS_VARIABLE,
     Roots,
     check_apart,
@@ -47,9 +47,9 @@ from pipeline.roots import (
     registered_roots,
     run_paths,
 )
-from pipeline.settings import Settings
-from pipeline.store import Store, step_key
-from pipeline.text import inert
+from desra.pipeline.settings import Settings
+from desra.pipeline.store import Store, step_key
+from desra.pipeline.text import inert
 
 __all__ = ["ReturnedFailedState", "admit", "admit_folders", "allowed_roots", "check_device", "confine",
            "ensure_output_root", "preflight", "refuse"]
@@ -120,7 +120,7 @@ def ensure_output_root(output_dir: str) -> Path:
 
 
 def _attend(output_dir: str) -> list[Path]:
-    """:func:`pipeline.leftovers.attend`: this process works in the output root from now on, and the
+    """:func:`desra.pipeline.leftovers.attend`: this process works in the output root from now on, and the
     temporary files that killed runs left there go (all of them when no other run works there)."""
     try:
         return attend(output_dir)
@@ -132,9 +132,9 @@ def _attend(output_dir: str) -> list[Path]:
 @task(name="preflight", cache_policy=NO_CACHE, persist_result=False)
 def preflight(mse_model: str, gan_model: str, segmenter: str | None, output_dir: str, device: str = "auto") -> dict:
     """Every check a run makes before it touches an image, in this order: the device; both SR models
-    (loaded on the CPU, same scale; see :func:`pipeline.models.check_models`); the segmenter, when there is one
+    (loaded on the CPU, same scale; see :func:`desra.pipeline.models.check_models`); the segmenter, when there is one
     (loaded on the run's device, its ADE20K class order checked); the output root (created, written; the
-    temporary files that killed runs left there are removed, see :mod:`pipeline.leftovers`).
+    temporary files that killed runs left there are removed, see :mod:`desra.pipeline.leftovers`).
 
     The verdict on the models and the segmenter is remembered in the output root's store by the files'
     digests (and the segmenter's id, or its folder's digest), so a re-run does not load them again.
@@ -164,7 +164,7 @@ def preflight(mse_model: str, gan_model: str, segmenter: str | None, output_dir:
 
 def refuse(error: DesraError | str, kind: str | None = None):
     """Log an expected refusal at WARNING (no traceback) and return the run's ``Failed`` state; the paths it
-    names pass through :func:`pipeline.text.inert`."""
+    names pass through :func:`desra.pipeline.text.inert`."""
     message, kind = (error, kind) if isinstance(error, str) else (str(error), type(error).__name__)
     message = inert(message)
     prefix = "refused the models" if kind == ModelLoadError.__name__ else "refused"
@@ -175,7 +175,7 @@ def refuse(error: DesraError | str, kind: str | None = None):
 def admit(*, input_dir: str, output_dir: str, more_paths: dict[str, str | None] | None = None,
           **options) -> tuple[Settings | None, State | None]:
     """What every flow does first, before it reads or creates anything: :func:`confine` its paths (and
-    ``more_paths``) and refuse an output root that overlaps an input folder (:func:`pipeline.roots.check_apart`),
+    ``more_paths``) and refuse an output root that overlaps an input folder (:func:`desra.pipeline.roots.check_apart`),
     validate ``options`` (the flow's settings parameters) into one :class:`Settings`, then
     the :func:`preflight` checks. Returns ``(settings, None)`` when the run may go on, else ``(None, the
     Failed state to return)`` (logged by :func:`refuse`). A segmenter is ignored when label maps are given."""
@@ -209,7 +209,7 @@ _FOLDER_PARAMETERS = ("validate_dir", "validate_labels_dir")
 def admit_folders(folders: dict[str, str | None]) -> None:
     """Open a run's input folders once (parameter name → path; ``None`` skipped) and check on each open
     descriptor that it lies inside the allowed roots: the run lists them through these descriptors
-    (:func:`pipeline.drop.admit_folder`), so a folder swapped for a link after :func:`confine` is refused,
+    (:func:`desra.pipeline.drop.admit_folder`), so a folder swapped for a link after :func:`confine` is refused,
     never listed.
 
     Raises:

@@ -1,9 +1,9 @@
 """The run report in the Prefect UI: ``runs/<run>.parquet`` and ``report.html`` (written by
-:func:`pipeline.report.write_run_files`, as every entry point does), a table artifact of the run's images
+:func:`desra.pipeline.report.write_run_files`, as every entry point does), a table artifact of the run's images
 (failures and worst artifacts first) and a summary artifact that links to the review page.
 
 The Prefect UI renders both artifacts as markdown (each table cell too), so every name, path and error in
-them passes through :func:`pipeline.text.inert`: a file name cannot add a line, a heading, a link or HTML."""
+them passes through :func:`desra.pipeline.text.inert`: a file name cannot add a line, a heading, a link or HTML."""
 
 from pathlib import Path
 
@@ -12,8 +12,8 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from pipeline.report import IMAGE_COLUMNS, frame, write_run_files
-from pipeline.text import inert
+from desra.pipeline.report import IMAGE_COLUMNS, frame, write_run_files
+from desra.pipeline.text import inert
 
 __all__ = ["write_run_report"]
 

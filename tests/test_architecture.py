@@ -10,14 +10,29 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _imports(path: Path) -> set[str]:
-    names = set()
+_LAYERS = ("flows", "tasks", "pipeline")  # installed as desra.flows, desra.tasks, desra.pipeline
+
+
+def _layer(module: str) -> str:
+    """The layer an absolute import names: ``desra.pipeline.x`` → ``pipeline``, ``desra.cli`` → ``desra``,
+    ``prefect.flows`` → ``prefect``."""
+    parts = module.split(".")
+    return parts[1] if parts[0] == "desra" and len(parts) > 1 and parts[1] in _LAYERS else parts[0]
+
+
+def _absolute_imports(path: Path) -> list[str]:
+    names = []
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.Import):
-            names.update(alias.name.split(".")[0] for alias in node.names)
+            names.extend(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names.add(node.module.split(".")[0])
+            names.extend(f"{node.module}.{alias.name}" if node.module == "desra" else node.module
+                         for alias in node.names)
     return names
+
+
+def _imports(path: Path) -> set[str]:
+    return {_layer(name) for name in _absolute_imports(path)}
 
 
 def _modules(package: str) -> list[Path]:
@@ -80,3 +95,16 @@ def test_flow_modules_keep_annotations_real():
     # Served/deployed runs rebuild the parameter model from annotations: no postponed evaluation.
     for path in _modules("flows"):
         assert "from __future__ import annotations" not in path.read_text(), path.name
+
+
+_ALL_PYTHON = sorted(p for folder in ("desra", "desra_core", "flows", "tasks", "pipeline", "tests", "benchmarks",
+                                      "examples")
+                     for p in (REPO / folder).rglob("*.py"))  # rglob does not follow the links desra/flows…
+
+
+@pytest.mark.parametrize("path", _ALL_PYTHON, ids=lambda p: str(p.relative_to(REPO)))
+def test_nothing_imports_the_layers_by_their_folder_names(path):
+    # Installed, the layers exist only as desra.flows/desra.tasks/desra.pipeline; `import flows` works only in a
+    # checkout's root and would load a second copy of every module (two Prefect flows named desra, two stores).
+    bare = sorted(name for name in _absolute_imports(path) if name.split(".")[0] in _LAYERS)
+    assert not bare, f"{path.relative_to(REPO)} imports {bare}: write desra.{bare[0]}"

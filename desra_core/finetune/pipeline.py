@@ -3,7 +3,7 @@
 :func:`detail_kept` measures how much detail the GAN result keeps outside the artifacts: the mean
 Gaussian-window standard deviation of the GAN result divided by the MSE result's, over the pixels outside
 the mask (≈1 for an MSE-like result, above 1 for GAN detail). The images themselves come from the
-pipeline's store (``pipeline.pairs``); validation scores fine-tuned weights the same way.
+pipeline's store (``desra.pipeline.pairs``); validation scores fine-tuned weights the same way.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """`desra detect` and `desra metrics` on folders: outputs, report rows, bad input, exit codes.
 
-`desra detect` runs the pipeline's steps from detection on (:mod:`pipeline.stream`), so its outputs are the
+`desra detect` runs the pipeline's steps from detection on (:mod:`desra.pipeline.stream`), so its outputs are the
 flows': ``masks/``, ``pseudo_gt/``, ``reports/<stem>.parquet``, ``runs/<run>.parquet``, ``report.html``, and
 ``report.parquet`` (the run's rows, in the run report's schema)."""
 
@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from desra.cli import main
-from pipeline.report import IMAGE_COLUMNS
+from desra.pipeline.report import IMAGE_COLUMNS
 
 SKY = 2
 
@@ -148,7 +148,7 @@ def test_rerun_with_a_broken_file_keeps_earlier_outputs(drop):
 
 
 def test_second_run_over_unchanged_files_redoes_nothing(drop, monkeypatch):
-    import pipeline.steps
+    import desra.pipeline.steps
 
     rc, out, first = _detect(drop)
     assert rc == 0 and not first["cached"].any() and (first["computed"] == "detect,pseudo_gt").all()
@@ -156,7 +156,7 @@ def test_second_run_over_unchanged_files_redoes_nothing(drop, monkeypatch):
     def no_detection(*args, **kwargs):
         raise AssertionError("detection ran again over unchanged files")
 
-    monkeypatch.setattr(pipeline.steps, "detect_artifacts", no_detection)
+    monkeypatch.setattr(desra.pipeline.steps, "detect_artifacts", no_detection)
     rc, out, second = _detect(drop)
     assert rc == 0 and second["cached"].all() and (second["computed"] == "").all()
     assert second["artifact_fraction"].equals(first["artifact_fraction"])

@@ -162,7 +162,7 @@ def test_validate_folder_and_holdout_errors(tmp_path, capsys, setup):
 
 
 def test_the_command_and_the_flow_take_the_same_options_with_one_set_of_defaults():
-    from flows.finetune import finetune
+    from desra.flows.finetune import finetune
 
     parameters = inspect.signature(finetune.fn).parameters
     for option in dataclasses.fields(FinetuneOptions):  # seed, vgg_weights, discriminator… in the flow too

@@ -12,7 +12,7 @@ from transformers import SegformerImageProcessor
 from desra.cli import main
 from desra_core import ConfigError
 from desra_core.models.segmentation import load_segmenter, segment
-from pipeline.settings import Settings
+from desra.pipeline.settings import Settings
 from tests.core.models.test_segmentation import ADE, _save_tiny
 from tests.core.models.test_sr import tiny_rrdbnet
 
@@ -64,7 +64,7 @@ def test_detect_with_segmenter_writes_and_uses_label_maps(tmp_path):
     assert rc == 0
     report = pd.read_parquet(out / "report.parquet").set_index("stem")
     labels = cv2.imread(str(out / "labels" / "a.png"), cv2.IMREAD_UNCHANGED)
-    # the pipeline's segmentation step (pipeline.models.Models.segment) segments an 8-bit result as uint8
+    # the pipeline's segmentation step (desra.pipeline.models.Models.segment) segments an 8-bit result as uint8
     expected = segment(load_segmenter(str(seg_dir)), cv2.cvtColor(gan, cv2.COLOR_BGR2RGB))
     assert np.array_equal(labels, expected)
     assert report.loc["a", "status"] == "ok" and report.loc["a", "segmenter"] == str(seg_dir)
@@ -74,12 +74,12 @@ def test_detect_with_segmenter_writes_and_uses_label_maps(tmp_path):
 
 def test_detect_with_segmenter_needs_no_sr_weights(tmp_path, monkeypatch):
     """Every SR result is given: only the segmenter is loaded; the SR weights are neither resolved nor hashed."""
-    import pipeline.models
+    import desra.pipeline.models
 
     def no_weights(spec):
         raise AssertionError(f"desra detect resolved SR weights {spec!r}")
 
-    monkeypatch.setattr(pipeline.models, "resolve_weights", no_weights)
+    monkeypatch.setattr(desra.pipeline.models, "resolve_weights", no_weights)
     seg_dir = _save_tiny(tmp_path / "seg", ADE, processor=SegformerImageProcessor(size={"height": 64, "width": 64}))
     rng = np.random.default_rng(2)
     for sub in ("mse", "gan"):
@@ -90,4 +90,4 @@ def test_detect_with_segmenter_needs_no_sr_weights(tmp_path, monkeypatch):
                str(seg_dir), "--out", str(out), "--min-area", "10", "--device", "cpu"])
     assert rc == 0 and (out / "labels" / "b.png").is_file()
     with pytest.raises(ConfigError, match="SR results given"):
-        _ = pipeline.models.Models(Settings(segmenter=str(seg_dir), device="cpu"), sr=False).scale
+        _ = desra.pipeline.models.Models(Settings(segmenter=str(seg_dir), device="cpu"), sr=False).scale

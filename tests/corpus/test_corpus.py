@@ -121,7 +121,7 @@ def test_listing_gives_each_file_a_safe_stem_and_its_problem(corpus):
 
 
 def test_desra_flow_over_the_corpus(tmp_path, corpus, tiny_models):
-    from flows.full import desra
+    from desra.flows.full import desra
 
     drop, expected = corpus
     out = tmp_path / "out"
@@ -208,7 +208,7 @@ def test_detect_cli_over_the_corpus(tmp_path, corpus, capsys):
 
 
 def test_scan_drop_items_are_safe_and_printable(corpus):
-    from pipeline.drop import match_labels, scan_drop
+    from desra.pipeline.drop import match_labels, scan_drop
 
     drop, expected = corpus
     items = scan_drop(str(drop))

@@ -21,8 +21,8 @@ import pytest
 from PIL import Image
 
 import desra_core.image
-import pipeline.report
-import pipeline.store
+import desra.pipeline.report
+import desra.pipeline.store
 from tests.flows.conftest import counted, prefect_api, tiny_models  # noqa: F401
 from tests.integration.conftest import REPO, Stack
 
@@ -110,7 +110,7 @@ class DiskFull:
                     raise OSError(errno.ENOSPC, ENOSPC_MESSAGE, str(target))
 
         # atomic_write_bytes and write_image look atomic_path up in desra_core.image; the pipeline imported it.
-        for module in (desra_core.image, pipeline.report):
+        for module in (desra_core.image, desra.pipeline.report):
             monkeypatch.setattr(module, "atomic_path", atomic_path)
 
 

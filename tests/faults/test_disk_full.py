@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.full import desra
+from desra.flows.full import desra
 from tests.conftest import unavailable
 from tests.faults.conftest import ENOSPC_MESSAGE, DiskFull, latest_run, store_files, untrustworthy_files
 from tests.flows.conftest import write_lr

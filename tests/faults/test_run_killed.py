@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.full import desra
+from desra.flows.full import desra
 from tests.faults.conftest import untrustworthy_files
 from tests.flows.conftest import write_lr
 from tests.integration.conftest import REPO, _descendants, tail

@@ -55,11 +55,11 @@ def write_lr(path, seed: int, size: int = 40) -> None:
 @pytest.fixture
 def counted(monkeypatch):
     """Count the SR inference and detection calls that the pipeline's steps make."""
-    import pipeline.models
-    import pipeline.steps
+    import desra.pipeline.models
+    import desra.pipeline.steps
 
     calls = {"upscale": 0, "detect": 0}
-    real_upscale, real_detect = pipeline.models.upscale, pipeline.steps.detect_artifacts
+    real_upscale, real_detect = desra.pipeline.models.upscale, desra.pipeline.steps.detect_artifacts
 
     def upscale(*a, **k):
         calls["upscale"] += 1
@@ -69,6 +69,6 @@ def counted(monkeypatch):
         calls["detect"] += 1
         return real_detect(*a, **k)
 
-    monkeypatch.setattr(pipeline.models, "upscale", upscale)
-    monkeypatch.setattr(pipeline.steps, "detect_artifacts", detect)
+    monkeypatch.setattr(desra.pipeline.models, "upscale", upscale)
+    monkeypatch.setattr(desra.pipeline.steps, "detect_artifacts", detect)
     return calls

@@ -21,9 +21,9 @@ def _run(drop: str, out: str, mse: str, gan: str, ready, go, result) -> None:
     """One `desra run` in its own process with its own embedded API; SR made slow so the runs overlap."""
     os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="desra-concurrent-")
     import desra_core.models.sr as sr
-    import pipeline.models as models
-    import tasks  # noqa: F401
-    from flows.full import run_in_process
+    import desra.pipeline.models as models
+    import desra.tasks  # noqa: F401
+    from desra.flows.full import run_in_process
 
     real = sr.upscale
 

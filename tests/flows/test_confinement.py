@@ -18,9 +18,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from flows.batch import desra_batch
-from flows.finetune import finetune
-from flows.full import desra
+from desra.flows.batch import desra_batch
+from desra.flows.finetune import finetune
+from desra.flows.full import desra
 from tests.conftest import file_tree, unavailable
 from tests.core.models.test_segmentation import ADE, CITYSCAPES, _save_tiny
 from tests.flows.conftest import write_lr
@@ -274,17 +274,17 @@ def test_the_segmenter_is_checked_with_the_models_before_any_image(tmp_path, dro
 
 
 def test_a_good_segmenter_is_checked_once_then_remembered(tmp_path, drop, tiny_models, monkeypatch):
-    import tasks.preflight
+    import desra.tasks.preflight
 
     folder = _save_tiny(tmp_path / "ade", ADE)
     loads = []
-    real = tasks.preflight._segmenter
+    real = desra.tasks.preflight._segmenter
 
     def counting(spec, device):
         loads.append(spec)
         return real(spec, device)
 
-    monkeypatch.setattr(tasks.preflight, "_segmenter", counting)
+    monkeypatch.setattr(desra.tasks.preflight, "_segmenter", counting)
     out = tmp_path / "out"
     for _ in range(2):
         state = _run(drop, out, tiny_models, segmenter=str(folder))
@@ -296,9 +296,9 @@ def test_a_good_segmenter_is_checked_once_then_remembered(tmp_path, drop, tiny_m
 
 @pytest.mark.parametrize("empty", ["", None])
 def test_an_empty_segmenter_means_no_semantic_adjustment(tmp_path, drop, tiny_models, monkeypatch, empty):
-    import tasks.preflight
+    import desra.tasks.preflight
 
-    monkeypatch.setattr(tasks.preflight, "_segmenter", lambda *a: pytest.fail(f"loaded a segmenter: {a}"))
+    monkeypatch.setattr(desra.tasks.preflight, "_segmenter", lambda *a: pytest.fail(f"loaded a segmenter: {a}"))
     out = tmp_path / "out"
     state = _run(drop, out, tiny_models, segmenter=empty)
     assert state.is_completed(), state.message
@@ -336,7 +336,7 @@ def test_under_the_worker_entry_point_a_refusal_logs_no_traceback(tmp_path, drop
     assert [r for r in prefect_logs if r.levelno == logging.WARNING and "refused: " in r.getMessage()]
     assert not [r.getMessage() for r in prefect_logs if r.exc_info or r.levelno >= logging.ERROR]
 
-    from tasks.preflight import ReturnedFailedState
+    from desra.tasks.preflight import ReturnedFailedState
 
     def record(error: BaseException) -> logging.LogRecord:
         return logging.LogRecord("prefect.flow_runs", logging.ERROR, __file__, 1,

@@ -14,7 +14,7 @@ import cv2
 import pandas as pd
 import pytest
 
-from flows.full import desra
+from desra.flows.full import desra
 from tests.flows.conftest import write_lr
 
 

@@ -21,7 +21,7 @@ from prefect.settings import get_current_settings
 
 import desra_core.finetune.data
 from desra.cli import main
-from flows.finetune import finetune
+from desra.flows.finetune import finetune
 from tests.conftest import REPO
 from tests.flows.conftest import finetune_job
 
@@ -34,7 +34,7 @@ def save_then_die(obj, path):
     real_save(obj, path)
     os.kill(os.getpid(), signal.SIGKILL)
 trainer._save_atomic = save_then_die
-from flows.finetune import finetune
+from desra.flows.finetune import finetune
 finetune(**json.loads(sys.argv[1]))
 """
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from flows.full import _gather, desra
+from desra.flows.full import _gather, desra
 from tests.flows.conftest import write_lr
 
 

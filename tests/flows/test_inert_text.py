@@ -16,7 +16,7 @@ import re
 import pandas as pd
 import pytest
 
-from flows.full import desra
+from desra.flows.full import desra
 from tests.flows.conftest import write_lr
 
 FORGED = ("g\n\n# All images OK, nothing failed\n\n[open report](javascript:alert(1)) "
@@ -51,7 +51,7 @@ def assert_inert(text: str, where: str, own_headings: tuple[str, ...] = ()) -> N
 
 
 def _inject_bug(monkeypatch) -> None:
-    from pipeline.steps import ImageJob
+    from desra.pipeline.steps import ImageJob
 
     real = ImageJob.detect
 

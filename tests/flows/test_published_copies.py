@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from desra_core.image import read_image
-from flows.full import desra
+from desra.flows.full import desra
 from tests.flows.conftest import write_lr
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-import pipeline.store
-from pipeline.store import Store
+import desra.pipeline.store
+from desra.pipeline.store import Store
 
 SPAWN = mp.get_context("spawn")
 STEP, KEY = "sr", "ab" * 32
@@ -157,7 +157,7 @@ def test_a_key_that_would_leave_the_locks_folder_is_refused(tmp_path, step, key)
 
 
 def test_without_fcntl_a_claim_warns_and_excludes_nothing(tmp_path, monkeypatch):
-    monkeypatch.setattr(pipeline.store, "fcntl", None)
+    monkeypatch.setattr(desra.pipeline.store, "fcntl", None)
     with pytest.warns(RuntimeWarning, match="fcntl is not available"), \
             Store(tmp_path).claim(STEP, KEY, blocking=False) as got:
         assert got is True

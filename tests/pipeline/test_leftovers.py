@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 
 from desra_core.image import _temp_beside
-from pipeline.leftovers import STALE_AFTER, TEMP_NAME, attend
+from desra.pipeline.leftovers import STALE_AFTER, TEMP_NAME, attend
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX locks")
 
 REPO = Path(__file__).resolve().parents[2]
 HOLDER = """
 import sys
-from pipeline.leftovers import attend
+from desra.pipeline.leftovers import attend
 attend(sys.argv[1])
 print("attending", flush=True)
 sys.stdin.read()  # until the test closes stdin

@@ -1,4 +1,4 @@
-"""Fine-tuning data from the pipeline (:mod:`pipeline.pairs`), without Prefect: the pipeline's own steps
+"""Fine-tuning data from the pipeline (:mod:`desra.pipeline.pairs`), without Prefect: the pipeline's own steps
 compute what the store lacks, once; images it fails on are left out with their errors; the split never
 puts an image in both sets; a store entry gone missing is an error naming it."""
 
@@ -12,9 +12,9 @@ import torch
 
 from desra_core import DesraError
 from desra_core.image import read_image, to_float32
-from pipeline.pairs import prepare_finetuning, read_stored
-from pipeline.settings import Settings
-from pipeline.steps import entry_paths
+from desra.pipeline.pairs import prepare_finetuning, read_stored
+from desra.pipeline.settings import Settings
+from desra.pipeline.steps import entry_paths
 from tests.core.models.test_sr import tiny_compact, tiny_rrdbnet
 from tests.flows.conftest import write_lr
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from pipeline.report import IMAGE_COLUMNS, REGION_COLUMNS, publish_image
+from desra.pipeline.report import IMAGE_COLUMNS, REGION_COLUMNS, publish_image
 
 
 def test_reports_of_ok_clean_and_failed_images_share_one_schema(tmp_path):

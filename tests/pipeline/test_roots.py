@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from desra_core import ConfigError
-from pipeline.roots import (
+from desra.pipeline.roots import (
     ROOTS_VARIABLE,
     Roots,
     check_confined,

@@ -1,8 +1,8 @@
-"""The streaming scheduler (:mod:`pipeline.stream`): no barrier between images, model calls alone on the
+"""The streaming scheduler (:mod:`desra.pipeline.stream`): no barrier between images, model calls alone on the
 device thread, earliest image first, one failing image failing alone, a bounded number of images in flight.
 
-Everything runs :func:`~pipeline.stream.process_images` directly (no Prefect) with tiny real SR models
-saved in ``tmp_path`` and loaded through :class:`~pipeline.models.Models`, as the entry points do.
+Everything runs :func:`~desra.pipeline.stream.process_images` directly (no Prefect) with tiny real SR models
+saved in ``tmp_path`` and loaded through :class:`~desra.pipeline.models.Models`, as the entry points do.
 """
 
 from __future__ import annotations
@@ -15,15 +15,15 @@ import pandas as pd
 import pytest
 import torch
 
-import pipeline.models
-import pipeline.pixels
-import pipeline.steps
-from pipeline.drop import drop_items
-from pipeline.models import Models
-from pipeline.report import STEPS, write_run_files
-from pipeline.settings import Settings
-from pipeline.steps import ImageJob, Run
-from pipeline.stream import Device, process_images
+import desra.pipeline.models
+import desra.pipeline.pixels
+import desra.pipeline.steps
+from desra.pipeline.drop import drop_items
+from desra.pipeline.models import Models
+from desra.pipeline.report import STEPS, write_run_files
+from desra.pipeline.settings import Settings
+from desra.pipeline.steps import ImageJob, Run
+from desra.pipeline.stream import Device, process_images
 from tests.core.models.test_sr import tiny_compact, tiny_rrdbnet
 from tests.flows.conftest import write_lr
 
@@ -43,13 +43,13 @@ def models(tmp_path_factory) -> tuple[str, str]:
 def slow_sr(monkeypatch):
     """Every SR model call sleeps ``delay[0]`` seconds first, so that the device is the bottleneck."""
     delay = [0.15]
-    real = pipeline.models.upscale
+    real = desra.pipeline.models.upscale
 
     def upscale(*a, **k):
         time.sleep(delay[0])
         return real(*a, **k)
 
-    monkeypatch.setattr(pipeline.models, "upscale", upscale)
+    monkeypatch.setattr(desra.pipeline.models, "upscale", upscale)
     return delay
 
 
@@ -113,10 +113,10 @@ def test_the_device_thread_only_runs_model_calls(tmp_path, models, monkeypatch):
         return wrapper
 
     # CPU work, wherever it is called from: decoding, encoding, detection, pseudo-GT, publishing.
-    for module, name in ((pipeline.steps, "read_image_bytes"), (pipeline.steps, "write_image"),
-                         (pipeline.steps, "detect_artifacts"), (pipeline.steps, "build_pseudo_gt"),
-                         (pipeline.steps, "publish_image"), (pipeline.pixels, "write_image"),
-                         (pipeline.pixels, "write_mask"), (pipeline.pixels, "read_pixels")):
+    for module, name in ((desra.pipeline.steps, "read_image_bytes"), (desra.pipeline.steps, "write_image"),
+                         (desra.pipeline.steps, "detect_artifacts"), (desra.pipeline.steps, "build_pseudo_gt"),
+                         (desra.pipeline.steps, "publish_image"), (desra.pipeline.pixels, "write_image"),
+                         (desra.pipeline.pixels, "write_mask"), (desra.pipeline.pixels, "read_pixels")):
         monkeypatch.setattr(module, name, recording(f"cpu:{name}", getattr(module, name)))
     for name in ("read", "store_sr", "store_labels", "detect", "pseudo_gt", "publish", "load_sr"):
         monkeypatch.setattr(ImageJob, name, recording(f"step:{name}", getattr(ImageJob, name)))
@@ -163,14 +163,14 @@ def test_a_failing_image_fails_alone(tmp_path, models, monkeypatch):
     drop, out = _drop(tmp_path / "drop", 4), tmp_path / "out"
     (drop / "corrupt.png").write_bytes(b"not an image")
     write_lr(drop / "model_fails.png", 7, size=24)
-    real = pipeline.models.upscale
+    real = desra.pipeline.models.upscale
 
     def upscale(model, lr, **k):  # a model call that fails for one image only (its own size)
         if lr.shape[:2] == (24, 24):
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
         return real(model, lr, **k)
 
-    monkeypatch.setattr(pipeline.models, "upscale", upscale)
+    monkeypatch.setattr(desra.pipeline.models, "upscale", upscale)
     rows, run = _run(drop, out, models, "run", workers=2)
     assert [r["stem"] for r in rows] == sorted(["corrupt", "img0", "img1", "img2", "img3", "model_fails"])
     assert (run.drop(index=["corrupt", "model_fails"])["status"] == "ok").all()

@@ -1,4 +1,4 @@
-"""pipeline.text: names, paths and errors shown in artifacts, logs, state messages and the CLI cannot act."""
+"""desra.pipeline.text: names, paths and errors shown in artifacts, logs, state messages and the CLI cannot act."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import re
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.text import inert, visible
+from desra.pipeline.text import inert, visible
 
 FORGED = ("g\n\n# All images OK, nothing failed\n\n[open report](javascript:alert(1)) "
           "<img src=x onerror=alert(1)>\x1b[2J\u202eevil\r\t\u2028\u200b\U000e0001")

@@ -214,7 +214,7 @@ def severe_console_messages(driver) -> list[str]:
 def copy_page(page: Path, folder: Path) -> Path:
     """The pages of ``page`` (``report.html``, ``report-2.html``…) and their picture folder, alone in another
     folder (as a bucket would hold them): they must not need anything else. Returns the first page's copy."""
-    from pipeline.review import PICTURE_FOLDER
+    from desra.pipeline.review import PICTURE_FOLDER
 
     folder.mkdir(parents=True, exist_ok=True)
     for sibling in page.parent.glob(f"{page.stem}*{page.suffix}"):

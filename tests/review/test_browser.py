@@ -12,7 +12,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from pipeline.review import write_review_page
+from desra.pipeline.review import write_review_page
 from tests.review.conftest import (
     HOSTILE_STEM,
     copy_page,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.full import desra
+from desra.flows.full import desra
 from tests.review.conftest import (
     PageParser,
     copy_page,

@@ -8,7 +8,7 @@ import re
 
 import numpy as np
 
-import pipeline.review as review
+import desra.pipeline.review as review
 from desra_core.image import write_image
 from tests.review.conftest import PageParser, make_image, photo
 

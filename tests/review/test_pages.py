@@ -8,8 +8,8 @@ import re
 
 import pytest
 
-import pipeline.review as review
-from pipeline.review import PICTURE_FOLDER, write_review_page
+import desra.pipeline.review as review
+from desra.pipeline.review import PICTURE_FOLDER, write_review_page
 from tests.review.conftest import PageParser, make_image
 
 

@@ -6,7 +6,7 @@ import pytest
 from prefect.context import SettingsContext, get_settings_context
 from prefect.settings import get_current_settings
 
-import flows.full
+import desra.flows.full
 
 
 @pytest.fixture
@@ -18,7 +18,7 @@ def probe(monkeypatch):
         seen.update(heartbeat=settings.flows.heartbeat_frequency, url=settings.api.url, parameters=parameters)
         return "state"
 
-    monkeypatch.setattr(flows.full, "desra", fake_flow)
+    monkeypatch.setattr(desra.flows.full, "desra", fake_flow)
     return seen
 
 
@@ -30,7 +30,7 @@ def _with_api_url(url):
 
 def test_embedded_api_runs_without_heartbeats(probe):
     with _with_api_url(None):
-        assert flows.full.run_in_process(input_dir="in") == "state"
+        assert desra.flows.full.run_in_process(input_dir="in") == "state"
     assert probe["heartbeat"] is None and probe["parameters"] == {"input_dir": "in", "return_state": True}
     assert get_current_settings().flows.heartbeat_frequency is not None  # only inside the run
 
@@ -38,5 +38,5 @@ def test_embedded_api_runs_without_heartbeats(probe):
 def test_a_real_server_keeps_prefects_heartbeat_setting(probe):
     with _with_api_url("http://127.0.0.1:4200/api"):
         expected = get_current_settings().flows.heartbeat_frequency
-        flows.full.run_in_process(input_dir="in")
+        desra.flows.full.run_in_process(input_dir="in")
     assert probe["heartbeat"] == expected and probe["url"] == "http://127.0.0.1:4200/api"
