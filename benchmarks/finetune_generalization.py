@@ -31,16 +31,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from desra_core import DetectionConfig
-from desra_core.finetune.losses import LossWeights
-from desra_core.finetune.trainer import FinetuneConfig, finetune
-from desra_core.finetune.validation import Validator
-from desra_core.models.sr import load_sr_model
 from desra.pipeline.drop import drop_items
 from desra.pipeline.models import Models
 from desra.pipeline.pairs import prepare_finetuning, process_stored, read_stored
 from desra.pipeline.settings import Settings
 from desra.pipeline.steps import Run
+from desra_core import DetectionConfig
+from desra_core.finetune.losses import LossWeights
+from desra_core.finetune.trainer import FinetuneConfig, finetune
+from desra_core.finetune.validation import Validator
+from desra_core.models.sr import load_sr_model
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 TRAIN = ("hubble_0", "hubble_0_big", "coffee_0", "coffee_1", "coffee_0_big", "motorcycle_0", "motorcycle_1",

@@ -48,11 +48,11 @@ def make_models(folder: Path) -> tuple[str, str]:
 def plain_loop(drop: Path, out: Path, mse_path: str, gan_path: str, min_area: int) -> None:
     import pandas as pd
 
+    from desra.pipeline.review import write_review_page
     from desra_core import DetectionConfig, build_pseudo_gt, detect_artifacts
     from desra_core.image import read_image, to_bit_depth, write_image
     from desra_core.listing import list_images
     from desra_core.models.sr import load_sr_model, upscale
-    from desra.pipeline.review import write_review_page
 
     mse_model, gan_model = load_sr_model(mse_path), load_sr_model(gan_path)
     rows = []

@@ -67,13 +67,13 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from desra_core.image import read_image, write_image  # noqa: E402
 from desra.pipeline import pixels  # noqa: E402
 from desra.pipeline.drop import drop_items  # noqa: E402
 from desra.pipeline.report import write_run_files  # noqa: E402
 from desra.pipeline.settings import Settings  # noqa: E402
 from desra.pipeline.steps import ImageJob, Run  # noqa: E402
 from desra.pipeline.stream import Device, default_workers, process_images  # noqa: E402
+from desra_core.image import read_image, write_image  # noqa: E402
 
 SHARED = Path(os.environ.get("DESRA_SHARED", Path(__file__).resolve().parents[2] / "shared"))  # ../shared
 PARITY = SHARED / "parity"
@@ -308,8 +308,8 @@ def main() -> int:
             results[hashlib.sha1(np.ascontiguousarray(lr)).digest()] = simulated_results(lr, labels, i)
 
     if args.real:
-        from desra_core.models.segmentation import DEFAULT_SEGMENTER
         from desra.pipeline.models import Models
+        from desra_core.models.segmentation import DEFAULT_SEGMENTER
 
         settings = Settings(mse_model=str(MODELS / "span_x4_ch52.mse.safetensors"),
                             gan_model=str(MODELS / "realesrgan_x4plus.gan.safetensors"),

@@ -17,8 +17,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from desra_core import ConfigError, DesraError, DetectionConfig
 from desra.pipeline.text import inert
+from desra_core import ConfigError, DesraError, DetectionConfig
 
 __all__ = ["build_parser", "main"]
 
@@ -60,13 +60,13 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     import time
     import uuid
 
-    from desra_core.image import atomic_write_bytes
     from desra.pipeline.drop import result_items
     from desra.pipeline.models import Models
     from desra.pipeline.report import write_run_files
     from desra.pipeline.settings import Settings
     from desra.pipeline.steps import Run
     from desra.pipeline.stream import process_images
+    from desra_core.image import atomic_write_bytes
 
     settings = Settings.from_options(threshold=args.threshold, min_area=args.min_area,
                                      min_area_fraction=args.min_area_fraction, segmenter=args.segmenter or None,

@@ -2,8 +2,9 @@
 
 The ``desra`` flow runs a whole drop in its own process; under a deployment, for a drop larger than one
 batch, it starts one run of this flow's ``desra-batch`` deployment per batch, so that any worker of the
-pool can take one. Each run streams its images through :mod:`desra.pipeline.stream` (:func:`desra.tasks.images.process`):
-model calls back to back on the device, CPU stages on every core, an ``image <stem>`` task run per image.
+pool can take one. Each run streams its images through :mod:`desra.pipeline.stream`
+(:func:`desra.tasks.images.process`): model calls back to back on the device, CPU stages on every core, an
+``image <stem>`` task run per image.
 """
 
 from typing import Annotated
@@ -11,10 +12,10 @@ from typing import Annotated
 from prefect import flow
 from pydantic import Field
 
-from desra_core.models.segmentation import DEFAULT_SEGMENTER
 from desra.tasks.images import process
 from desra.tasks.preflight import admit
 from desra.tasks.progress import Progress
+from desra_core.models.segmentation import DEFAULT_SEGMENTER
 
 __all__ = ["desra_batch"]
 

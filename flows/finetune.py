@@ -5,9 +5,9 @@ from typing import Annotated
 from prefect import flow
 from pydantic import Field
 
-from desra_core.finetune.options import DEFAULTS, FinetuneOptions
 from desra.tasks.finetune import finetune_generator
 from desra.tasks.preflight import admit
+from desra_core.finetune.options import DEFAULTS, FinetuneOptions
 
 __all__ = ["finetune"]
 

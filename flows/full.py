@@ -19,9 +19,6 @@ from prefect.runtime import flow_run as runtime_flow_run
 from prefect.states import Completed, Failed
 from pydantic import Field
 
-from desra_core import DesraError
-from desra_core.listing import list_image_entries
-from desra_core.models.segmentation import DEFAULT_SEGMENTER
 from desra.flows.finetune import finetune as finetune_flow
 from desra.pipeline.drop import drop_folder
 from desra.pipeline.report import IMAGE_COLUMNS
@@ -33,6 +30,9 @@ from desra.tasks.images import process
 from desra.tasks.preflight import admit, refuse
 from desra.tasks.progress import Progress
 from desra.tasks.report import write_run_report
+from desra_core import DesraError
+from desra_core.listing import list_image_entries
+from desra_core.models.segmentation import DEFAULT_SEGMENTER
 
 __all__ = ["BATCH_DEPLOYMENT", "desra", "run_in_process"]
 
@@ -53,7 +53,8 @@ def _run_batches_on_workers(batches: list[list[str]], parameters: dict, progress
     Failed with a message that says so. Even if a worker and this run both did a batch, each image's work
     would be done once: the store's claims see to it.
 
-    While it processes a claimed batch, this run sends the batch run's heartbeats (:func:`desra.tasks.heartbeat.heartbeats`,
+    While it processes a claimed batch, this run sends the batch run's heartbeats
+    (:func:`desra.tasks.heartbeat.heartbeats`,
     the first one accepted by the server before any image is touched), since no engine of its own runs: if this
     process dies, the batch run's heartbeats stop with this run's, and the zombie automation of ``desra deploy``
     marks both Crashed, which frees the pool slots they hold (a claimed run without heartbeats would stay Pending,

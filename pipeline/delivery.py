@@ -24,14 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
+from desra.pipeline.pairs import FinetuneData
+from desra.pipeline.review import write_finetune_page
 from desra_core.finetune.card import build_model_card, write_model_card
 from desra_core.finetune.pipeline import ImageScore
 from desra_core.finetune.trainer import FinetuneConfig, FinetuneResult, finetune, save_generator
 from desra_core.finetune.validation import Validator, evidence_gap
 from desra_core.image import to_bit_depth, to_float32
 from desra_core.models.sr import SRModel
-from desra.pipeline.pairs import FinetuneData
-from desra.pipeline.review import write_finetune_page
 
 __all__ = ["CARD_NAME", "GENERATOR_NAME", "REPORT_NAME", "Delivery", "finetune_and_deliver"]
 

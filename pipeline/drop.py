@@ -15,13 +15,13 @@ become of the path since.
 
 from collections import OrderedDict
 
+from desra.pipeline.roots import Roots
+from desra.pipeline.steps import Item
+from desra.pipeline.store import file_sha256
 from desra_core import ConfigError
 from desra_core.folder import Folder, FolderFile
 from desra_core.image import printable_path
 from desra_core.listing import list_image_entries, safe_stem
-from desra.pipeline.roots import Roots
-from desra.pipeline.steps import Item
-from desra.pipeline.store import file_sha256
 
 __all__ = ["admit_folder", "drop_folder", "drop_items", "match_labels", "result_items", "scan_drop"]
 

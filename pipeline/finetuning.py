@@ -26,15 +26,15 @@ from pathlib import Path
 
 import pandas as pd
 
+from desra.pipeline.delivery import Delivery, finetune_and_deliver
+from desra.pipeline.models import Models, resolve_device
+from desra.pipeline.pairs import FinetuneData, prepare_finetuning
+from desra.pipeline.settings import Settings
 from desra_core.finetune.card import file_sha256
 from desra_core.finetune.options import FinetuneOptions
 from desra_core.finetune.trainer import VALIDATION_COLUMNS
 from desra_core.image import atomic_path
 from desra_core.models.sr import SRModel, load_sr_model
-from desra.pipeline.delivery import Delivery, finetune_and_deliver
-from desra.pipeline.models import Models, resolve_device
-from desra.pipeline.pairs import FinetuneData, prepare_finetuning
-from desra.pipeline.settings import Settings
 
 __all__ = ["FOLDER", "LOG_NAME", "FinetuneOptions", "FinetuneRun", "finetune_folder", "run_finetuning"]
 

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
+from desra.pipeline.roots import segmenter_path
+from desra.pipeline.settings import Settings
+from desra.pipeline.store import file_sha256
 from desra_core import ConfigError, __version__
 from desra_core.image import to_float32
 from desra_core.models.sr import SRModel, check_same_scale, load_sr_model, upscale
 from desra_core.models.weights import resolve_weights
-from desra.pipeline.roots import segmenter_path
-from desra.pipeline.settings import Settings
-from desra.pipeline.store import file_sha256
 
 __all__ = [
     "SEG_VERSION",

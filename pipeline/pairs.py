@@ -23,18 +23,18 @@ from pathlib import Path
 
 import numpy as np
 
-from desra_core import DesraError
-from desra_core.finetune.data import TrainingPair, make_pair
-from desra_core.finetune.pipeline import ImageScore, detail_kept
-from desra_core.finetune.validation import ValidationImage, split_stems
-from desra_core.folder import max_input_bytes
-from desra_core.image import read_image, read_image_bytes, read_label_map
 from desra.pipeline import pixels
 from desra.pipeline.drop import drop_items
 from desra.pipeline.models import Models
 from desra.pipeline.settings import Settings
 from desra.pipeline.steps import Item, Run, entry_paths
 from desra.pipeline.stream import Device, process_images
+from desra_core import DesraError
+from desra_core.finetune.data import TrainingPair, make_pair
+from desra_core.finetune.pipeline import ImageScore, detail_kept
+from desra_core.finetune.validation import ValidationImage, split_stems
+from desra_core.folder import max_input_bytes
+from desra_core.image import read_image, read_image_bytes, read_label_map
 
 __all__ = ["FinetuneData", "StoredImage", "prepare_finetuning", "process_stored", "read_stored"]
 

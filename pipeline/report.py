@@ -25,9 +25,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from desra_core.image import atomic_path, atomic_write_bytes
 from desra.pipeline import pixels
 from desra.pipeline.review import write_review_page
+from desra_core.image import atomic_path, atomic_write_bytes
 
 __all__ = ["IMAGE_COLUMNS", "REGION_COLUMNS", "STEPS", "TIMELINE_COLUMNS", "frame", "is_published",
            "publish_image", "review_fragments", "write_run_files"]

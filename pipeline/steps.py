@@ -30,6 +30,13 @@ from datetime import UTC, datetime
 
 import numpy as np
 
+from desra.pipeline import pixels
+from desra.pipeline.leftovers import attend
+from desra.pipeline.models import SEG_VERSION, SR_VERSION
+from desra.pipeline.report import is_published, publish_image, review_fragments
+from desra.pipeline.review import prepare_pictures
+from desra.pipeline.settings import Settings
+from desra.pipeline.store import Store, step_key
 from desra_core import DesraError, InputImageError, LabelMapError, __version__, build_pseudo_gt, detect_artifacts
 from desra_core.folder import FileBytes, FolderFile, max_input_bytes
 from desra_core.image import (
@@ -41,13 +48,6 @@ from desra_core.image import (
     write_image,
 )
 from desra_core.models.sr import check_output_size, max_output_pixels
-from desra.pipeline import pixels
-from desra.pipeline.leftovers import attend
-from desra.pipeline.models import SEG_VERSION, SR_VERSION
-from desra.pipeline.report import is_published, publish_image, review_fragments
-from desra.pipeline.review import prepare_pictures
-from desra.pipeline.settings import Settings
-from desra.pipeline.store import Store, step_key
 
 __all__ = ["DETECT_VERSION", "PSEUDO_VERSION", "ImageJob", "Item", "Run", "entry_paths", "failed_row", "published_row"]
 

@@ -5,11 +5,11 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from desra_core.finetune.options import FinetuneOptions
 from desra.pipeline.finetuning import run_finetuning
 from desra.pipeline.models import resolve_device
 from desra.pipeline.settings import Settings
 from desra.tasks.models import gpu_slot
+from desra_core.finetune.options import FinetuneOptions
 
 __all__ = ["finetune_generator"]
 

@@ -20,7 +20,6 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 from prefect.states import Failed
 
-from desra_core import DesraError
 from desra.pipeline.drop import drop_items
 from desra.pipeline.models import Models
 from desra.pipeline.settings import Settings
@@ -29,6 +28,7 @@ from desra.pipeline.stream import Device, process_images
 from desra.pipeline.text import inert
 from desra.tasks.models import gpu_slot
 from desra.tasks.progress import Progress
+from desra_core import DesraError
 
 __all__ = ["ImageFailureLogged", "process"]
 

@@ -25,8 +25,6 @@ from prefect.client.schemas.objects import State
 from prefect.exceptions import FailedRun
 from prefect.states import Failed
 
-from desra_core import ConfigError, DesraError, ModelLoadError
-from desra_core.models.weights import KNOWN_WEIGHTS, cache_dir
 from desra.pipeline.drop import admit_folder
 from desra.pipeline.leftovers import LOCK_NAME, attend
 from desra.pipeline.models import (
@@ -50,6 +48,8 @@ from desra.pipeline.roots import (
 from desra.pipeline.settings import Settings
 from desra.pipeline.store import Store, step_key
 from desra.pipeline.text import inert
+from desra_core import ConfigError, DesraError, ModelLoadError
+from desra_core.models.weights import KNOWN_WEIGHTS, cache_dir
 
 __all__ = ["ReturnedFailedState", "admit", "admit_folders", "allowed_roots", "check_device", "confine",
            "ensure_output_root", "preflight", "refuse"]

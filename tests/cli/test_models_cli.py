@@ -10,9 +10,9 @@ import torch
 from transformers import SegformerImageProcessor
 
 from desra.cli import main
+from desra.pipeline.settings import Settings
 from desra_core import ConfigError
 from desra_core.models.segmentation import load_segmenter, segment
-from desra.pipeline.settings import Settings
 from tests.core.models.test_segmentation import ADE, _save_tiny
 from tests.core.models.test_sr import tiny_rrdbnet
 

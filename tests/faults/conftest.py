@@ -20,9 +20,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-import desra_core.image
 import desra.pipeline.report
 import desra.pipeline.store
+import desra_core.image
 from tests.flows.conftest import counted, prefect_api, tiny_models  # noqa: F401
 from tests.integration.conftest import REPO, Stack
 

@@ -20,9 +20,9 @@ STEPS = ("sr/mse", "sr/gan", "detect", "pseudo_gt")
 def _run(drop: str, out: str, mse: str, gan: str, ready, go, result) -> None:
     """One `desra run` in its own process with its own embedded API; SR made slow so the runs overlap."""
     os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="desra-concurrent-")
-    import desra_core.models.sr as sr
     import desra.pipeline.models as models
     import desra.tasks  # noqa: F401
+    import desra_core.models.sr as sr
     from desra.flows.full import run_in_process
 
     real = sr.upscale

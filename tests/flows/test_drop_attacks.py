@@ -20,13 +20,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from desra_core.image import read_image, read_image_bytes, write_image
 from desra.flows.full import desra
 from desra.pipeline.drop import drop_items
 from desra.pipeline.models import Models
 from desra.pipeline.settings import Settings
 from desra.pipeline.steps import ImageJob, Run
 from desra.pipeline.stream import process_images
+from desra_core.image import read_image, read_image_bytes, write_image
 from tests.flows.conftest import write_lr
 
 # -- the attacker's hook -------------------------------------------------------------------------------------

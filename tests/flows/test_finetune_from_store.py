@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 import desra.pipeline.finetuning
-from desra_core import build_pseudo_gt
-from desra_core.image import read_image, read_mask, to_float32
 from desra.flows.finetune import finetune
 from desra.flows.full import desra
 from desra.pipeline.settings import Settings
+from desra_core import build_pseudo_gt
+from desra_core.image import read_image, read_mask, to_float32
 from tests.flows.conftest import write_lr
 
 # not the defaults: a relative area rule, a feathered pseudo-GT, small overlapping tiles

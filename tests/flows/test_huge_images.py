@@ -18,9 +18,9 @@ import pandas as pd
 import pytest
 
 import desra_core.image
+from desra.flows.full import desra
 from desra_core.folder import MAX_INPUT_VARIABLE
 from desra_core.models.sr import MAX_OUTPUT_VARIABLE
-from desra.flows.full import desra
 from tests.flows.conftest import write_lr
 
 REPO = Path(__file__).resolve().parents[2]

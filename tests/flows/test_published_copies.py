@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from desra_core.image import read_image
 from desra.flows.full import desra
+from desra_core.image import read_image
 from tests.flows.conftest import write_lr
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from desra_core.image import _temp_beside
 from desra.pipeline.leftovers import STALE_AFTER, TEMP_NAME, attend
+from desra_core.image import _temp_beside
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX locks")
 

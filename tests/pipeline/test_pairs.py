@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from desra_core import DesraError
-from desra_core.image import read_image, to_float32
 from desra.pipeline.pairs import prepare_finetuning, read_stored
 from desra.pipeline.settings import Settings
 from desra.pipeline.steps import entry_paths
+from desra_core import DesraError
+from desra_core.image import read_image, to_float32
 from tests.core.models.test_sr import tiny_compact, tiny_rrdbnet
 from tests.flows.conftest import write_lr
 

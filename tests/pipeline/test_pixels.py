@@ -7,10 +7,10 @@ import os
 import numpy as np
 import pytest
 
+from desra.pipeline import pixels
 from desra_core import InputImageError
 from desra_core.image import read_image, read_mask
 from desra_core.image import write_image as plain_write
-from desra.pipeline import pixels
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from desra_core import ConfigError
 from desra.pipeline.roots import (
     ROOTS_VARIABLE,
     Roots,
@@ -18,6 +17,7 @@ from desra.pipeline.roots import (
     run_paths,
     segmenter_path,
 )
+from desra_core import ConfigError
 
 KNOWN = ("realesrgan_x4plus", "realesrnet_x4plus")
 

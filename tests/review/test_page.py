@@ -14,9 +14,16 @@ import pytest
 from PIL import Image
 
 from desra.cli import main
+from desra.pipeline.review import (
+    PICTURE_FOLDER,
+    mask_overlay,
+    order_rows,
+    preview,
+    render_review_pages,
+    write_review_page,
+)
 from desra_core import ConfigError, ShapeError
 from desra_core.image import write_image
-from desra.pipeline.review import PICTURE_FOLDER, mask_overlay, order_rows, preview, render_review_pages, write_review_page
 from tests.review.conftest import HOSTILE_STEM, PageParser, make_image, photo
 
 

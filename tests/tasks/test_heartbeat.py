@@ -1,5 +1,5 @@
-"""Heartbeats sent on behalf of a flow run (``desra.tasks.heartbeat``), as the parent ``desra/full`` run sends them for a
-``desra-batch`` run it takes over. No server here: the events are compared with the ones Prefect's own engine
+"""Heartbeats sent on behalf of a flow run (``desra.tasks.heartbeat``), as the parent ``desra/full`` run sends them
+for a ``desra-batch`` run it takes over. No server here: the events are compared with the ones Prefect's own engine
 builds, and sending goes through an injected ``send``. ``tests/faults/test_worker_killed.py`` sends them to a real
 server and has its automation crash the batch run once they stop."""
 
@@ -13,8 +13,8 @@ import pytest
 from prefect.client.schemas.objects import FlowRun
 
 from desra.automations import HEARTBEAT_EVENT as AUTOMATION_EVENT
-from desra_core import ConfigError
 from desra.tasks.heartbeat import HEARTBEAT_EVENT, MINIMUM_INTERVAL, heartbeat_event, heartbeat_interval, heartbeats
+from desra_core import ConfigError
 
 WAIT = 30.0  # an upper bound for the beating thread to get going on a loaded machine, never a timing assertion
 

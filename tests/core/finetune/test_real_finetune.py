@@ -17,16 +17,16 @@ import shutil
 import numpy as np
 import pytest
 
-from desra_core import DetectionConfig
-from desra_core.finetune.losses import LossWeights
-from desra_core.finetune.trainer import FinetuneConfig
-from desra_core.models.sr import load_sr_model
 from desra.pipeline.delivery import finetune_and_deliver
 from desra.pipeline.drop import drop_items
 from desra.pipeline.models import Models
 from desra.pipeline.pairs import prepare_finetuning, process_stored
 from desra.pipeline.settings import Settings
 from desra.pipeline.steps import Run
+from desra_core import DetectionConfig
+from desra_core.finetune.losses import LossWeights
+from desra_core.finetune.trainer import FinetuneConfig
+from desra_core.models.sr import load_sr_model
 from tests.conftest import MODELS, PARITY, unavailable
 
 pytestmark = [pytest.mark.real_models, pytest.mark.slow]
