@@ -8,8 +8,8 @@ import pickle
 import pytest
 import torch
 
-import desra.pipeline.models
 from desra.flows.full import desra
+from desra.pipeline import models as pipeline_models
 from tests.core.models.test_sr import tiny_rrdbnet
 from tests.flows.conftest import write_lr
 
@@ -63,5 +63,5 @@ def test_check_models_raises_model_load_error_for_a_bad_file(tmp_path, tiny_mode
 
     with pytest.raises(ModelLoadError, match=r"truncated\.pth"):
         truncated = _bad_model("truncated", tmp_path, tiny_models[0], None)
-        desra.pipeline.models.check_models({"mse": desra.pipeline.models.model_digest(truncated),
-                                      "gan": desra.pipeline.models.model_digest(tiny_models[1])})
+        pipeline_models.check_models({"mse": pipeline_models.model_digest(truncated),
+                                     "gan": pipeline_models.model_digest(tiny_models[1])})

@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import desra.pipeline.finetuning
 from desra.flows.finetune import finetune
 from desra.flows.full import desra
+from desra.pipeline import finetuning as pipeline_finetuning
 from desra.pipeline.settings import Settings
 from desra_core import build_pseudo_gt
 from desra_core.image import read_image, read_mask, to_float32
@@ -24,13 +24,13 @@ TRAINING = dict(iterations=2, batch=2, crop=64, validate_every=1, holdout=0.34)
 def spied(monkeypatch):
     """The data each fine-tuning run hands to delivery (what it trains and validates on)."""
     seen = []
-    real = desra.pipeline.finetuning.finetune_and_deliver
+    real = pipeline_finetuning.finetune_and_deliver
 
     def spy(**kwargs):
         seen.append(kwargs["data"])
         return real(**kwargs)
 
-    monkeypatch.setattr(desra.pipeline.finetuning, "finetune_and_deliver", spy)
+    monkeypatch.setattr(pipeline_finetuning, "finetune_and_deliver", spy)
     return seen
 
 
