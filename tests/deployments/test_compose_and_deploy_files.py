@@ -163,12 +163,13 @@ def test_compose_worker_deploys_a_locked_pool_and_reserves_the_gpu(compose):
     assert (REPO / worker["build"].get("dockerfile", "Dockerfile")).is_file()
     env = worker["environment"]
     assert env["PREFECT_API_URL"] == "http://prefect-server:4200/api"
-    assert env["DESRA_PROJECT_DIR"] == "/app"
+    assert "DESRA_PROJECT_DIR" not in env  # flow runs import the installed package, not a checkout
     assert env["DESRA_CACHE"] == "/cache"
     assert str(env["DO_NOT_TRACK"]) == "1"
     assert str(env["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"]) == "30"  # the window desra deploy sets counts on it
     mounts = {_mount_target(v) for v in worker["volumes"]}
-    assert {env["DESRA_DROP_DIR"], env["DESRA_OUTPUT_DIR"], "/cache"} <= mounts
+    assert mounts == {env["DESRA_DROP_DIR"], env["DESRA_OUTPUT_DIR"], "/cache"}  # data only: no source mount
+    assert "working_dir" not in worker  # the image's own (/data): no folder of code
 
     script = " ".join(worker["command"]) if isinstance(worker["command"], list) else worker["command"]
     deploy = script.index("desra deploy --pool-limit ${DESRA_POOL_LIMIT:-1}")
@@ -194,6 +195,31 @@ def test_every_deploy_instruction_says_desra_deploy():
     assert "--limit" in (REPO / "Dockerfile").read_text()
 
 
+def _dockerfile_instructions() -> list[str]:
+    """The Dockerfile's instructions, continuation lines joined, comments dropped."""
+    text = (REPO / "Dockerfile").read_text()
+    lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    return [" ".join(i.split()) for i in "\n".join(lines).replace("\\\n", " ").splitlines() if i.strip()]
+
+
+def test_dockerfile_installs_the_constrained_builds_and_keeps_no_source():
+    instructions = _dockerfile_instructions()
+    text = "\n".join(instructions)
+    pip_installs = [part.strip() for i in instructions if i.startswith("RUN ")
+                    for part in i.replace(";", "&&").split("&&") if "pip install" in part]
+    assert len(pip_installs) >= 3, pip_installs  # torch (either index), then desra
+    for command in pip_installs:  # every install, torch's included, takes its versions from constraints.txt
+        assert "-c /tmp/constraints.txt" in command or "-c constraints.txt" in command, command
+    assert "torch==" not in text and "torchvision==" not in text  # the versions live in constraints.txt only
+    assert any('--index-url "$TORCH_INDEX_URL" torch torchvision' in c for c in pip_installs), pip_installs
+    assert 'ARG TORCH_INDEX_URL=""' in instructions
+    assert "assert torch.version.cuda" in text  # the CUDA-build check stays
+    assert "COPY constraints.txt /tmp/constraints.txt" in instructions
+    assert any(c.endswith("pip install -c constraints.txt .") for c in pip_installs), pip_installs  # not -e
+    assert "rm -rf /src" in text  # the sources are gone once installed: workers run the package
+    assert "DESRA_PROJECT_DIR" not in text and "/app" not in text
+
+
 def test_dockerignore_keeps_environments_and_outputs_out():
     ignored = set((REPO / ".dockerignore").read_text().split())
     assert {".venv", "out", ".git", ".pytest_cache", ".ruff_cache", ".hypothesis"} <= ignored
@@ -201,15 +227,20 @@ def test_dockerignore_keeps_environments_and_outputs_out():
 
 # --- deployments/prefect.yaml ------------------------------------------------------------------------
 
-def test_prefect_yaml_pulls_the_project_dir():
+def test_prefect_yaml_pins_no_folder_of_code():
+    """One pull step that stays in the folder the worker gives each run (with no pull step at all, `prefect
+    deploy` would add one into the folder it ran in); no deployment overrides it, none names a file."""
     spec = yaml.safe_load(PREFECT_FILE.read_text())
-    step = spec["pull"][0]["prefect.deployments.steps.set_working_directory"]
-    assert step["directory"] == "{{ $DESRA_PROJECT_DIR }}"
+    assert spec["pull"] == [{"prefect.deployments.steps.set_working_directory": {"directory": "."}}]
+    for deployment in spec["deployments"]:
+        assert "pull" not in deployment, deployment["name"]
+        assert ".py" not in deployment["entrypoint"] and "/" not in deployment["entrypoint"], deployment
+    assert "DESRA_PROJECT_DIR" not in PREFECT_FILE.read_text()
 
 
 def test_prefect_yaml_full_is_scheduled_over_the_drop(deployments):
     full = deployments["full"]
-    assert full["entrypoint"] == "flows/full.py:desra"
+    assert full["entrypoint"] == "desra.flows.full:desra"
     assert full["work_pool"]["name"] == "desra"
     assert [s["interval"] for s in full["schedules"]] == [600]
     assert full["schedules"][0].get("active", True) is True
@@ -219,7 +250,7 @@ def test_prefect_yaml_full_is_scheduled_over_the_drop(deployments):
 
 def test_prefect_yaml_on_drop_runs_on_the_drop_event(deployments):
     on_drop = deployments["on-drop"]
-    assert on_drop["entrypoint"] == "flows/full.py:desra"
+    assert on_drop["entrypoint"] == "desra.flows.full:desra"
     assert on_drop["work_pool"]["name"] == "desra"
     [trigger] = on_drop["triggers"]
     assert trigger["type"] == "event"
@@ -247,21 +278,24 @@ def test_on_drop_parameters_render_with_and_without_output_dir(deployments, monk
 
 def test_prefect_yaml_batch_deployment(deployments):
     batch = deployments["desra-batch"]
-    assert batch["entrypoint"] == "flows/batch.py:desra_batch"
+    assert batch["entrypoint"] == "desra.flows.batch:desra_batch"
     assert batch["work_pool"]["name"] == "desra"
 
 
 @pytest.mark.parametrize("deployment, flow_name", [("full", "desra"), ("on-drop", "desra"),
                                                     ("desra-batch", "desra-batch")])
 def test_entrypoints_are_prefect_flows(deployments, deployment, flow_name):
+    """Each entrypoint is a module of the installed package, loaded the way a worker loads it."""
     from prefect import Flow
+    from prefect.flows import load_flow_from_entrypoint
 
-    path, function = deployments[deployment]["entrypoint"].split(":")
-    assert (REPO / path).is_file(), f"entrypoint file {path} is missing"
-    module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
-    obj = getattr(module, function, None)
-    assert isinstance(obj, Flow), f"expected a Prefect flow at {path}:{function}, got {obj!r}"
-    assert obj.name == flow_name
+    entrypoint = deployments[deployment]["entrypoint"]
+    module_name, function = entrypoint.split(":")
+    module = importlib.import_module(module_name)
+    assert module_name.startswith("desra.flows.") and Path(module.__file__).is_file(), module
+    obj = load_flow_from_entrypoint(entrypoint)
+    assert isinstance(obj, Flow), f"expected a Prefect flow at {entrypoint}, got {obj!r}"
+    assert obj is getattr(module, function) and obj.name == flow_name
 
 
 # --- desra deploy --------------------------------------------------------------------------------------
@@ -272,11 +306,13 @@ class Recorder:
 
     def __init__(self, deploy_rc: int = 0, pool_status: str = "created", pool_error: Exception | None = None):
         self.calls: list[tuple[list[str], Path, dict]] = []
+        self.cwd_contents: list[list[str]] = []  # what each command's working folder held when it ran
         self.pools: list[tuple[str, int | None]] = []
         self.deploy_rc, self.pool_status, self.pool_error = deploy_rc, pool_status, pool_error
 
     def __call__(self, command, cwd=None, env=None, **kwargs):
         self.calls.append((list(command), Path(cwd), dict(env)))
+        self.cwd_contents.append(sorted(p.name for p in Path(cwd).iterdir()))
         assert "deploy" in command, command
         return subprocess.CompletedProcess(command, self.deploy_rc, stdout="", stderr="")
 
@@ -292,7 +328,7 @@ class Recorder:
 @pytest.fixture
 def deploy_env(tmp_path, monkeypatch):
     for name in ("DESRA_PROJECT_DIR", "DESRA_MSE_MODEL", "DESRA_GAN_MODEL", "DESRA_SEGMENTER",
-                 "PREFECT_FLOWS_HEARTBEAT_FREQUENCY"):
+                 "PREFECT_FLOWS_HEARTBEAT_FREQUENCY"):  # (DESRA_PROJECT_DIR: no longer used; none may leak in)
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("DESRA_DROP_DIR", str(tmp_path / "drop"))
     monkeypatch.setenv("DESRA_OUTPUT_DIR", str(tmp_path / "out"))
@@ -335,14 +371,18 @@ def test_deploy_treats_an_empty_variable_as_missing(deploy_env, monkeypatch, cap
 
 
 def test_deploy_locks_the_pool_then_deploys_all(recorder, deploy_env, monkeypatch, capsys):
-    monkeypatch.chdir(deploy_env)  # found through the installed flows package, not the cwd
+    (deploy_env / "desra").mkdir()  # a folder that would shadow the package if prefect deploy ran here
+    monkeypatch.chdir(deploy_env)  # any folder: the prefect file comes with the installed package
     assert cli.main(["deploy"]) == 0
     assert recorder.pools == [("desra", 1)]  # the default limit: one flow run at a time (one worker)
     [(deploy, cwd, env)] = recorder.calls
     assert deploy[:3] == [sys.executable, "-m", "prefect"]
-    assert deploy[3:] == ["--no-prompt", "deploy", "--prefect-file", str(Path("deployments/prefect.yaml")), "--all"]
-    assert cwd == REPO
-    assert env["DESRA_PROJECT_DIR"] == str(REPO)
+    installed = Path(importlib.import_module("desra.deployments").__file__).with_name("prefect.yaml")
+    assert deploy[3:] == ["--no-prompt", "deploy", "--prefect-file", str(installed), "--all"]
+    assert installed.samefile(PREFECT_FILE)  # this checkout's file, through the link desra/deployments
+    # prefect deploy imports the entrypoints with its working folder first on sys.path: an empty one of its own
+    assert cwd not in (REPO, deploy_env) and recorder.cwd_contents == [[]] and not cwd.exists()
+    assert "DESRA_PROJECT_DIR" not in env
     assert env["DESRA_DROP_DIR"] == str(deploy_env / "drop")
     assert env["DESRA_MSE_MODEL"] == "realesrnet_x4plus"
     assert env["DESRA_GAN_MODEL"] == "realesrgan_x4plus"
@@ -351,6 +391,8 @@ def test_deploy_locks_the_pool_then_deploys_all(recorder, deploy_env, monkeypatc
     out = capsys.readouterr().out
     assert "created work pool 'desra'" in out
     assert "PREFECT_FLOWS_HEARTBEAT_FREQUENCY=30 prefect worker start --pool desra --limit 1" in out
+    version = importlib.import_module("desra").__version__
+    assert f"start each worker, in any folder, where desra {version} is installed" in out, out
     for line in (f"drop (input_dir):         {deploy_env / 'drop'}", "MSE model:                realesrnet_x4plus",
                  "segmenter:                nvidia/segformer-b5-finetuned-ade-640-640",
                  "pool limit:               1 flow run(s) at once in pool 'desra'"):
@@ -405,11 +447,9 @@ def test_deploy_says_how_to_authenticate_on_401(recorder, capsys):
 
 
 def test_deploy_keeps_what_the_user_set(recorder, monkeypatch):
-    monkeypatch.setenv("DESRA_PROJECT_DIR", "/app")
     monkeypatch.setenv("DESRA_GAN_MODEL", "/weights/gan.pth")
     assert cli.main(["deploy"]) == 0
     env = recorder.calls[-1][2]
-    assert env["DESRA_PROJECT_DIR"] == "/app"
     assert env["DESRA_GAN_MODEL"] == "/weights/gan.pth"
 
 
@@ -428,7 +468,9 @@ def test_deploy_returns_the_failing_command_exit_code(recorder, capsys):
 
 
 def test_deploy_without_the_prefect_file_says_where_it_looked(deploy_env, monkeypatch, capsys):
-    monkeypatch.setattr(cli, "_project_root", lambda: None)
+    missing = deploy_env / "site-packages" / "desra" / "deployments" / "prefect.yaml"  # a broken install
+    monkeypatch.setattr(cli, "_prefect_file", lambda: missing)
     monkeypatch.setattr(subprocess, "run", _never_run)
     assert cli.main(["deploy"]) == 2
-    assert "deployments/prefect.yaml" in capsys.readouterr().err.replace(os.sep, "/")
+    err = capsys.readouterr().err
+    assert str(missing) in err and "reinstall desra" in err

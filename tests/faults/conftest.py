@@ -24,7 +24,7 @@ import desra.pipeline.report
 import desra.pipeline.store
 import desra_core.image
 from tests.flows.conftest import counted, prefect_api, tiny_models  # noqa: F401
-from tests.integration.conftest import REPO, Stack
+from tests.integration.conftest import Stack
 
 ENOSPC_MESSAGE = "No space left on device"
 
@@ -119,7 +119,7 @@ def server_stack(tmp_path, tiny_models) -> Iterator[Stack]:  # noqa: F811
     """A Prefect server of this test's own (free port, own PREFECT_HOME, scheduler off); stopped after."""
     (tmp_path / "stack").mkdir()
     stack = Stack(tmp_path / "stack")
-    stack.env.update({"DESRA_PROJECT_DIR": str(REPO), "DESRA_DROP_DIR": str(tmp_path / "drop"),
+    stack.env.update({"DESRA_DROP_DIR": str(tmp_path / "drop"),
                       "DESRA_OUTPUT_DIR": str(tmp_path / "out"), "DESRA_MSE_MODEL": tiny_models[0],
                       "DESRA_GAN_MODEL": tiny_models[1], "DESRA_SEGMENTER": ""})
     try:

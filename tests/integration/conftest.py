@@ -1,6 +1,10 @@
 """A real Prefect server, the ``desra`` process work pool, the deployments of ``deployments/prefect.yaml``
 and two process workers, started once per session for the integration tests, stopped at the end.
 
+Like an installation, nothing here runs in this checkout: the server, ``desra deploy``, the workers and every
+CLI call start in the stack's own temporary folder (``Stack.root``), and the workers' flow runs import the
+installed ``desra`` package (the deployments' entrypoints are ``desra.flows`` modules).
+
 The server wants credentials (``PREFECT_SERVER_API_AUTH_STRING``, a fresh random one per stack) and has
 CSRF protection on; every client here (the ``prefect`` CLI, ``desra deploy``, the workers, their flow runs,
 :meth:`Stack.client`) sends ``PREFECT_API_AUTH_STRING``. The pool is created by ``desra deploy``, so it has
@@ -70,8 +74,10 @@ def tail(path: Path, lines: int = 40) -> str:
 class Proc:
     """A long-running subprocess in its own process group, its output in a log file."""
 
-    def __init__(self, name: str, args: list[str], env: dict[str, str], log: Path, cwd: Path = REPO) -> None:
+    def __init__(self, name: str, args: list[str], env: dict[str, str], log: Path, cwd: Path | None = None) -> None:
+        """``cwd``: by default the log's folder (a stack's temporary folder), never this checkout."""
         self.name, self.args, self.log = name, args, log
+        cwd = log.parent if cwd is None else cwd
         self._out = open(log, "wb")  # closed in stop()
         self.popen = subprocess.Popen(args, cwd=cwd, env=env, stdout=self._out, stderr=subprocess.STDOUT,
                                       stdin=subprocess.DEVNULL, start_new_session=True)
@@ -144,7 +150,8 @@ class Stack:
         self.drop_dir, self.output_dir = root / "drop", root / "out-default"  # the deployments' defaults
         self.deploy_output = ""
         self.auth_string = f"desra:{secrets.token_urlsafe(18)}"  # user:password, as Prefect's basic auth wants
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "DESRA_"))}
+        # Nothing of this checkout on the path (PYTHONPATH): the processes import the installed package.
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "DESRA_", "PYTHONPATH"))}
         self.env.update({
             "PREFECT_HOME": str(self.home),
             "PREFECT_API_URL": self.api_url,
@@ -188,8 +195,8 @@ class Stack:
     def cli(self, *args: str, timeout: float = CLI_TIMEOUT, input: str | None = None) -> str:
         """Run a ``prefect`` command to completion; its output, or a failure with output and log tails."""
         try:
-            done = subprocess.run([*_prefect_cli(), *args], cwd=REPO, env=self.env, capture_output=True, text=True,
-                                  timeout=timeout, input=input, start_new_session=True)
+            done = subprocess.run([*_prefect_cli(), *args], cwd=self.root, env=self.env, capture_output=True,
+                                  text=True, timeout=timeout, input=input, start_new_session=True)
         except subprocess.TimeoutExpired as e:
             pytest.fail(f"`prefect {' '.join(args)}` did not finish in {timeout:.0f} s\n{e.stdout}\n{e.stderr}\n"
                         f"{self.logs()}")
@@ -201,7 +208,7 @@ class Stack:
     def desra(self, *args: str, timeout: float = CLI_TIMEOUT) -> subprocess.CompletedProcess:
         """Run a ``desra`` command (``python -m desra``) against this stack; the finished process."""
         try:
-            return subprocess.run([*_desra_cli(), *args], cwd=REPO, env=self.env, capture_output=True, text=True,
+            return subprocess.run([*_desra_cli(), *args], cwd=self.root, env=self.env, capture_output=True, text=True,
                                   timeout=timeout, start_new_session=True)
         except subprocess.TimeoutExpired as e:
             pytest.fail(f"`desra {' '.join(args)}` did not finish in {timeout:.0f} s\n{e.stdout}\n{e.stderr}\n"
@@ -353,7 +360,6 @@ def stack(tmp_path_factory, tiny_models) -> Iterator[Stack]:
     s.output_dir.mkdir()
     s.env.update({  # the deployments' parameter defaults come from these at deploy time
         "DESRA_ALLOWED_ROOTS": str(tmp_path_factory.getbasetemp()),  # the workers' runs: the tests' folders
-        "DESRA_PROJECT_DIR": str(REPO),
         "DESRA_DROP_DIR": str(s.drop_dir),
         "DESRA_OUTPUT_DIR": str(s.output_dir),
         "DESRA_MSE_MODEL": tiny_models["mse"],

@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import file_tree
-from tests.integration.conftest import REPO, Proc, Stack, _prefect_cli, make_drop
+from tests.integration.conftest import Proc, Stack, _prefect_cli, make_drop
 
 pytestmark = pytest.mark.integration
 
@@ -152,8 +152,8 @@ def registered(stack: Stack, tiny_models, tmp_path_factory):
     with stack.client() as client:
         flow_id = client.create_flow_from_name("desra")
         deployment_id = client.create_deployment(
-            flow_id=flow_id, name="confined", work_pool_name=CONFINED_POOL, entrypoint="flows/full.py:desra",
-            path=str(REPO), pull_steps=[{"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}],
+            flow_id=flow_id, name="confined", work_pool_name=CONFINED_POOL, entrypoint="desra.flows.full:desra",
+            pull_steps=[{"prefect.deployments.steps.set_working_directory": {"directory": "."}}],  # as desra deploy
             parameters={"input_dir": str(drop), "output_dir": str(out), "mse_model": tiny_models["mse"],
                         "gan_model": tiny_models["gan"], "segmenter": "", "min_area": 10})
     stack.wait_for("the unconfigured worker to poll its pool", lambda: _online(stack, CONFINED_POOL), 90)

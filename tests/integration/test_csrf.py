@@ -8,7 +8,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.integration.conftest import REPO, Stack
+from tests.integration.conftest import Stack
 
 pytestmark = pytest.mark.integration
 
@@ -18,7 +18,7 @@ WARNING = "has CSRF protection off"
 @pytest.mark.parametrize("csrf", [True, False], ids=["csrf-on", "csrf-off"])
 def test_desra_deploy_warns_about_a_server_without_csrf_protection(tmp_path, csrf):
     stack = Stack(tmp_path)
-    stack.env.update({"DESRA_PROJECT_DIR": str(REPO), "DESRA_DROP_DIR": str(tmp_path / "drop"),
+    stack.env.update({"DESRA_DROP_DIR": str(tmp_path / "drop"),
                       "DESRA_OUTPUT_DIR": str(tmp_path / "out"), "DESRA_SEGMENTER": ""})
     server_env = stack.server_env
     stack.server_env = lambda: {**server_env(), "PREFECT_SERVER_API_CSRF_PROTECTION_ENABLED": str(csrf).lower()}

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from desra.pool import LOCKED_JOB_VARIABLES, ensure_pool, is_locked
-from tests.integration.conftest import POOL, POOL_LIMIT, REPO, Stack, _prefect_cli, make_drop
+from tests.integration.conftest import POOL, POOL_LIMIT, Stack, _prefect_cli, make_drop
 
 pytestmark = pytest.mark.integration
 
@@ -70,7 +70,7 @@ def test_the_cli_without_credentials_starts_no_run(stack: Stack):
         full = client.read_deployment_by_name("desra/full")
         before = len(client.read_flow_runs())
     env = {k: v for k, v in stack.env.items() if k != "PREFECT_API_AUTH_STRING"}
-    done = subprocess.run([*_prefect_cli(), "deployment", "run", "desra/full"], cwd=REPO, env=env,
+    done = subprocess.run([*_prefect_cli(), "deployment", "run", "desra/full"], cwd=stack.root, env=env,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode != 0, done.stdout
     assert "401" in done.stdout + done.stderr or "Unauthorized" in done.stdout + done.stderr, done
@@ -163,8 +163,8 @@ def test_an_open_pool_is_locked_by_ensure_pool(stack: Stack):
         second = ensure_pool("desra-open", limit=3, client=client)
         pool = client.read_work_pool("desra-open")
     # the same from a shell (`python -m desra.pool`), as an operator without desra deploy would run it
-    again = subprocess.run([sys.executable, "-m", "desra.pool", "--name", "desra-open", "--limit", "3"], cwd=REPO,
-                           env=stack.env, capture_output=True, text=True, timeout=120)
+    again = subprocess.run([sys.executable, "-m", "desra.pool", "--name", "desra-open", "--limit", "3"],
+                           cwd=stack.root, env=stack.env, capture_output=True, text=True, timeout=120)
     with stack.client() as client:
         client.delete_work_pool("desra-open")
     assert first.status == "updated", first

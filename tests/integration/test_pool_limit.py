@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.conftest import POOL, REPO, Stack, make_drop
+from tests.integration.conftest import POOL, Stack, make_drop
 
 pytestmark = pytest.mark.integration
 
@@ -26,7 +26,7 @@ def one_slot(tmp_path_factory, tiny_models) -> Iterator[Stack]:
     s = Stack(tmp_path_factory.mktemp("one-slot-stack"))
     s.drop_dir.mkdir()
     s.output_dir.mkdir()
-    s.env.update({"DESRA_ALLOWED_ROOTS": str(tmp_path_factory.getbasetemp()), "DESRA_PROJECT_DIR": str(REPO),
+    s.env.update({"DESRA_ALLOWED_ROOTS": str(tmp_path_factory.getbasetemp()),
                   "DESRA_DROP_DIR": str(s.drop_dir), "DESRA_OUTPUT_DIR": str(s.output_dir),
                   "DESRA_MSE_MODEL": tiny_models["mse"], "DESRA_GAN_MODEL": tiny_models["gan"],
                   "DESRA_SEGMENTER": ""})

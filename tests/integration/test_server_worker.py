@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.integration.conftest import POOL, REPO, WORKER_NAMES, Stack, make_drop
+from tests.integration.conftest import POOL, WORKER_NAMES, Stack, make_drop
 
 pytestmark = pytest.mark.integration
 
@@ -56,8 +56,13 @@ def test_deployments_are_registered_from_the_prefect_file(stack: Stack, tiny_mod
                     "mse_model": tiny_models["mse"], "gan_model": tiny_models["gan"], "segmenter": ""}
         assert {k: full.parameters.get(k) for k in expected} == expected, full.parameters
         assert [s.schedule.interval.total_seconds() for s in full.schedules] == [600.0]
-        workdir = {"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}
-        assert workdir in full.pull_steps, full.pull_steps  # DESRA_PROJECT_DIR, rendered at deploy time
+        # The installed package, from any folder: module entrypoints, and no folder of the deploying machine
+        assert {d.name: d.entrypoint for d in deployments.values()} == {
+            "full": "desra.flows.full:desra", "on-drop": "desra.flows.full:desra",
+            "desra-batch": "desra.flows.batch:desra_batch"}
+        for d in deployments.values():
+            assert d.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": "."}}], d
+            assert d.path is None, d.path
         on_drop = [a for a in client.read_automations() if a.actions
                    and getattr(a.actions[0], "deployment_id", None) == deployments["on-drop"].id]
         assert len(on_drop) == 1, client.read_automations()
