@@ -308,12 +308,13 @@ def main() -> int:
             results[hashlib.sha1(np.ascontiguousarray(lr)).digest()] = simulated_results(lr, labels, i)
 
     if args.real:
-        from desra.pipeline.models import Models
+        from desra.pipeline.models import Models, check_device
         from desra_core.models.segmentation import DEFAULT_SEGMENTER
 
         settings = Settings(mse_model=str(MODELS / "span_x4_ch52.mse.safetensors"),
                             gan_model=str(MODELS / "realesrgan_x4plus.gan.safetensors"),
-                            segmenter=DEFAULT_SEGMENTER if args.segmenter is None else args.segmenter)
+                            segmenter=DEFAULT_SEGMENTER if args.segmenter is None else args.segmenter,
+                            device=check_device("auto"))  # as admission resolves it: Models takes it as it is
         models = Timed(Models(settings))
         what = f"real models on {models.device} (SPAN, Real-ESRGAN x4plus, segmenter {settings.segmenter_in_use})"
     else:

@@ -17,8 +17,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from desra.pipeline.options import FinetuneFields, RunOptions, check_options, option_fields, options_of
 from desra.pipeline.text import inert
-from desra_core import ConfigError, DesraError, DetectionConfig
+from desra_core import ConfigError, DesraError
 
 __all__ = ["build_parser", "main"]
 
@@ -35,23 +36,110 @@ def _progress(desc: str):
     return wrap
 
 
-def _device(name: str) -> str:
-    """The device a command asked for, checked on this machine (ConfigError naming it otherwise), before any
-    model is loaded: `--device bogus` is a device problem, not a weights problem."""
-    from desra.pipeline.models import check_device
+# The options of the commands come from the one definition of each option (desra.pipeline.options): flag
+# --<name with ->, type, default and help from the field; bad values are refused by the model (exit 2).
+_NO_SR = ("mse_model", "gan_model", "tile", "overlap")
+"""Run options of ``desra detect``, whose SR results are given: no SR model, no tiling."""
+_ALIASES = {"mse_model": ("--mse",), "gan_model": ("--gan",), "labels_dir": ("--labels",),
+            "validate_dir": ("--validate",), "validate_labels_dir": ("--validate-labels",)}
+"""Older spellings of the options' flags, kept working."""
+_SWITCHES = {"perceptual": (("--perceptual",), 1.0, ("--no-perceptual",)),
+             "gan": (("--adversarial", "--gan-weight"), 0.1, ("--no-adversarial", "--no-gan"))}
+"""Loss weights that a bare flag switches to the Real-ESRGAN recipe's value (``--perceptual``: 1.0), a flag with a
+value sets (``--perceptual 0.5``) and ``--no-…`` switches off; the adversarial weight's flag is ``--adversarial``
+(``--gan`` names the GAN model)."""
+_EXCLUSIVE = (("segmenter", "labels_dir"), ("min_area", "min_area_fraction"))
+"""Options of which a command line gives at most one (with ``--no-semantic`` in the first group)."""
 
-    return check_device(name)
+
+def _flag(name: str) -> str:
+    """An option's flag on the command line: ``min_area`` → ``--min-area``."""
+    return "--" + name.replace("_", "-")
 
 
-def _add_detection_options(p: argparse.ArgumentParser) -> None:
-    defaults = DetectionConfig()
-    p.add_argument("--threshold", type=float, default=defaults.threshold,
-                   help="artifact where the adjusted similarity is below this (default: %(default)s)")
-    area = p.add_mutually_exclusive_group()
-    area.add_argument("--min-area", type=int, default=defaults.min_area,
-                      help="keep regions of more than this many pixels (default: %(default)s, the paper's)")
-    area.add_argument("--min-area-fraction", type=float, default=None,
-                      help="instead of --min-area: keep regions larger than this fraction of the image")
+def _value_type(info) -> type:
+    """The type a flag's text converts to: the field's annotation without ``None``."""
+    import typing
+
+    kinds = [k for k in typing.get_args(info.annotation) if k is not type(None)]
+    return kinds[0] if kinds else info.annotation
+
+
+def _add_option(p, name: str, info, help_suffix: str = "", *, repeat: bool = False) -> None:
+    """One option from its field: flags, destination (the field's name), type, default and help."""
+    text = (info.description + help_suffix).replace("%", "%%") + " (default: %(default)s)"
+    if repeat:
+        p.add_argument(_flag(name), *_ALIASES.get(name, ()), dest=name, type=_value_type(info), action=_Repeated,
+                       default=[info.default], metavar=name.upper(), help=f"{text}; repeat to compare")
+        return
+    if name in _SWITCHES:
+        flags, on, off = _SWITCHES[name]
+        p.add_argument(*flags, dest=name, type=float, nargs="?", const=on, default=info.default, metavar="WEIGHT",
+                       help=f"{text}; the flag alone: {on}")
+        p.add_argument(*off, dest=name, action="store_const", const=0.0, default=argparse.SUPPRESS,
+                       help=f"no such term ({name} = 0)")
+        return
+    kind = _value_type(info)
+    if kind is bool:
+        p.add_argument(_flag(name), dest=name, action=argparse.BooleanOptionalAction, default=info.default, help=text)
+        return
+    p.add_argument(_flag(name), *_ALIASES.get(name, ()), dest=name, type=kind, default=info.default,
+                   metavar=name.upper(), help=text)
+
+
+class _Repeated(argparse.Action):
+    """A repeatable option (``--gan A --gan B``): a list of the values given, else of the one default."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        given = getattr(namespace, self.dest)
+        setattr(namespace, self.dest, [*([] if given is self.default else given), values])
+
+
+def _add_options(p: argparse.ArgumentParser, *models, skip: tuple[str, ...] = (), semantic_required: bool = False,
+                 repeat: tuple[str, ...] = ()) -> None:
+    """Every option of ``models`` but ``skip`` (see the tables above for flags and groups); those of ``repeat``
+    may be given more than once. :func:`main` validates the values by the models before the command runs."""
+    fields = {name: info for name, info in option_fields(*models).items() if name not in skip}
+    grouped = {name: group for group in _EXCLUSIVE for name in group}
+    done: set[str] = set()
+    for name in fields:
+        if name in done:
+            continue
+        members = [m for m in grouped.get(name, (name,)) if m in fields]
+        target = p
+        if len(members) > 1 or name == "segmenter":
+            target = p.add_mutually_exclusive_group(required=semantic_required and name == "segmenter")
+        for member in members:
+            _add_option(target, member, fields[member], repeat=member in repeat)
+        if name == "segmenter":
+            target.add_argument("--no-semantic", dest="segmenter", action="store_const", const=None,
+                                default=argparse.SUPPRESS, help="skip the semantic adjustment (Eq. 9): every class "
+                                                                "weighs 1.0")
+        done.update(members)
+    p.set_defaults(checked_models=models)
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """The command line's option values, validated by the models that define them; raises ConfigError naming
+    the flag (``--threshold``), so that a bad value ends the command with exit code 2 before anything runs."""
+    for model in getattr(args, "checked_models", ()):
+        values = options_of(model, vars(args))
+        for name, value in values.items():  # a repeatable option (evaluate's --gan): each of its values
+            if isinstance(value, list):
+                for item in value:
+                    check_options(model, {**values, name: item}, label=_flag)
+        check_options(model, {k: v for k, v in values.items() if not isinstance(v, list)}, label=_flag)
+
+
+def _options(args: argparse.Namespace, model) -> dict:
+    """The values of ``model``'s options that the command line has (by the options' names)."""
+    return options_of(model, vars(args))
+
+
+def _run_options(args: argparse.Namespace) -> dict:
+    """The run's settings as the command line gives them (the flat options of ``Settings.from_options``; with
+    label maps given, the segmenter is not used)."""
+    return _options(args, RunOptions)
 
 
 def _cmd_detect(args: argparse.Namespace) -> int:
@@ -60,18 +148,17 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     import time
     import uuid
 
+    from desra.pipeline.admission import admit
     from desra.pipeline.drop import result_items
     from desra.pipeline.models import Models
     from desra.pipeline.report import write_run_files
-    from desra.pipeline.settings import Settings
     from desra.pipeline.steps import Run
     from desra.pipeline.stream import process_images
     from desra_core.image import atomic_write_bytes
 
-    settings = Settings.from_options(threshold=args.threshold, min_area=args.min_area,
-                                     min_area_fraction=args.min_area_fraction, segmenter=args.segmenter or None,
-                                     labels_dir=str(args.labels) if args.labels else None, feather=args.feather,
-                                     device=args.device)
+    # The one admission (no SR model: every SR result is given; the result folders are confined like a drop).
+    settings = admit(None, str(args.out), _run_options(args),
+                     more_paths={"mse_dir": str(args.mse), "gan_dir": str(args.gan)}, sr=False).settings
     items = result_items(str(args.mse), str(args.gan), settings.labels_dir)
     run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-detect-{uuid.uuid4().hex[:8]}"
     models = Models(settings, sr=False) if settings.segmenter_in_use else None  # no SR model: results are given
@@ -86,7 +173,7 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
-    semantic = (f"labels from {args.labels}" if args.labels else f"segmenter {args.segmenter}" if args.segmenter
+    semantic = (f"labels from {args.labels_dir}" if args.labels_dir else f"segmenter {args.segmenter}" if args.segmenter
                 else "off (every class weighs 1.0)")
     runs_path, page = write_run_files(
         rows, str(args.out), run_id, title=f"desra detect: {args.gan}",
@@ -131,9 +218,14 @@ def _cmd_metrics(args: argparse.Namespace) -> int:
 
 def _cmd_upscale(args: argparse.Namespace) -> int:
     from desra.batch import run_upscale
+    from desra.pipeline.admission import admit
     from desra_core.models.sr import load_sr_model
 
-    model = load_sr_model(args.model, device=_device(args.device))
+    # The one admission: the device, before the model loads (`--device bogus` names the device, not the
+    # weights); the folders and the model confined; the output root created and written.
+    admitted = admit(str(args.in_dir), str(args.out_dir), {"segmenter": None, "device": args.device},
+                     more_paths={"model": args.model}, sr=False)
+    model = load_sr_model(args.model, device=admitted.device)
     rows = run_upscale(model, args.in_dir, args.out_dir, tile=args.tile or None, overlap=args.overlap,
                        batch_size=args.batch, precision=args.precision, progress=_progress("upscale"))
     failed = [r for r in rows if r["status"] != "ok"]
@@ -145,24 +237,18 @@ def _cmd_upscale(args: argparse.Namespace) -> int:
 
 
 _DEPLOY_REQUIRED = ("DESRA_DROP_DIR", "DESRA_OUTPUT_DIR")
-_DEPLOY_DEFAULTS = {
-    "DESRA_MSE_MODEL": "realesrnet_x4plus",
-    "DESRA_GAN_MODEL": "realesrgan_x4plus",
-    "DESRA_SEGMENTER": "nvidia/segformer-b5-finetuned-ade-640-640",
-}
-_PREFECT_FILE = Path("deployments") / "prefect.yaml"
+_DEPLOY_DEFAULTS = {f"DESRA_{name.upper()}": RunOptions.model_fields[name].default
+                    for name in ("mse_model", "gan_model", "segmenter")}
+"""The model variables of deployments/prefect.yaml, with the run options' defaults."""
+_PREFECT_FILE = "prefect.yaml"  # in the package desra.deployments (the repository's deployments/)
 
 
-def _project_root() -> Path | None:
-    """The folder holding ``deployments/prefect.yaml``: the current directory or one of its parents,
-    else the checkout that the installed ``flows`` package lives in."""
-    import importlib.util
+def _prefect_file() -> Path:
+    """``prefect.yaml`` as installed with desra (package ``desra.deployments``), whatever the working folder;
+    the path may not exist in a broken install (the caller checks)."""
+    from importlib.resources import files
 
-    candidates = [Path.cwd(), *Path.cwd().parents]
-    spec = importlib.util.find_spec("flows")
-    if spec is not None and spec.submodule_search_locations:
-        candidates += [Path(loc).resolve().parent for loc in spec.submodule_search_locations]
-    return next((c for c in candidates if (c / _PREFECT_FILE).is_file()), None)
+    return Path(str(files("desra.deployments").joinpath(_PREFECT_FILE)))
 
 
 def _print_registered(pool: str, names: list[str]) -> dict | None:
@@ -204,9 +290,11 @@ def _deploy_environment(environ: dict[str, str]) -> dict[str, str]:
 def _cmd_deploy(args: argparse.Namespace) -> int:
     import os
     import subprocess
+    import tempfile
 
     import yaml
 
+    from desra import __version__
     from desra.automations import default_within_seconds, worker_heartbeat_seconds
     from desra.tasks.env import configure
 
@@ -219,16 +307,14 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
         print(f"error: expected --pool-limit of 0 (no limit) or more, got {args.pool_limit}", file=sys.stderr)
         return 2
     heartbeat = worker_heartbeat_seconds()  # ConfigError (exit 2) for a bad value
-    root = _project_root()
-    if root is None:
-        print(f"error: expected {_PREFECT_FILE} in the current directory, one of its parents or the checkout of "
-              f"the installed flows package, got none (cwd: {Path.cwd()}); run desra deploy from the desra "
-              "repository", file=sys.stderr)
+    prefect_file = _prefect_file()
+    if not prefect_file.is_file():
+        print(f"error: expected the deployment file {prefect_file} that is installed with desra, got no such "
+              "file; reinstall desra", file=sys.stderr)
         return 2
     configure()
     env = _deploy_environment(os.environ)
-    env.setdefault("DESRA_PROJECT_DIR", str(root))
-    names = [d["name"] for d in yaml.safe_load((root / _PREFECT_FILE).read_text())["deployments"]]
+    names = [d["name"] for d in yaml.safe_load(prefect_file.read_text())["deployments"]]
 
     from prefect.settings import get_current_settings
 
@@ -262,20 +348,23 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
         print(f"warning: {csrf}", file=sys.stderr)
 
     prefect = [sys.executable, "-m", "prefect"]
-    deploy = [*prefect, "--no-prompt", "deploy", "--prefect-file", str(_PREFECT_FILE)]
+    deploy = [*prefect, "--no-prompt", "deploy", "--prefect-file", str(prefect_file)]
     if args.pool == "desra":  # the pool that prefect.yaml names
         commands = [[*deploy, "--all"]]
     else:  # `--all` ignores --pool: one deployment at a time
         commands = [[*deploy, "--name", name, "--pool", args.pool] for name in names]
-    for command in commands:
-        result = subprocess.run(command, cwd=root, env=env)
-        if result.returncode != 0:
-            print(f"error: prefect deploy failed with exit code {result.returncode}", file=sys.stderr)
-            return result.returncode
+    # `prefect deploy` imports the entrypoints (desra.flows.…) with its working folder first on sys.path: an
+    # empty folder of its own, so that nothing in the caller's folder (a `desra/` there) can stand in for them.
+    with tempfile.TemporaryDirectory(prefix="desra-deploy-") as empty:
+        for command in commands:
+            result = subprocess.run(command, cwd=empty, env=env)
+            if result.returncode != 0:
+                print(f"error: prefect deploy failed with exit code {result.returncode}", file=sys.stderr)
+                return result.returncode
 
-    print(f"\nregistered from {root / _PREFECT_FILE} into work pool {args.pool!r} "
-          f"(code at DESRA_PROJECT_DIR={env['DESRA_PROJECT_DIR']}):")
-    os.environ.update({k: env[k] for k in ("DESRA_PROJECT_DIR", *_DEPLOY_DEFAULTS)})
+    print(f"\nregistered from {prefect_file} into work pool {args.pool!r} (workers run the installed desra "
+          f"{__version__}):")
+    os.environ.update({k: env[k] for k in _DEPLOY_DEFAULTS})
     registered = None
     try:
         registered = _print_registered(args.pool, names)
@@ -306,8 +395,8 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
             return 1
     beat = f"PREFECT_FLOWS_HEARTBEAT_FREQUENCY={heartbeat} " if heartbeat else ""
     why = " (the crash detection's window counts on it)" if args.zombie_automation else ""
-    print(f"start each worker with the same PREFECT_API_URL and PREFECT_API_AUTH_STRING, code at "
-          f"{env['DESRA_PROJECT_DIR']}, and this heartbeat{why}:\n"
+    print(f"start each worker, in any folder, where desra {__version__} is installed, with the same PREFECT_API_URL "
+          f"and PREFECT_API_AUTH_STRING, and this heartbeat{why}:\n"
           f"  {beat}prefect worker start --pool {args.pool} --limit 1")
     return 0
 
@@ -321,12 +410,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     start_embedded_server()  # without PREFECT_API_URL: an embedded server that dies with this process
     try:
-        state = run_in_process(
-            input_dir=str(args.input_dir), output_dir=str(args.out), mse_model=args.mse_model,
-            gan_model=args.gan_model, segmenter=None if args.no_semantic or args.labels else args.segmenter,
-            labels_dir=str(args.labels) if args.labels else None, threshold=args.threshold,
-            min_area=args.min_area, min_area_fraction=args.min_area_fraction, tile=args.tile, overlap=args.overlap,
-            feather=args.feather, batch_size=args.batch_size, device=args.device)
+        state = run_in_process(input_dir=str(args.input_dir), output_dir=str(args.out), batch_size=args.batch_size,
+                               **_run_options(args))
     except httpx.HTTPError as e:  # the Prefect API went away for longer than the client's retries
         from prefect.settings import PREFECT_API_URL
 
@@ -363,31 +448,19 @@ def _loss_bar(total: int):
 def _cmd_finetune(args: argparse.Namespace) -> int:
     from desra.finetuning import run_finetune
 
-    return run_finetune(args, _device(args.device), _loss_bar)
+    return run_finetune(args, _loss_bar)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from desra.finetuning import run_evaluate
 
-    return run_evaluate(args, _device(args.device))
+    return run_evaluate(args)
 
 
-def _add_model_pair_options(p: argparse.ArgumentParser, *, many_gans: bool) -> None:
-    p.add_argument("--gan", required=True, action="append" if many_gans else "store",
-                   help="GAN-SR model: known name or weights file" + (" (repeat to compare)" if many_gans else ""))
-    p.add_argument("--mse", required=True, help="MSE-SR model: known name or weights file")
+def _add_images_and_out(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", type=Path, required=True, help="folder of low-resolution real-world images")
-    sem = p.add_mutually_exclusive_group(required=True)
-    sem.add_argument("--labels", type=Path, help="folder of ADE20K label maps of the GAN results, by stem")
-    sem.add_argument("--segmenter", metavar="ID_OR_PATH", help="segment the GAN results with this SegFormer")
-    sem.add_argument("--no-semantic", action="store_true", help="skip the semantic adjustment")
     p.add_argument("--out", type=Path, required=True,
                    help="output folder; the pipeline's store and outputs go here too (reused by a later command)")
-    _add_detection_options(p)
-    p.add_argument("--feather", type=float, default=0.0, help="pseudo-GT blend width in pixels")
-    p.add_argument("--tile", type=int, default=512, help="largest SR tile side in input pixels")
-    p.add_argument("--overlap", type=int, default=32, help="SR tile overlap in input pixels")
-    p.add_argument("--device", default="auto", help="torch device; auto = cuda when available")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -397,19 +470,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("detect", help="detect artifacts in paired MSE-SR / GAN-SR folders")
     p.add_argument("--mse", type=Path, required=True, help="folder of MSE-SR results")
     p.add_argument("--gan", type=Path, required=True, help="folder of GAN-SR results (paired by file stem)")
-    sem = p.add_mutually_exclusive_group(required=True)
-    sem.add_argument("--labels", type=Path, help="folder of ADE20K label maps of the GAN results (by stem)")
-    sem.add_argument("--segmenter", metavar="ID_OR_PATH",
-                     help="segment the GAN results with this SegFormer (hub id or save_pretrained folder; "
-                          "'backend:ARG' for another registered backend); label maps go to OUT/labels/")
-    sem.add_argument("--no-semantic", action="store_true",
-                     help="skip the semantic adjustment (Eq. 9): every class weighs 1.0")
     p.add_argument("--out", type=Path, required=True,
-                   help="output folder (masks/, pseudo_gt/, reports/, runs/, report.parquet, report.html)")
-    p.add_argument("--device", default="auto", help="torch device for --segmenter (default: cuda if available)")
-    _add_detection_options(p)
-    p.add_argument("--feather", type=float, default=0.0,
-                   help="blend width (pixels) of the pseudo-GT across the mask edge (default: hard cut)")
+                   help="output folder (masks/, pseudo_gt/, reports/, runs/, report.parquet, report.html; label "
+                        "maps of --segmenter in labels/)")
+    _add_options(p, RunOptions, skip=_NO_SR, semantic_required=True)
     p.set_defaults(func=_cmd_detect)
 
     p = sub.add_parser("metrics", help="IoU and region precision/recall of predicted masks")
@@ -423,26 +487,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="known weights name (e.g. realesrgan_x4plus) or a weights file")
     p.add_argument("in_dir", type=Path, help="folder of input images")
     p.add_argument("out_dir", type=Path, help="output folder (<stem>.png, same bit depth as the input)")
-    p.add_argument("--tile", type=int, default=512,
-                   help="largest tile side in input pixels; 0 = whole image (default: %(default)s)")
-    p.add_argument("--overlap", type=int, default=32, help="tile overlap in input pixels (default: %(default)s)")
+    _add_option(p, "tile", RunOptions.model_fields["tile"], "; 0 = whole image")  # checked by upscale()
+    _add_option(p, "overlap", RunOptions.model_fields["overlap"])
     p.add_argument("--batch", type=int, default=4, help="tiles per forward pass (default: %(default)s)")
-    p.add_argument("--device", default="auto", help="torch device; auto = cuda when available, else cpu")
+    _add_option(p, "device", RunOptions.model_fields["device"])
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
     p.set_defaults(func=_cmd_upscale)
 
-    p = sub.add_parser("deploy", help="register the Prefect deployments of deployments/prefect.yaml "
+    p = sub.add_parser("deploy", help="register desra's Prefect deployments, from any folder "
                                       "(needs DESRA_DROP_DIR, DESRA_OUTPUT_DIR and a Prefect server)",
                        description="Create the process work pool (or bring an existing one to desra's locked job "
                                    "template, where a run cannot set its command, environment or working folder, "
-                                   "and to --pool-limit) and register the deployments of deployments/prefect.yaml "
-                                   "on the Prefect API (PREFECT_API_URL, with PREFECT_API_AUTH_STRING when the "
+                                   "and to --pool-limit) and register the deployments of the prefect.yaml installed "
+                                   "with desra (deployments/prefect.yaml in the repository) on the Prefect API "
+                                   "(PREFECT_API_URL, with PREFECT_API_AUTH_STRING when the "
                                    "server wants credentials). This is the one way to deploy desra: "
                                    "`prefect deploy` alone would not create the locked pool. desra/full runs "
                                    "every 10 minutes over DESRA_DROP_DIR into DESRA_OUTPUT_DIR, desra/on-drop on "
                                    "each desra.drop.landed event; models: DESRA_MSE_MODEL, DESRA_GAN_MODEL, "
-                                   "DESRA_SEGMENTER (set but empty: no semantic adjustment). Workers run the code "
-                                   "in DESRA_PROJECT_DIR (default: this checkout); start each with "
+                                   "DESRA_SEGMENTER (set but empty: no semantic adjustment). Workers run the "
+                                   "installed desra package (the deployments' entrypoints are desra.flows "
+                                   "modules), in any folder; start each with "
                                    "`PREFECT_FLOWS_HEARTBEAT_FREQUENCY=30 prefect worker start --pool desra "
                                    "--limit 1` (the heartbeat that the crash detection's 90-s window counts on).")
     p.add_argument("--pool", default="desra", help="process work pool to create or lock and deploy to "
@@ -455,71 +520,28 @@ def build_parser() -> argparse.ArgumentParser:
                         "(their worker died; see PREFECT_FLOWS_HEARTBEAT_FREQUENCY)")
     p.set_defaults(func=_cmd_deploy)
 
-    p = sub.add_parser("finetune", help="fine-tune a GAN-SR model so that the detected artifacts go away")
-    _add_model_pair_options(p, many_gans=False)
-    from desra_core.finetune.options import DEFAULTS as FT  # the one set of defaults (flows use it too)
-
-    p.add_argument("--iterations", type=int, default=FT.iterations, help="training iterations (default: %(default)s)")
-    p.add_argument("--batch", type=int, default=FT.batch, help="crops per iteration (default: %(default)s)")
-    p.add_argument("--crop", type=int, default=FT.crop,
-                   help="HR crop side, a multiple of the scale (default: %(default)s)")
-    p.add_argument("--lr", type=float, default=FT.lr, help="Adam learning rate (default: %(default)s)")
-    p.add_argument("--ema", type=float, default=FT.ema,
-                   help="EMA decay of the generator; 0 = off (default: %(default)s)")
-    p.add_argument("--perceptual", action=argparse.BooleanOptionalAction, default=FT.perceptual > 0,
-                   help="add the VGG19 perceptual term (needs VGG19 weights: torchvision's cache or --vgg-weights)")
-    p.add_argument("--adversarial", action="store_true", default=FT.gan > 0,
-                   help="add the adversarial term against a U-Net discriminator (--discriminator to start from one)")
-    p.add_argument("--no-gan", dest="adversarial", action="store_false",
-                   help="no adversarial term (the default; kept for older command lines)")
-    p.add_argument("--discriminator", type=Path, help="pretrained U-Net discriminator (e.g. *_netD.pth)")
-    p.add_argument("--vgg-weights", help="local VGG19 weights file (offline machines)")
-    p.add_argument("--checkpoint-every", type=int, default=FT.checkpoint_every,
-                   help="steps between checkpoints; the same command run again resumes (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=FT.seed, help="training seed (default: %(default)s)")
-    p.add_argument("--artifact-share", type=float, default=FT.artifact_share,
-                   help="share of training crops forced onto artifact pixels (default: %(default)s)")
-    p.add_argument("--validate", type=Path, metavar="DIR",
-                   help="folder of validation images, never trained on (default: hold out --holdout of --images)")
-    p.add_argument("--validate-labels", type=Path, metavar="DIR",
-                   help="label maps of the validation images, by stem (default: the --labels folder)")
-    p.add_argument("--holdout", type=float, default=FT.holdout,
-                   help="share of --images held out for validation without --validate, at least one "
-                        "(default: %(default)s)")
-    p.add_argument("--split-seed", type=int, default=FT.split_seed,
-                   help="seed of the held-out choice (recorded in the card)")
-    p.add_argument("--validate-every", type=int, default=FT.validate_every,
-                   help="steps between validations (default: %(default)s)")
-    p.add_argument("--min-detail-ratio", type=float, default=FT.min_detail_ratio,
-                   help="least detail, relative to the original model, that a shipped checkpoint keeps on every "
-                        "validation image (default: %(default)s); exit code 3 when no checkpoint qualifies")
-    p.add_argument("--min-artifact-images", type=int, default=FT.min_artifact_images, metavar="N",
-                   help="validation images with artifacts beyond the measured noise that shipping needs; with "
-                        "fewer nothing is trained and the exit code is 3 (default: %(default)s)")
+    p = sub.add_parser("finetune", help="fine-tune a GAN-SR model so that the detected artifacts go away",
+                       description="Fine-tune --gan on pseudo-GT from --mse where artifacts are detected (DeSRA's "
+                                   "delete step). Exit code 3 when nothing is shipped: no checkpoint keeps "
+                                   "--min-detail-ratio of the detail on every validation image, or fewer than "
+                                   "--min-artifact-images validation images have artifacts (then nothing is "
+                                   "trained).")
+    _add_images_and_out(p)
+    _add_options(p, RunOptions, FinetuneFields, semantic_required=True)
     p.set_defaults(func=_cmd_finetune)
 
     p = sub.add_parser("evaluate", help="artifact fraction and kept detail per image and GAN model")
-    _add_model_pair_options(p, many_gans=True)
+    _add_images_and_out(p)
+    _add_options(p, RunOptions, semantic_required=True, repeat=("gan_model",))
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("run", help="run the whole pipeline on a folder of low-resolution images (embedded Prefect)")
     p.add_argument("input_dir", type=Path, help="folder of real-world (low-resolution) images")
     p.add_argument("--out", type=Path, required=True, help="output root (masks/, pseudo_gt/, sr/, reports/, runs/)")
-    p.add_argument("--mse-model", default="realesrnet_x4plus", help="MSE-SR model: known name or file")
-    p.add_argument("--gan-model", default="realesrgan_x4plus", help="GAN-SR model: known name or file")
-    sem = p.add_mutually_exclusive_group()
-    sem.add_argument("--segmenter", default="nvidia/segformer-b5-finetuned-ade-640-640",
-                     help="SegFormer hub id or folder (default: %(default)s)")
-    sem.add_argument("--labels", type=Path, help="folder of precomputed label maps of the GAN results, by stem")
-    sem.add_argument("--no-semantic", action="store_true", help="skip the semantic adjustment")
-    _add_detection_options(p)
-    p.add_argument("--feather", type=float, default=0.0, help="pseudo-GT blend width in pixels")
-    p.add_argument("--tile", type=int, default=512, help="largest SR tile side in input pixels")
-    p.add_argument("--overlap", type=int, default=32, help="SR tile overlap in input pixels")
+    _add_options(p, RunOptions)
     p.add_argument("--batch-size", type=int, default=32,
                    help="images per desra-batch run when a deployment scales out; in this process the whole "
                         "drop streams at once (default: %(default)s)")
-    p.add_argument("--device", default="auto", help="torch device; auto = cuda when available")
     p.set_defaults(func=_cmd_run)
     return parser
 
@@ -528,6 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        _check_options(args)
         return args.func(args)
     except ConfigError as e:
         print(f"error: {inert(e)}", file=sys.stderr)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from desra.pipeline.options import FinetuneFields, RunOptions, options_of
 from desra_core import DesraError
 from desra_core.finetune.options import FinetuneOptions
 from desra_core.finetune.pipeline import detail_kept
@@ -35,18 +36,15 @@ def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
         frame.to_parquet(tmp, index=False)
 
 
-def _settings(args, device: str, gan: str):
-    """The one Settings of a ``desra finetune``/``desra evaluate`` command line (as ``desra run`` builds it)."""
-    from desra.pipeline.models import Models, check_models
-    from desra.pipeline.settings import Settings
+def _settings(args, gan: str, more_paths: dict[str, str | None] | None = None):
+    """The admitted Settings of a ``desra finetune``/``desra evaluate`` command line with the GAN model ``gan``:
+    :func:`desra.pipeline.admission.admit`, the admission of every run (paths confined where
+    ``DESRA_ALLOWED_ROOTS`` is set, the device resolved, both models loaded and of one scale, the segmenter, the
+    output root), before any image is touched. ``more_paths``: the fine-tuning's own paths."""
+    from desra.pipeline.admission import admit
 
-    settings = Settings.from_options(
-        mse_model=str(args.mse), gan_model=str(gan), segmenter=None if args.no_semantic else args.segmenter,
-        labels_dir=str(args.labels) if args.labels else None, threshold=args.threshold, min_area=args.min_area,
-        min_area_fraction=args.min_area_fraction, tile=args.tile, overlap=args.overlap, feather=args.feather,
-        device=device)
-    check_models(Models(settings).files)  # both models load and share a scale, before any image is touched
-    return settings
+    return admit(str(args.images), str(args.out), {**options_of(RunOptions, vars(args)), "gan_model": str(gan)},
+                 more_paths=more_paths).settings
 
 
 def _report_failed(rows: list[dict], what: str = "") -> None:
@@ -55,28 +53,20 @@ def _report_failed(rows: list[dict], what: str = "") -> None:
 
 
 def finetune_options(args) -> FinetuneOptions:
-    """The command line's options as the one :class:`~desra_core.finetune.options.FinetuneOptions` (``--perceptual``
-    and ``--adversarial`` switch on the recipe's weights, 1.0 and 0.1)."""
-    return FinetuneOptions(
-        iterations=args.iterations, batch=args.batch, crop=args.crop, lr=args.lr, ema=args.ema,
-        perceptual=1.0 if args.perceptual else 0.0, gan=0.1 if args.adversarial else 0.0,
-        artifact_share=args.artifact_share, seed=args.seed, vgg_weights=args.vgg_weights,
-        discriminator=None if args.discriminator is None else str(args.discriminator),
-        checkpoint_every=args.checkpoint_every, validate_every=args.validate_every,
-        min_detail_ratio=args.min_detail_ratio, min_artifact_images=args.min_artifact_images,
-        validate_dir=None if args.validate is None else str(args.validate),
-        validate_labels_dir=None if args.validate_labels is None else str(args.validate_labels),
-        holdout=args.holdout, split_seed=args.split_seed)
+    """The command line's options as the one :class:`~desra_core.finetune.options.FinetuneOptions` (the options
+    have its fields' names; ``--perceptual`` and ``--adversarial`` alone set the recipe's weights, 1.0 and 0.1)."""
+    return FinetuneOptions(**options_of(FinetuneFields, vars(args)))
 
 
-def run_finetune(args, device: str, progress_factory) -> int:
+def run_finetune(args, progress_factory) -> int:
     """``desra finetune``: :func:`desra.pipeline.finetuning.run_finetuning` with the command line's settings and
     options, the store and the run's folder under ``--out``."""
+    from desra.pipeline.admission import FINETUNE_PATHS
     from desra.pipeline.finetuning import run_finetuning
 
     options = finetune_options(args)
     options.config()  # bad options fail before any model or image is touched
-    settings = _settings(args, device, args.gan)
+    settings = _settings(args, args.gan_model, {name: getattr(options, name) for name in FINETUNE_PATHS})
     bar = progress_factory(options.iterations)
     try:
         run = run_finetuning(settings, args.images, args.out, options, progress=bar, say=print,
@@ -92,7 +82,7 @@ def run_finetune(args, device: str, progress_factory) -> int:
     return 0
 
 
-def run_evaluate(args, device: str) -> int:
+def run_evaluate(args) -> int:
     """Each GAN model through the pipeline (one Settings per model, the store in ``--out``: the MSE results
     are computed once): the artifact fraction from the rows, the detail kept from the stored pixels and mask."""
     from desra.pipeline.drop import drop_items
@@ -100,11 +90,10 @@ def run_evaluate(args, device: str) -> int:
     from desra.pipeline.pairs import process_stored, read_stored
     from desra.pipeline.steps import Run
 
-    base = _settings(args, device, args.gan[0])
+    admitted = [_settings(args, gan) for gan in args.gan_model]  # every GAN model checked before any image
     run_id = f"evaluate-{time.strftime('%Y%m%dT%H%M%S')}"
     records = []
-    for gan in args.gan:
-        settings = base.replace(gan_model=str(gan))
+    for gan, settings in zip(args.gan_model, admitted, strict=True):
         run = Run(settings=settings, output_dir=str(args.out), run_id=run_id, models=Models(settings))
         ok, failed = process_stored(run, drop_items(str(args.images), None, settings.labels_dir))
         _report_failed(failed, f" under {gan}")

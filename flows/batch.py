@@ -7,48 +7,39 @@ pool can take one. Each run streams its images through :mod:`desra.pipeline.stre
 ``image <stem>`` task run per image.
 """
 
-from typing import Annotated
+from typing import Any
 
 from prefect import flow
-from pydantic import Field
 
+from desra.pipeline.options import RunOptions, with_options
 from desra.tasks.images import process
 from desra.tasks.preflight import admit
 from desra.tasks.progress import Progress
-from desra_core.models.segmentation import DEFAULT_SEGMENTER
 
 __all__ = ["desra_batch"]
 
-Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
-
 
 @flow(name="desra-batch", flow_run_name="desra-batch {input_dir} ({run_id})", validate_parameters=True)
+@with_options(RunOptions)
 def desra_batch(
     input_dir: str,
     output_dir: str,
     stems: list[str] | None = None,
-    mse_model: str = "realesrnet_x4plus",
-    gan_model: str = "realesrgan_x4plus",
-    segmenter: str | None = DEFAULT_SEGMENTER,
-    labels_dir: str | None = None,
-    threshold: Fraction = 0.7,
-    min_area: Annotated[int, Field(ge=0)] = 4000,
-    min_area_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] | None = None,
-    tile: Annotated[int, Field(ge=16)] = 512,
-    overlap: Annotated[int, Field(ge=0)] = 32,
-    feather: Annotated[float, Field(ge=0.0)] = 0.0,
-    device: str = "auto",
     run_id: str = "adhoc",
+    **options: Any,
 ) -> list[dict]:
     """Process ``stems`` of ``input_dir`` (all images when ``None``); returns one row per image.
 
+    The run's settings are the ``desra`` flow's: one keyword parameter per option of
+    :class:`~desra.pipeline.options.RunOptions`, arriving here in ``options``.
+
     Refused (a ``Failed`` state, nothing read or created) when a path lies outside the allowed roots
     (``DESRA_ALLOWED_ROOTS``, or the folders the deployment was registered with), or when the device,
-    the models, the segmenter or the output root do not pass the preflight checks."""
-    settings, refused = admit(input_dir=input_dir, output_dir=output_dir, mse_model=mse_model, gan_model=gan_model,
-                              segmenter=segmenter, labels_dir=labels_dir, threshold=threshold, min_area=min_area,
-                              min_area_fraction=min_area_fraction, tile=tile, overlap=overlap, feather=feather,
-                              device=device)
+    the models, the segmenter or the output root do not pass the preflight checks. The parent ``desra`` run was
+    admitted on its own machine; this run is admitted again, through the same one admission
+    (:func:`desra.tasks.preflight.admit`, :func:`desra.pipeline.admission.admit`), because the worker that runs it
+    has its own device, model files and roots: ``device="auto"`` is resolved here."""
+    settings, refused = admit(input_dir=input_dir, output_dir=output_dir, **options)
     if refused is not None:
         return refused
     progress = Progress(f"desra-batch: {len(stems) if stems is not None else 'all'} image(s)")

@@ -1,54 +1,31 @@
 """Flow ``finetune``: DeSRA's delete step on a folder of real-world images, shipped only when it generalizes."""
 
-from typing import Annotated
+from typing import Any
 
 from prefect import flow
-from pydantic import Field
 
+from desra.pipeline.admission import FINETUNE_PATHS
+from desra.pipeline.options import FinetuneFields, RunOptions, options_of, with_options
 from desra.tasks.finetune import finetune_generator
 from desra.tasks.preflight import admit
-from desra_core.finetune.options import DEFAULTS, FinetuneOptions
+from desra_core.finetune.options import FinetuneOptions
 
 __all__ = ["finetune"]
 
 
 @flow(name="finetune", flow_run_name="finetune {gan_model}", validate_parameters=True)
+@with_options(RunOptions, FinetuneFields)
 def finetune(
     input_dir: str,
     output_dir: str,
-    mse_model: str = "realesrnet_x4plus",
-    gan_model: str = "realesrgan_x4plus",
-    segmenter: str | None = None,
-    labels_dir: str | None = None,
-    threshold: Annotated[float, Field(ge=0.0, le=1.0)] = 0.7,
-    min_area: Annotated[int, Field(ge=0)] = 4000,
-    min_area_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] | None = None,
-    tile: Annotated[int, Field(ge=16)] = 512,
-    overlap: Annotated[int, Field(ge=0)] = 32,
-    feather: Annotated[float, Field(ge=0.0)] = 0.0,
-    iterations: Annotated[int, Field(ge=1)] = DEFAULTS.iterations,
-    batch: Annotated[int, Field(ge=1)] = DEFAULTS.batch,
-    crop: Annotated[int, Field(ge=8)] = DEFAULTS.crop,
-    lr: Annotated[float, Field(gt=0)] = DEFAULTS.lr,
-    ema: Annotated[float, Field(ge=0, lt=1)] = DEFAULTS.ema,
-    perceptual: Annotated[float, Field(ge=0)] = DEFAULTS.perceptual,
-    gan: Annotated[float, Field(ge=0)] = DEFAULTS.gan,
-    artifact_share: Annotated[float, Field(ge=0, le=1)] = DEFAULTS.artifact_share,
-    seed: int = DEFAULTS.seed,
-    vgg_weights: str | None = DEFAULTS.vgg_weights,
-    discriminator: str | None = DEFAULTS.discriminator,
-    checkpoint_every: Annotated[int, Field(ge=1)] = DEFAULTS.checkpoint_every,
-    validate_dir: str | None = DEFAULTS.validate_dir,
-    validate_labels_dir: str | None = DEFAULTS.validate_labels_dir,
-    holdout: Annotated[float, Field(gt=0, lt=1)] = DEFAULTS.holdout,
-    split_seed: int = DEFAULTS.split_seed,
-    validate_every: Annotated[int, Field(ge=1)] = DEFAULTS.validate_every,
-    min_detail_ratio: Annotated[float, Field(ge=0)] = DEFAULTS.min_detail_ratio,
-    min_artifact_images: Annotated[int, Field(ge=1)] = DEFAULTS.min_artifact_images,
-    device: str = "auto",
     stems: list[str] | None = None,
+    **options: Any,
 ) -> dict:
     """Fine-tune ``gan_model`` on pseudo-GT built from ``mse_model`` where artifacts are detected.
+
+    Its keyword parameters are the options of a run and of fine-tuning, one per field of
+    :class:`~desra.pipeline.options.RunOptions` and of :class:`~desra_core.finetune.options.FinetuneOptions`
+    (their types, bounds, defaults and help are written there once; they arrive here in ``options``).
 
     The detection, tiling and pseudo-GT parameters are those of a ``desra`` run (the same names): the pairs
     come from the pipeline with these settings, so after a ``desra`` run on ``output_dir`` with the same
@@ -71,18 +48,11 @@ def finetune(
     Refused (a ``Failed`` state, nothing read or created) when a path lies outside the allowed roots
     (``DESRA_ALLOWED_ROOTS``) or the device, models, segmenter or output root fail the preflight checks.
     """
+    tuning = options_of(FinetuneFields, options)
+    tuning.update({name: tuning[name] or None for name in FINETUNE_PATHS})  # empty (the UI form's): none
     settings, refused = admit(input_dir=input_dir, output_dir=output_dir,
-                              more_paths={"validate_dir": validate_dir, "validate_labels_dir": validate_labels_dir,
-                                          "vgg_weights": vgg_weights, "discriminator": discriminator},
-                              mse_model=mse_model, gan_model=gan_model, segmenter=segmenter, labels_dir=labels_dir,
-                              threshold=threshold, min_area=min_area, min_area_fraction=min_area_fraction, tile=tile,
-                              overlap=overlap, feather=feather, device=device)
+                              more_paths={name: tuning[name] for name in FINETUNE_PATHS},
+                              **options_of(RunOptions, options))
     if refused is not None:
         return refused
-    options = FinetuneOptions(
-        iterations=iterations, batch=batch, crop=crop, lr=lr, ema=ema, perceptual=perceptual, gan=gan,
-        artifact_share=artifact_share, seed=seed, vgg_weights=vgg_weights, discriminator=discriminator,
-        checkpoint_every=checkpoint_every, validate_every=validate_every, min_detail_ratio=min_detail_ratio,
-        min_artifact_images=min_artifact_images, validate_dir=validate_dir or None,
-        validate_labels_dir=validate_labels_dir or None, holdout=holdout, split_seed=split_seed)
-    return finetune_generator(input_dir, output_dir, settings, options, stems)
+    return finetune_generator(input_dir, output_dir, settings, FinetuneOptions(**tuning), stems)

@@ -10,7 +10,7 @@ scheduled run over a growing drop processes only the new images. The final state
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import pandas as pd
 from prefect import flow, get_run_logger
@@ -19,25 +19,24 @@ from prefect.runtime import flow_run as runtime_flow_run
 from prefect.states import Completed, Failed
 from pydantic import Field
 
-from desra.flows.finetune import finetune as finetune_flow
 from desra.pipeline.drop import drop_folder
+from desra.pipeline.options import RunOptions, with_options
 from desra.pipeline.report import IMAGE_COLUMNS
 from desra.pipeline.settings import Settings
 from desra.pipeline.text import inert
+from desra.tasks.finetune import finetune_generator
 from desra.tasks.gpu import ensure_gpu_limit
 from desra.tasks.heartbeat import heartbeats
 from desra.tasks.images import process
-from desra.tasks.preflight import admit, refuse
+from desra.tasks.preflight import admit, admit_finetuning, refuse
 from desra.tasks.progress import Progress
 from desra.tasks.report import write_run_report
 from desra_core import DesraError
 from desra_core.listing import list_image_entries
-from desra_core.models.segmentation import DEFAULT_SEGMENTER
 
 __all__ = ["BATCH_DEPLOYMENT", "desra", "run_in_process"]
 
 BATCH_DEPLOYMENT = "desra-batch/desra-batch"
-Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
 def _run_batches_on_workers(batches: list[list[str]], parameters: dict, progress, settings: Settings,
@@ -132,44 +131,42 @@ def _gather(output_dir: str, stems: list[str], run_id: str) -> list[dict]:
 
 
 @flow(name="desra", flow_run_name="desra {input_dir}", validate_parameters=True)
+@with_options(RunOptions)
 def desra(
     input_dir: str,
     output_dir: str,
-    mse_model: str = "realesrnet_x4plus",
-    gan_model: str = "realesrgan_x4plus",
-    segmenter: str | None = DEFAULT_SEGMENTER,
-    labels_dir: str | None = None,
-    threshold: Fraction = 0.7,
-    min_area: Annotated[int, Field(ge=0)] = 4000,
-    min_area_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] | None = None,
-    tile: Annotated[int, Field(ge=16)] = 512,
-    overlap: Annotated[int, Field(ge=0)] = 32,
-    feather: Annotated[float, Field(ge=0.0)] = 0.0,
     finetune: bool = False,
     finetune_settings: dict | None = None,
     batch_size: Annotated[int, Field(ge=1)] = 32,
     scale_out: bool | None = None,
-    device: str = "auto",
+    **options: Any,
 ):
     """Detect (and, with ``finetune``, delete) GAN-SR artifacts in every image of ``input_dir``.
 
+    The run's settings are keyword parameters too, one per option of :class:`~desra.pipeline.options.RunOptions`
+    (``mse_model``, ``threshold``, ``device``…: their types, bounds, defaults and help are written there once,
+    and arrive here in ``options``).
+
     ``finetune``: afterwards, when any image has artifacts, fine-tune the GAN model on the drop's readable
-    images, a share of them held out to validate on (flow ``finetune``; ``finetune_settings`` passes its
-    options, e.g. ``{"iterations": 400, "validate_every": 20}``; the same run as ``desra finetune``'s, in
-    ``OUT/finetune/<gan>-<key>/``, so a run started again resumes). A generator is shipped only when the
-    held-out images can show an improvement and a checkpoint lowers their artifacts beyond the measured noise
-    while keeping the detail of every one; the message says which, or why none.
+    images, a share of them held out to validate on (what flow ``finetune`` runs after its admission, here with
+    this run's admitted settings; ``finetune_settings`` passes its options, e.g. ``{"iterations": 400,
+    "validate_every": 20}``, checked with their paths before any image is read; the same run as
+    ``desra finetune``'s, in ``OUT/finetune/<gan>-<key>/``, so a run started again resumes). A generator is
+    shipped only when the held-out images can show an improvement and a checkpoint lowers their artifacts beyond
+    the measured noise while keeping the detail of every one; the message says which, or why none.
     ``scale_out``: run batches of ``batch_size`` images as ``desra-batch`` deployment runs; by default only
     when this run itself comes from a deployment and the drop has more than one batch. In this process the
     whole drop is one stream, whatever ``batch_size``.
     """
     logger = get_run_logger()
+    tuning = None
+    if finetune:  # what fine-tuning adds to the run (its options and paths), refused before anything is created
+        tuning, refused = admit_finetuning(output_dir, finetune_settings)
+        if refused is not None:
+            return refused
     # Before anything is read or created: paths inside the allowed roots, valid options; then device,
     # models, segmenter and output root, before any image is touched.
-    settings, refused = admit(input_dir=input_dir, output_dir=output_dir, mse_model=mse_model, gan_model=gan_model,
-                              segmenter=segmenter, labels_dir=labels_dir, threshold=threshold, min_area=min_area,
-                              min_area_fraction=min_area_fraction, tile=tile, overlap=overlap, feather=feather,
-                              device=device)
+    settings, refused = admit(input_dir=input_dir, output_dir=output_dir, **options)
     if refused is not None:
         return refused
     ensure_gpu_limit()
@@ -186,12 +183,15 @@ def desra(
     if scale_out and batches:
         logger.info("%d images in %d batches: running them as %s deployment runs", len(stems), len(batches),
                     BATCH_DEPLOYMENT)
-        parameters = dict(input_dir=input_dir, output_dir=output_dir, run_id=run_id, **settings.options())
+        # the device as asked: each batch run is admitted on its own worker, which resolves it there
+        parameters = dict(input_dir=input_dir, output_dir=output_dir, run_id=run_id,
+                          **settings.replace(device=options["device"]).options())
         _run_batches_on_workers(batches, parameters, progress, settings)
         rows = _gather(output_dir, stems, run_id)
     else:  # in this process: one stream over the whole drop (batches only divide work between workers)
         rows = process(settings, input_dir, output_dir, run_id, None, progress)
-    write_run_report(rows, output_dir, run_id, {"Threshold": threshold, "Input folder": input_dir})
+    write_run_report(rows, output_dir, run_id, {"Threshold": settings.detection.threshold,
+                                                    "Input folder": input_dir})
     failed = [r for r in rows if r.get("status") != "ok"]
     message = f"{len(rows) - len(failed)} ok, {len(failed)} failed of {len(rows)} image(s)"
     if finetune:
@@ -200,13 +200,13 @@ def desra(
             # Every readable image, not only the flagged ones: where no artifact was found the pseudo-GT is the
             # GAN's own result, so the model keeps its behaviour there (the README's fine-tuning table), and
             # some of them are held out to validate on.
-            # The run's settings, whole: the pairs come from the store this run has just filled.
-            tuned = finetune_flow(input_dir=input_dir, output_dir=output_dir, **settings.options(), stems=readable,
-                                  **(finetune_settings or {}))
+            # The run's admitted settings, whole (not admitted again): the pairs come from the store this run
+            # has just filled.
+            tuned = finetune_generator(input_dir, output_dir, settings, tuning, readable)
             if tuned["generator"] is None:
-                message += f"; fine-tuning {gan_model} shipped no model: {tuned['reason']}"
+                message += f"; fine-tuning {settings.gan_model} shipped no model: {tuned['reason']}"
             else:
-                message += (f"; fine-tuned {gan_model} on {tuned['pairs']} image(s), shipped step "
+                message += (f"; fine-tuned {settings.gan_model} on {tuned['pairs']} image(s), shipped step "
                             f"{tuned['chosen_step']}: {tuned['generator']}")
         else:
             message += "; no artifacts found, nothing to fine-tune"

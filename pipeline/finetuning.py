@@ -23,11 +23,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from desra.pipeline.delivery import Delivery, finetune_and_deliver
-from desra.pipeline.models import Models, resolve_device
+from desra.pipeline.models import Models
 from desra.pipeline.pairs import FinetuneData, prepare_finetuning
 from desra.pipeline.settings import Settings
 from desra_core.finetune.card import file_sha256
@@ -80,7 +81,7 @@ def finetune_folder(output_dir: str | Path, settings: Settings, options: Finetun
     return Path(output_dir) / FOLDER / f"{name}-{key}"
 
 
-def _write_log(log: list[dict], path: Path) -> None:
+def _write_log(log: list[dict[str, Any]], path: Path) -> None:
     frame = pd.DataFrame(log, columns=None if log else ["step", "l1", "perceptual", "gan", "d_loss", "lr", "seconds",
                                                           *VALIDATION_COLUMNS])
     with atomic_path(path) as tmp:
@@ -88,11 +89,12 @@ def _write_log(log: list[dict], path: Path) -> None:
 
 
 def run_finetuning(settings: Settings, input_dir: str | Path, output_dir: str | Path, options: FinetuneOptions, *,
-                   stems: list[str] | None = None, progress: Callable[[dict], None] | None = None,
+                   stems: list[str] | None = None, progress: Callable[[dict[str, Any]], None] | None = None,
                    say: Callable[[str], None] = lambda message: None,
                    warn: Callable[[str], None] = lambda message: None) -> FinetuneRun:
     """Fine-tune ``settings.gan_model`` on the pseudo-GT of ``input_dir`` (all images, or only ``stems``), judged
-    on images it never trained on, and write the results in :func:`finetune_folder`.
+    on images it never trained on, and write the results in :func:`finetune_folder`. ``settings`` are admitted
+    (:func:`desra.pipeline.admission.admit`): their device, resolved there, is used as it is.
 
     ``say`` and ``warn`` receive one line each about the data (the CLI prints them, a flow logs them); images the
     pipeline fails on are left out with a ``warn``. ``progress`` gets each step's log record.
@@ -102,8 +104,7 @@ def run_finetuning(settings: Settings, input_dir: str | Path, output_dir: str | 
         DesraError: no image the pipeline could process.
     """
     config = options.config()
-    device = resolve_device(settings.device)
-    settings = settings.replace(device=device)
+    device = settings.device  # admitted: resolved by desra.pipeline.admission
     output_dir = Path(output_dir)
     data = prepare_finetuning(settings, input_dir, output_dir, run_id=f"finetune-{time.strftime('%Y%m%dT%H%M%S')}",
                               stems=stems, holdout=options.holdout, seed=options.split_seed,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -23,6 +24,9 @@ from desra_core.image import to_float32
 from desra_core.models.sr import SRModel, check_same_scale, load_sr_model, upscale
 from desra_core.models.weights import resolve_weights
 
+if TYPE_CHECKING:
+    from desra_core.models.segmentation import Segmenter
+
 __all__ = [
     "SEG_VERSION",
     "SR_VERSION",
@@ -31,7 +35,6 @@ __all__ = [
     "check_models",
     "load_segmenter_cached",
     "model_digest",
-    "resolve_device",
     "segmenter_id",
 ]
 
@@ -39,20 +42,15 @@ SR_VERSION = f"sr-1/{__version__}"
 SEG_VERSION = f"seg-2/{__version__}"  # 2: 8-bit results are segmented as uint8
 
 
-def resolve_device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def check_device(device: str) -> str:
     """The torch device a run asked for (``auto``: CUDA when available, else the CPU), checked on this
-    machine. Raises :class:`ConfigError` for a name torch does not know or a device this machine lacks."""
+    machine. Raises :class:`ConfigError` for a name torch does not know or a device this machine lacks.
+
+    The one place where ``auto`` is resolved: :func:`desra.pipeline.admission.check_run` calls it, and the
+    admitted settings carry its answer to every step."""
     import torch
 
-    name = resolve_device(device)
+    name = device if device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
     try:
         parsed = torch.device(name)
     except (RuntimeError, TypeError, ValueError):
@@ -83,14 +81,14 @@ def _sr_model(path: str, digest: str, device: str) -> SRModel:  # digest: a chan
 
 
 @functools.lru_cache(maxsize=2)
-def load_segmenter_cached(spec: str, device: str):
+def load_segmenter_cached(spec: str, device: str) -> Segmenter:
     """A segmenter, loaded once per process and device."""
     from desra_core.models.segmentation import load_segmenter
 
     return load_segmenter(spec, device=device)
 
 
-def check_models(models: dict[str, tuple[Path, str]]) -> dict:
+def check_models(models: dict[str, tuple[Path, str]]) -> dict[str, Any]:
     """Load both SR models on the CPU, before any image is touched, and check that their scales agree.
 
     ``models``: role (``"mse"``, ``"gan"``) → ``(weights file, sha256)`` from :func:`model_digest`, so the
@@ -125,12 +123,16 @@ class Models:
     ``digests`` (role → sha256) and ``segmenter_key`` are known at once (the files are hashed, nothing is
     loaded); the models load on the first call, on the thread that makes it (the device thread).
     ``sr=False`` (``desra detect``: every SR result is given): the SR weights are neither resolved nor
-    hashed (``files`` and ``digests`` are empty), and only the segmenter can be called.
+    hashed (``files`` and ``digests`` are empty), and only the segmenter can be called. The settings' device is
+    used as it is: admitted settings (:func:`desra.pipeline.admission.admit`) carry it resolved.
     """
 
     def __init__(self, settings: Settings, *, sr: bool = True) -> None:
+        if settings.device == "auto":
+            raise ConfigError("expected settings with the device resolved (cpu, cuda…), got 'auto': admit them first "
+                              "(desra.pipeline.admission.admit)")
         self.settings = settings
-        self.device = resolve_device(settings.device)
+        self.device = settings.device
         self.files = {"mse": model_digest(settings.mse_model), "gan": model_digest(settings.gan_model)} if sr else {}
         self.digests = {role: digest for role, (_, digest) in self.files.items()}
         seg = settings.segmenter_in_use

@@ -4,7 +4,9 @@
 :class:`Settings` from their options, and every step reads what it needs from it: detection gets
 ``settings.detection`` (a :class:`~desra_core.DetectionConfig`) as it is, the SR step ``tile`` and
 ``overlap``, the pseudo-GT step ``feather``. A Prefect flow's parameters are the flat form of the same
-object (:meth:`Settings.options`); :meth:`Settings.from_options` turns them back, validating each value.
+object (:meth:`Settings.options`, the fields of :class:`~desra.pipeline.options.RunOptions`);
+:meth:`Settings.from_options` turns them back. Every value is validated by ``RunOptions``, the one definition of
+each option's type, default and bounds.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ import json
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from desra.pipeline.options import DETECTION_OPTIONS, RunOptions, check_options
 from desra_core import ConfigError, DetectionConfig
-from desra_core.models.segmentation import DEFAULT_SEGMENTER
 
 __all__ = ["Settings"]
+
+_DEFAULTS = RunOptions()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,15 +38,15 @@ class Settings:
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``…
     """
 
-    mse_model: str = "realesrnet_x4plus"
-    gan_model: str = "realesrgan_x4plus"
-    segmenter: str | None = DEFAULT_SEGMENTER
-    labels_dir: str | None = None
+    mse_model: str = _DEFAULTS.mse_model
+    gan_model: str = _DEFAULTS.gan_model
+    segmenter: str | None = _DEFAULTS.segmenter
+    labels_dir: str | None = _DEFAULTS.labels_dir
     detection: DetectionConfig = field(default_factory=DetectionConfig)
-    tile: int = 512
-    overlap: int = 32
-    feather: float = 0.0
-    device: str = "auto"
+    tile: int = _DEFAULTS.tile
+    overlap: int = _DEFAULTS.overlap
+    feather: float = _DEFAULTS.feather
+    device: str = _DEFAULTS.device
 
     def __post_init__(self) -> None:
         # An empty string means none: a deployment made with DESRA_SEGMENTER="" passes "" as its default.
@@ -50,29 +54,23 @@ class Settings:
         object.__setattr__(self, "labels_dir", self.labels_dir or None)
         if not isinstance(self.detection, DetectionConfig):
             raise ConfigError(f"expected detection settings as a DetectionConfig, got {type(self.detection).__name__}")
-        if isinstance(self.tile, bool) or not isinstance(self.tile, int) or self.tile < 16:
-            raise ConfigError(f"expected tile to be a whole number ≥ 16, got {self.tile!r}")
-        if isinstance(self.overlap, bool) or not isinstance(self.overlap, int) or self.overlap < 0:
-            raise ConfigError(f"expected overlap to be a whole number ≥ 0, got {self.overlap!r}")
-        if not (isinstance(self.feather, int | float) and self.feather >= 0):
-            raise ConfigError(f"expected feather ≥ 0, got {self.feather!r}")
-        if not isinstance(self.device, str) or not self.device:
-            raise ConfigError(f"expected a device name, got {self.device!r}")
+        for name, value in self.options().items():  # validated by RunOptions (ConfigError), each of its type
+            if name not in DETECTION_OPTIONS:
+                object.__setattr__(self, name, value)
 
     @classmethod
-    def from_options(cls, *, threshold: float = 0.7, min_area: int = 4000, min_area_fraction: float | None = None,
-                     **rest: Any) -> Settings:
-        """Settings from flat options (a flow's parameters, the command line); raises ConfigError."""
-        detection = DetectionConfig(threshold=threshold, min_area=min_area, min_area_fraction=min_area_fraction)
-        return cls(detection=detection, **rest)
+    def from_options(cls, **options: Any) -> Settings:
+        """Settings from flat options (a flow's parameters, the command line; those not given take
+        :class:`~desra.pipeline.options.RunOptions`'s defaults); raises ConfigError naming a bad or unknown one."""
+        values = check_options(RunOptions, options)
+        detection = DetectionConfig(**{name: values.pop(name) for name in DETECTION_OPTIONS})
+        return cls(detection=detection, **values)
 
     def options(self) -> dict[str, Any]:
-        """The flat, JSON-able form (the flows' parameter names); ``from_options(**s.options()) == s``."""
-        d = self.detection
-        return {"mse_model": self.mse_model, "gan_model": self.gan_model, "segmenter": self.segmenter,
-                "labels_dir": self.labels_dir, "threshold": d.threshold, "min_area": int(d.min_area),
-                "min_area_fraction": d.min_area_fraction, "tile": self.tile, "overlap": self.overlap,
-                "feather": self.feather, "device": self.device}
+        """The flat, JSON-able form: :class:`~desra.pipeline.options.RunOptions`'s dump (the flows' parameter
+        names); ``from_options(**s.options()) == s``. Raises ConfigError for a value out of its option's bounds."""
+        return check_options(RunOptions, {name: getattr(self.detection if name in DETECTION_OPTIONS else self, name)
+                                          for name in RunOptions.model_fields})
 
     @property
     def segmenter_in_use(self) -> str | None:

@@ -6,7 +6,6 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from desra.pipeline.finetuning import run_finetuning
-from desra.pipeline.models import resolve_device
 from desra.pipeline.settings import Settings
 from desra.tasks.models import gpu_slot
 from desra_core.finetune.options import FinetuneOptions
@@ -49,10 +48,9 @@ def finetune_generator(input_dir: str, output_dir: str, settings: Settings, opti
     says which checkpoint was chosen and why, or what evidence was missing. Returns ``generator`` (None when
     nothing qualified), ``folder``, ``log``, ``card``, ``report``, ``pairs``, ``chosen_step`` and ``reason``."""
     logger = get_run_logger()
-    device = resolve_device(settings.device)
-    with gpu_slot(device):
-        run = run_finetuning(settings.replace(device=device), input_dir, output_dir, options, stems=stems,
-                             say=logger.info, warn=logger.warning)
+    with gpu_slot(settings.device):  # admitted settings: the device is resolved
+        run = run_finetuning(settings, input_dir, output_dir, options, stems=stems, say=logger.info,
+                             warn=logger.warning)
     result, card, data = run.delivery.result, run.delivery.card, run.data
     before = card["train"]["artifact_fraction"]["original"]
     val = card["validation"]

@@ -2,14 +2,17 @@
 
 :class:`FinetuneOptions` is what ``desra finetune``, the ``finetune`` flow and ``desra(finetune=True)`` all
 take (the flow's parameters have its field names); the trainer's :class:`~desra_core.finetune.trainer.FinetuneConfig`
-takes its defaults from it. This module loads no torch, so the command line can show the defaults cheaply.
+takes its defaults from it. Each field also carries its help text and bounds (its metadata, checked when
+the options are made), from which the command line's options and the flow's parameters are derived
+(:mod:`desra.pipeline.options`). This module loads no torch, so the command line can show the defaults cheaply.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import operator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
 
@@ -17,6 +20,18 @@ if TYPE_CHECKING:
     from .trainer import FinetuneConfig
 
 __all__ = ["DEFAULTS", "FinetuneOptions"]
+
+_BOUNDS = {"ge": ("at least", operator.ge), "gt": ("above", operator.gt), "le": ("at most", operator.le),
+           "lt": ("below", operator.lt)}
+
+
+def _option(default: object, help: str, **bounds: float) -> Any:
+    """A field with its one default, its help text and its bounds (``ge``, ``gt``, ``le``, ``lt``), which the
+    command line and the flows read from the field's metadata (:mod:`desra.pipeline.options`)."""
+    unknown = set(bounds) - set(_BOUNDS)
+    if unknown:
+        raise TypeError(f"expected bounds among {sorted(_BOUNDS)}, got {sorted(unknown)}")
+    return dataclasses.field(default=default, metadata={"help": help, "bounds": bounds})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -33,29 +48,42 @@ class FinetuneOptions:
     shipping rule needs, :func:`~desra_core.finetune.validation.choose_checkpoint`).
     """
 
-    iterations: int = 200
-    batch: int = 4
-    crop: int = 128
-    lr: float = 1e-4
-    ema: float = 0.0
-    perceptual: float = 0.0
-    gan: float = 0.0
-    artifact_share: float = 0.5
-    seed: int = 0
-    vgg_weights: str | None = None
-    discriminator: str | None = None
-    checkpoint_every: int = 100
-    validate_every: int = 100
-    min_detail_ratio: float = 0.9
-    min_artifact_images: int = 3
-    validate_dir: str | None = None
-    validate_labels_dir: str | None = None
-    holdout: float = 0.25
-    split_seed: int = 0
+    iterations: int = _option(200, "training iterations", ge=1)
+    batch: int = _option(4, "crops per iteration", ge=1)
+    crop: int = _option(128, "HR crop side, a multiple of the scale", ge=8)
+    lr: float = _option(1e-4, "Adam learning rate", gt=0)
+    ema: float = _option(0.0, "EMA decay of the generator; 0 = off", ge=0, lt=1)
+    perceptual: float = _option(0.0, "weight of the VGG19 perceptual term (the recipe's: 1.0; needs VGG19 weights: "
+                                     "torchvision's cache or vgg_weights); 0 = off", ge=0)
+    gan: float = _option(0.0, "weight of the adversarial term against a U-Net discriminator (the recipe's: 0.1; "
+                              "discriminator to start from one); 0 = off", ge=0)
+    artifact_share: float = _option(0.5, "share of training crops forced onto artifact pixels", ge=0, le=1)
+    seed: int = _option(0, "training seed")
+    vgg_weights: str | None = _option(None, "local VGG19 weights file (offline machines)")
+    discriminator: str | None = _option(None, "pretrained U-Net discriminator to start from (e.g. *_netD.pth)")
+    checkpoint_every: int = _option(100, "steps between checkpoints; the same run started again resumes", ge=1)
+    validate_every: int = _option(100, "steps between validations", ge=1)
+    min_detail_ratio: float = _option(0.9, "least detail, relative to the original model, that a shipped "
+                                           "checkpoint keeps on every validation image", ge=0)
+    min_artifact_images: int = _option(3, "validation images with artifacts beyond the measured noise that "
+                                          "shipping needs; with fewer nothing is trained", ge=1)
+    validate_dir: str | None = _option(None, "folder of validation images, never trained on (default: hold out "
+                                             "a holdout share of the images)")
+    validate_labels_dir: str | None = _option(None, "label maps of the validation images, by stem (default: the "
+                                                    "run's labels_dir)")
+    holdout: float = _option(0.25, "share of the images held out for validation without validate_dir, at least "
+                                   "one", gt=0, lt=1)
+    split_seed: int = _option(0, "seed of the held-out choice (recorded in the model card)")
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.holdout < 1.0:
-            raise ConfigError(f"expected a held-out share in (0, 1), got {self.holdout}")
+        for option in dataclasses.fields(self):
+            value = getattr(self, option.name)
+            if value is None and option.default is None:
+                continue
+            for kind, limit in option.metadata.get("bounds", {}).items():
+                sign, holds = _BOUNDS[kind]
+                if isinstance(value, bool) or not isinstance(value, int | float) or not holds(value, limit):
+                    raise ConfigError(f"expected {option.name} {sign} {limit}, got {value!r}")
 
     def config(self) -> FinetuneConfig:
         """The trainer's settings (raises ConfigError for a bad value)."""

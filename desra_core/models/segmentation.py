@@ -26,19 +26,21 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypedDict, cast
 
 import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+from numpy.typing import NDArray
 
 from ..errors import ConfigError, DesraError, ModelLoadError, ShapeError
 from ..semantic import ADE20K_NUM_CLASSES, UNLABELED, default_class_table
+from . import DEFAULT_SEGMENTER  # the paper's SegFormer-B5, named where torch is not needed
 
 __all__ = ["DEFAULT_SEGMENTER", "SEGMENTERS", "Segmenter", "load_segformer", "load_segmenter", "prepare",
            "segment"]
 
-DEFAULT_SEGMENTER = "nvidia/segformer-b5-finetuned-ade-640-640"
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 _TRUE = {"1", "true", "yes", "on"}
@@ -109,34 +111,50 @@ def _looks_local(source: str) -> bool:
             or source.count("/") > 1)
 
 
-def _processor_settings(processor: object, source: str) -> dict:
+class _ProcessorSettings(TypedDict):
+    pixel_scale: float
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    crop: int
+
+
+def _processor_settings(processor: object, source: str) -> _ProcessorSettings:
     """Segmenter fields from a (Segformer) image processor: rescale factor, mean/std and square crop."""
     def get(obj: object, key: str, default: object = None) -> object:
         value = obj.get(key) if isinstance(obj, Mapping) else getattr(obj, key, None)
         return default if value is None else value
 
-    def triple(value: object) -> tuple[float, ...]:
-        values = tuple(float(v) for v in (value if isinstance(value, list | tuple) else [value] * 3))
+    def number(value: object, key: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise ModelLoadError(f"expected a number for the image processor's {key}, got {value!r} "
+                                 f"(file: {source})")
+        return float(value)
+
+    def triple(value: object, key: str) -> tuple[float, float, float]:
+        values = [number(v, key) for v in (value if isinstance(value, list | tuple) else [value] * 3)]
         if len(values) != 3:
             raise ModelLoadError(f"expected 3 normalisation values, got {values} (file: {source})")
-        return values
+        return values[0], values[1], values[2]
 
     normalise = get(processor, "do_normalize", True)
     size = get(processor, "size", 512)
     if isinstance(size, numbers.Integral):
         crop = int(size)
     elif get(size, "height") and get(size, "width"):
-        crop = min(int(get(size, "height")), int(get(size, "width")))  # type: ignore[call-overload]
+        crop = min(int(number(get(size, "height"), "size")), int(number(get(size, "width"), "size")))
     else:
-        crop = int(get(size, "shortest_edge", 512))  # type: ignore[call-overload]
-    return {"pixel_scale": float(get(processor, "rescale_factor", 1 / 255)) if get(processor, "do_rescale", True)
-            else 1.0,
-            "mean": triple(get(processor, "image_mean", _IMAGENET_MEAN)) if normalise else (0.0, 0.0, 0.0),
-            "std": triple(get(processor, "image_std", _IMAGENET_STD)) if normalise else (1.0, 1.0, 1.0),
+        crop = int(number(get(size, "shortest_edge", 512), "size"))
+    return {"pixel_scale": number(get(processor, "rescale_factor", 1 / 255), "rescale_factor")
+            if get(processor, "do_rescale", True) else 1.0,
+            "mean": triple(get(processor, "image_mean", _IMAGENET_MEAN), "image_mean") if normalise
+            else (0.0, 0.0, 0.0),
+            "std": triple(get(processor, "image_std", _IMAGENET_STD), "image_std") if normalise
+            else (1.0, 1.0, 1.0),
             "crop": crop}
 
 
-def _class_lut(id2label: Mapping, class_mapping: Mapping | None, source: str) -> np.ndarray:
+def _class_lut(id2label: Mapping[Any, object], class_mapping: Mapping[Any, object] | None,
+               source: str) -> np.ndarray:
     """Model class → ADE20K index (255 = unlabeled), after checking the checkpoint's class order."""
     ade = default_class_table().names
     labels = {int(k): str(v).strip() for k, v in id2label.items()}
@@ -160,7 +178,7 @@ def _class_lut(id2label: Mapping, class_mapping: Mapping | None, source: str) ->
     ade_by_name = {name: i for i, name in enumerate(ade)}
     lut = np.full(len(names), UNLABELED, dtype=np.uint8)
     for key, value in class_mapping.items():
-        if isinstance(key, numbers.Integral) and not isinstance(key, bool) and 0 <= key < len(names):
+        if isinstance(key, numbers.Integral) and not isinstance(key, bool) and 0 <= int(key) < len(names):
             model_id = int(key)
         elif isinstance(key, str) and len(ids_by_name.get(key.strip(), [])) == 1:
             model_id = ids_by_name[key.strip()][0]
@@ -168,7 +186,7 @@ def _class_lut(id2label: Mapping, class_mapping: Mapping | None, source: str) ->
             raise ModelLoadError(f"expected class_mapping keys that are model ids 0..{len(names) - 1} or "
                                  f"unique model class names, got {key!r} (file: {source})")
         if isinstance(value, numbers.Integral) and not isinstance(value, bool) and (
-                0 <= value < len(ade) or value == UNLABELED):
+                0 <= int(value) < len(ade) or value == UNLABELED):
             lut[model_id] = int(value)
         elif isinstance(value, str) and value.strip() in ade_by_name:
             lut[model_id] = ade_by_name[value.strip()]
@@ -215,8 +233,10 @@ def load_segformer(id_or_path: str = DEFAULT_SEGMENTER, *, device: str | torch.d
             raise ModelLoadError(f"expected a SegFormer checkpoint, got model_type '{config.model_type}' "
                                  f"(file: {source})")
         lut = _class_lut(config.id2label or {}, class_mapping, source)  # before reading any weights
-        model, info = SegformerForSemanticSegmentation.from_pretrained(
-            source, config=config, local_files_only=offline, output_loading_info=True)
+        # With output_loading_info, from_pretrained returns (model, info): its annotation says model only.
+        model, info = cast(tuple[SegformerForSemanticSegmentation, dict[str, list[str]]],
+                           SegformerForSemanticSegmentation.from_pretrained(
+                               source, config=config, local_files_only=offline, output_loading_info=True))
         missing = sorted(k for k in info.get("missing_keys", ()) if not k.endswith("num_batches_tracked"))
         if missing or info.get("mismatched_keys"):
             raise ModelLoadError(f"expected complete SegFormer segmentation weights, got missing or mismatched "
@@ -232,8 +252,10 @@ def load_segformer(id_or_path: str = DEFAULT_SEGMENTER, *, device: str | torch.d
         detail = " ".join(str(exc).split())  # one line: transformers' messages span several
         raise ModelLoadError(f"expected a loadable SegFormer checkpoint, got {type(exc).__name__}: {detail}; "
                              f"{hint} (file: {source})") from exc
-    model = model.to(torch.device(device)).eval().requires_grad_(False)
-    return Segmenter(model=model, name=source, to_ade20k=lut, device=torch.device(device),
+    # As a Module: the checker misreads the signature of transformers' functools.wraps'd `to` (same call).
+    module: torch.nn.Module = model
+    module = module.to(torch.device(device)).eval().requires_grad_(False)
+    return Segmenter(model=module, name=source, to_ade20k=lut, device=torch.device(device),
                      **_processor_settings(processor, source))
 
 
@@ -267,7 +289,8 @@ def _check_image(image: np.ndarray) -> np.ndarray:
     if image.dtype == np.float32:
         if not np.isfinite(image).all() or image.min() < -1e-3 or image.max() > 1 + 1e-3:
             raise ShapeError("expected float32 values in [0, 1], got values outside it (or NaN/infinity)")
-        return np.clip(image, 0.0, 1.0)
+        clipped: NDArray[np.float32] = np.clip(image, 0.0, 1.0)
+        return clipped
     if image.dtype != np.uint8:
         raise ShapeError(f"expected a uint8 or float32 image, got {image.dtype}")
     return image
@@ -304,7 +327,7 @@ def _windows(h: int, w: int, crop: int, stride: int) -> list[tuple[int, int, int
     return boxes
 
 
-def _window_logits(segmenter: Segmenter, x: torch.Tensor, boxes: list) -> torch.Tensor:
+def _window_logits(segmenter: Segmenter, x: torch.Tensor, boxes: list[tuple[int, int, int, int]]) -> torch.Tensor:
     """Raw logits ``(N, C, h', w')`` (float32) of every window, ``batch_size`` windows per pass."""
     device = segmenter.device
     out = []
@@ -321,8 +344,8 @@ def _window_logits(segmenter: Segmenter, x: torch.Tensor, boxes: list) -> torch.
     return torch.cat(out)
 
 
-def _slide_argmax(logits: torch.Tensor, boxes: list, size: tuple[int, int], out_size: tuple[int, int],
-                  chunk_bytes: int) -> torch.Tensor:
+def _slide_argmax(logits: torch.Tensor, boxes: list[tuple[int, int, int, int]], size: tuple[int, int],
+                  out_size: tuple[int, int], chunk_bytes: int) -> torch.Tensor:
     """Average the upsampled window logits over ``size``, resize to ``out_size`` and argmax.
 
     Works on as many classes at a time as ``chunk_bytes`` allows; a running maximum (first index wins,
@@ -372,4 +395,5 @@ def segment(segmenter: Segmenter, image: np.ndarray) -> np.ndarray:
         boxes = _windows(*size, segmenter.crop, segmenter.stride)
         logits = _window_logits(segmenter, x, boxes)
         label = _slide_argmax(logits, boxes, size, image.shape[:2], segmenter.chunk_bytes)
-    return segmenter.to_ade20k[label.cpu().numpy()]
+    labels: NDArray[np.uint8] = segmenter.to_ade20k[label.cpu().numpy()]
+    return labels

@@ -9,12 +9,12 @@ detection finds, or, with a wrecking learning rate, really destroy the model.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 
 import numpy as np
 import pandas as pd
 import pytest
+from prefect.utilities.callables import get_parameter_defaults
 from spandrel import ModelLoader
 
 from desra.cli import build_parser, main
@@ -164,10 +164,10 @@ def test_validate_folder_and_holdout_errors(tmp_path, capsys, setup):
 def test_the_command_and_the_flow_take_the_same_options_with_one_set_of_defaults():
     from desra.flows.finetune import finetune
 
-    parameters = inspect.signature(finetune.fn).parameters
+    defaults = get_parameter_defaults(finetune.fn)  # as Prefect reads them (a Field default carries the help)
     for option in dataclasses.fields(FinetuneOptions):  # seed, vgg_weights, discriminator… in the flow too
-        assert option.name in parameters, option.name
-        assert parameters[option.name].default == getattr(DEFAULTS, option.name), option.name
+        assert option.name in defaults, option.name
+        assert defaults[option.name] == getattr(DEFAULTS, option.name), option.name
     args = build_parser().parse_args(["finetune", "--gan", "g", "--mse", "m", "--images", "i", "--no-semantic",
                                       "--out", "o"])
     assert finetune_options(args) == DEFAULTS

@@ -274,17 +274,17 @@ def test_the_segmenter_is_checked_with_the_models_before_any_image(tmp_path, dro
 
 
 def test_a_good_segmenter_is_checked_once_then_remembered(tmp_path, drop, tiny_models, monkeypatch):
-    import desra.tasks.preflight
+    import desra.pipeline.admission
 
     folder = _save_tiny(tmp_path / "ade", ADE)
     loads = []
-    real = desra.tasks.preflight._segmenter
+    real = desra.pipeline.admission._segmenter
 
     def counting(spec, device):
         loads.append(spec)
         return real(spec, device)
 
-    monkeypatch.setattr(desra.tasks.preflight, "_segmenter", counting)
+    monkeypatch.setattr(desra.pipeline.admission, "_segmenter", counting)
     out = tmp_path / "out"
     for _ in range(2):
         state = _run(drop, out, tiny_models, segmenter=str(folder))
@@ -296,9 +296,9 @@ def test_a_good_segmenter_is_checked_once_then_remembered(tmp_path, drop, tiny_m
 
 @pytest.mark.parametrize("empty", ["", None])
 def test_an_empty_segmenter_means_no_semantic_adjustment(tmp_path, drop, tiny_models, monkeypatch, empty):
-    import desra.tasks.preflight
+    import desra.pipeline.admission
 
-    monkeypatch.setattr(desra.tasks.preflight, "_segmenter", lambda *a: pytest.fail(f"loaded a segmenter: {a}"))
+    monkeypatch.setattr(desra.pipeline.admission, "_segmenter", lambda *a: pytest.fail(f"loaded a segmenter: {a}"))
     out = tmp_path / "out"
     state = _run(drop, out, tiny_models, segmenter=empty)
     assert state.is_completed(), state.message

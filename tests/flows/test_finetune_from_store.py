@@ -4,8 +4,11 @@ pseudo-GT pixels (with non-default area rule, feather and tiling)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+import torch
 
 from desra.flows.finetune import finetune
 from desra.flows.full import desra
@@ -93,3 +96,36 @@ def test_desra_finetune_passes_the_run_settings_on(tmp_path, tiny_models, counte
     assert counted == {"upscale": 6, "detect": 3}  # the run's SR and detection only, none for fine-tuning
     (data,) = spied
     _check_against_published(data, out, Settings.from_options(**params))
+
+
+def test_fine_tuning_after_a_run_takes_the_admitted_settings_without_admitting_them_again(tmp_path, tiny_models,
+                                                                                          counted, spied, monkeypatch):
+    import desra.pipeline.admission as admission  # not `import desra.…`: that would hide the flow desra
+
+    checked = []  # output roots whose device, models and segmenter were checked (once per admission)
+    real = admission.check_run
+    monkeypatch.setattr(admission, "check_run",
+                        lambda settings, out, sr=True: checked.append(out) or real(settings, out, sr))
+    drop, out = _drop(tmp_path), tmp_path / "out"
+    params = dict(mse_model=tiny_models[0], gan_model=tiny_models[1], **{**RUN, "device": "auto"})
+    training = {k: v for k, v in TRAINING.items() if k != "holdout"}
+    state = desra(input_dir=str(drop), output_dir=str(out), **params, finetune=True, finetune_settings=training,
+                  return_state=True)
+    assert state.is_completed(), state.message
+    assert checked == [str(out)]  # the run's admission only: fine-tuning did not admit the settings again
+    (data,) = spied
+    here = "cuda" if torch.cuda.is_available() else "cpu"
+    assert data.settings == Settings.from_options(**{**params, "device": here})  # admitted: auto resolved here
+
+
+def test_fine_tuning_paths_after_a_run_are_still_confined(tmp_path, tiny_models, counted, monkeypatch):
+    drop, out, outside = _drop(tmp_path), tmp_path / "out", tmp_path / "outside"
+    write_lr(outside / "v.png", 9)
+    monkeypatch.setenv("DESRA_ALLOWED_ROOTS", f"{drop}:{out}:{tmp_path / 'models'}:{Path(tiny_models[0]).parent}")
+    params = dict(mse_model=tiny_models[0], gan_model=tiny_models[1], **RUN)
+    state = desra(input_dir=str(drop), output_dir=str(out), **params, finetune=True,
+                  finetune_settings={"validate_dir": str(outside), "iterations": 1}, return_state=True)
+    assert state.is_failed()
+    assert state.message.startswith("refused: expected validate_dir inside the allowed roots, DESRA_ALLOWED_ROOTS"), \
+        state.message
+    assert counted == {"upscale": 0, "detect": 0} and not out.exists()  # refused before the run did anything
