@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.core.models.test_sr import tiny_compact, tiny_rrdbnet
+from tests.core.models.test_sr import save_tiny_pair, tiny_compact
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -20,11 +20,7 @@ def prefect_api():
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("models")
-    mse, gan = folder / "mse_tiny.pth", folder / "gan_tiny.pth"
-    torch.save({"params_ema": tiny_rrdbnet()}, mse)
-    torch.save({"params": tiny_compact()}, gan)
-    return str(mse), str(gan)
+    return save_tiny_pair(tmp_path_factory.mktemp("models"))
 
 
 def finetune_job(folder, images: int = 3, size: int = 32):

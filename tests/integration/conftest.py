@@ -340,15 +340,10 @@ def make_drop(folder: Path, count: int, seed: int = 0) -> list[str]:
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, str]:
     """Random-init tiny RRDBNet (as the MSE model) and Compact (as the GAN model) ``.pth`` files."""
-    import torch
+    from tests.core.models.test_sr import save_tiny_pair
 
-    from tests.core.models.test_sr import tiny_compact, tiny_rrdbnet
-
-    folder = tmp_path_factory.mktemp("models")
-    mse, gan = folder / "mse_rrdb_tiny_x4.pth", folder / "gan_compact_tiny_x4.pth"
-    torch.save({"params_ema": tiny_rrdbnet()}, mse)
-    torch.save({"params": tiny_compact()}, gan)
-    return {"mse": str(mse), "gan": str(gan)}
+    mse, gan = save_tiny_pair(tmp_path_factory.mktemp("models"), "mse_rrdb_tiny_x4.pth", "gan_compact_tiny_x4.pth")
+    return {"mse": mse, "gan": gan}
 
 
 @pytest.fixture(scope="session")

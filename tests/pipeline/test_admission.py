@@ -15,17 +15,13 @@ from desra.pipeline.admission import admit, admit_finetuning
 from desra.pipeline.settings import Settings
 from desra_core import ConfigError, InputImageError, ModelLoadError
 from tests.conftest import REPO, file_tree
-from tests.core.models.test_sr import tiny_compact, tiny_rrdbnet
+from tests.core.models.test_sr import save_tiny_pair
 from tests.flows.conftest import write_lr
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> tuple[str, str]:
-    folder = tmp_path_factory.mktemp("models")
-    mse, gan = folder / "mse_tiny.pth", folder / "gan_tiny.pth"
-    torch.save({"params_ema": tiny_rrdbnet()}, mse)
-    torch.save({"params": tiny_compact()}, gan)
-    return str(mse), str(gan)
+    return save_tiny_pair(tmp_path_factory.mktemp("models"))
 
 
 @pytest.fixture

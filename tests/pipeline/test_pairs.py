@@ -8,24 +8,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from desra.pipeline.pairs import prepare_finetuning, read_stored
 from desra.pipeline.settings import Settings
 from desra.pipeline.steps import entry_paths
 from desra_core import DesraError
 from desra_core.image import read_image, to_float32
-from tests.core.models.test_sr import tiny_compact, tiny_rrdbnet
+from tests.core.models.test_sr import save_tiny_pair
 from tests.flows.conftest import write_lr
 
 
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory) -> Settings:
-    folder = tmp_path_factory.mktemp("models")
-    mse, gan = folder / "mse_tiny.pth", folder / "gan_tiny.pth"
-    torch.save({"params_ema": tiny_rrdbnet()}, mse)
-    torch.save({"params": tiny_compact()}, gan)
-    return Settings.from_options(mse_model=str(mse), gan_model=str(gan), segmenter=None, min_area=10, feather=1.5,
+    mse, gan = save_tiny_pair(tmp_path_factory.mktemp("models"))
+    return Settings.from_options(mse_model=mse, gan_model=gan, segmenter=None, min_area=10, feather=1.5,
                                  tile=32, overlap=8, device="cpu")
 
 

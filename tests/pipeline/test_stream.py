@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 
 import desra.pipeline.models
 import desra.pipeline.pixels
@@ -24,7 +23,7 @@ from desra.pipeline.report import STEPS, write_run_files
 from desra.pipeline.settings import Settings
 from desra.pipeline.steps import ImageJob, Run
 from desra.pipeline.stream import Device, process_images
-from tests.core.models.test_sr import tiny_compact, tiny_rrdbnet
+from tests.core.models.test_sr import save_tiny_pair
 from tests.flows.conftest import write_lr
 
 DEVICE_THREAD = "desra-device"
@@ -32,11 +31,7 @@ DEVICE_THREAD = "desra-device"
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> tuple[str, str]:
-    folder = tmp_path_factory.mktemp("models")
-    mse, gan = folder / "mse_tiny.pth", folder / "gan_tiny.pth"
-    torch.save({"params_ema": tiny_rrdbnet()}, mse)
-    torch.save({"params": tiny_compact()}, gan)
-    return str(mse), str(gan)
+    return save_tiny_pair(tmp_path_factory.mktemp("models"))
 
 
 @pytest.fixture

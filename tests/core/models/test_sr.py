@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,6 +31,14 @@ def tiny_rrdbnet(scale: int = 4) -> dict[str, torch.Tensor]:
 
 def tiny_compact() -> dict[str, torch.Tensor]:
     return _state(Compact(num_feat=8, num_conv=2, upscale=4), 1)
+
+
+def save_tiny_pair(folder: Path, mse_name: str = "mse_tiny.pth", gan_name: str = "gan_tiny.pth") -> tuple[str, str]:
+    """A tiny RRDBNet (as the MSE model) and a tiny Compact (as the GAN model), saved as ``.pth`` in ``folder``."""
+    mse, gan = folder / mse_name, folder / gan_name
+    torch.save({"params_ema": tiny_rrdbnet()}, mse)
+    torch.save({"params": tiny_compact()}, gan)
+    return str(mse), str(gan)
 
 
 def tiny_swinir() -> dict[str, torch.Tensor]:
