@@ -19,7 +19,10 @@ from typing import TYPE_CHECKING, Literal
 from desra_core import ConfigError
 
 if TYPE_CHECKING:
+    from datetime import timedelta
+
     from prefect.automations import Automation
+    from prefect.events.schemas.automations import AutomationCore
 
 __all__ = [
     "FINAL_STATE_EVENTS",
@@ -161,6 +164,7 @@ def ensure_zombie_automation(within_seconds: int | None = None, *,
     API errors propagate.
     """
     from prefect import get_client
+    from prefect.events.schemas.automations import AutomationCore
     from prefect.settings import PREFECT_API_URL, get_current_settings
 
     if within_seconds is None:
@@ -172,15 +176,22 @@ def ensure_zombie_automation(within_seconds: int | None = None, *,
         return ZombieAutomationResult(status="no-api", name=name)
     with get_client(sync_client=True) as client:
         existing = [a for a in client.read_automations_by_name(name) if a.name == name]
-        if existing and existing[0].trigger.within != automation.trigger.within:
+        if existing and _window(existing[0]) != _window(automation):
             client.update_automation(existing[0].id, automation)
             return ZombieAutomationResult(status="updated", name=name, within_seconds=within_seconds,
                                           automation_id=str(existing[0].id))
-    if existing:
-        return ZombieAutomationResult(status="present", name=name, automation_id=str(existing[0].id))
-    created = automation.create(_sync=True)
+        if existing:
+            return ZombieAutomationResult(status="present", name=name, automation_id=str(existing[0].id))
+        # What Automation.create() does on its synchronous path, through this client.
+        created_id = client.create_automation(AutomationCore(**automation.model_dump(exclude={"id"})))
     return ZombieAutomationResult(status="created", name=name, within_seconds=within_seconds,
-                                  automation_id=str(created.id))
+                                  automation_id=str(created_id))
+
+
+def _window(automation: AutomationCore) -> timedelta | None:
+    """The trigger's time window; None for a trigger that has none (a metric trigger)."""
+    window: timedelta | None = getattr(automation.trigger, "within", None)
+    return window
 
 
 if __name__ == "__main__":  # `python -m desra.automations`: only this step of `desra deploy`

@@ -15,6 +15,7 @@ import re
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -23,12 +24,15 @@ from desra_core.folder import Folder, max_input_bytes
 from desra_core.image import read_image_bytes, write_image
 from desra_core.listing import list_image_entries
 
+if TYPE_CHECKING:
+    from desra_core.models.sr import Precision, SRModel
+
 __all__ = ["run_upscale"]
 
 
-def run_upscale(model, in_dir: Path, out_dir: Path, *, tile: int | None, overlap: int, batch_size: int,
-                precision: str = "auto",
-                progress: Callable[[Iterable[str]], Iterable[str]] = iter) -> list[dict]:
+def run_upscale(model: SRModel, in_dir: Path, out_dir: Path, *, tile: int | None, overlap: int, batch_size: int,
+                precision: Precision = "auto",
+                progress: Callable[[Iterable[str]], Iterable[str]] = iter) -> list[dict[str, Any]]:
     """Upscale every image of ``in_dir`` into ``out_dir/<stem>.png`` at the input's bit depth.
 
     An image whose result would exceed ``DESRA_MAX_OUTPUT_MPIX`` megapixels is refused from its header,
@@ -44,11 +48,12 @@ def run_upscale(model, in_dir: Path, out_dir: Path, *, tile: int | None, overlap
     images = list_image_entries(folder)
     for stem in progress(images):
         start = time.perf_counter()
-        row = {"stem": stem, "status": "ok", "error": None, "notes": "", "path": None}
+        row: dict[str, Any] = {"stem": stem, "status": "ok", "error": None, "notes": "", "path": None}
         size = None  # the input's own size, once its header has been read
         try:
-            if images[stem].problem is not None:
-                raise InputImageError(images[stem].problem)
+            problem = images[stem].problem
+            if problem is not None:
+                raise InputImageError(problem)
             src = folder.read(images[stem].path.name, max_bytes=max_bytes)
             width, height = size = read_image_size_bytes(src.data, images[stem].path)
             check_output_size(width, height, model.scale, limit, images[stem].shown)

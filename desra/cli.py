@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from desra.pipeline.options import FinetuneFields, RunOptions, check_options, option_fields, options_of
@@ -106,7 +106,7 @@ def _add_options(p: argparse.ArgumentParser, *models, skip: tuple[str, ...] = ()
         if name in done:
             continue
         members = [m for m in grouped.get(name, (name,)) if m in fields]
-        target = p
+        target: argparse._ActionsContainer = p  # the parser, or one of its mutually exclusive groups
         if len(members) > 1 or name == "segmenter":
             target = p.add_mutually_exclusive_group(required=semantic_required and name == "segmenter")
         for member in members:
@@ -261,6 +261,7 @@ def _print_registered(pool: str, names: list[str]) -> dict | None:
         WorkPoolFilter,
         WorkPoolFilterName,
     )
+    from prefect.client.schemas.schedules import IntervalSchedule
 
     full = None
     with get_client(sync_client=True) as client:
@@ -270,14 +271,14 @@ def _print_registered(pool: str, names: list[str]) -> dict | None:
         for d in sorted(found, key=lambda d: d.name):
             flow_name = client.read_flow(d.flow_id).name
             every = [f"every {s.schedule.interval.total_seconds():g} s" for s in d.schedules
-                     if getattr(s.schedule, "interval", None) is not None]
+                     if isinstance(s.schedule, IntervalSchedule)]
             print(f"  {flow_name}/{d.name}" + (f"  ({', '.join(every)})" if every else ""))
             if (flow_name, d.name) == ("desra", "full"):
                 full = dict(d.parameters)
     return full
 
 
-def _deploy_environment(environ: dict[str, str]) -> dict[str, str]:
+def _deploy_environment(environ: Mapping[str, str]) -> dict[str, str]:
     """``environ`` with desra's defaults for unset (or empty) model variables; an empty ``DESRA_SEGMENTER``
     is kept: it means no semantic adjustment."""
     env = dict(environ)
@@ -424,25 +425,34 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0 if state.is_completed() else 1
 
 
-def _loss_bar(total: int):
+class _LossBar:
+    """A progress callback: a bar on stderr with each step's losses and the latest validation figures."""
+
+    def __init__(self, total: int) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, desc="finetune", unit="it", file=sys.stderr)
+        self.val = ""
+
+    def __call__(self, record: Mapping[str, float]) -> None:
+        self.bar.update(1)
+        self.bar.set_postfix(l1=f"{record['l1']:.4f}", perc=f"{record['perceptual']:.3f}",
+                             gan=f"{record['gan']:.3f}")
+        val = record.get("val_artifact_fraction", float("nan"))
+        if val == val:  # validated at this step (NaN otherwise): keep showing the latest figures
+            self.val = f"{val:.4f}/{record['val_detail_ratio']:.2f}"
+        if self.val:
+            self.bar.set_postfix_str(f"{self.bar.postfix}, val artifacts/detail={self.val}")
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _loss_bar(total: int) -> Callable[[Mapping[str, float]], None]:
     """A progress callback showing the losses when stderr is a terminal, else a no-op."""
     if not sys.stderr.isatty():
         return lambda record: None
-    from tqdm import tqdm
-
-    bar = tqdm(total=total, desc="finetune", unit="it", file=sys.stderr)
-
-    def update(record):
-        bar.update(1)
-        bar.set_postfix(l1=f"{record['l1']:.4f}", perc=f"{record['perceptual']:.3f}", gan=f"{record['gan']:.3f}")
-        val = record.get("val_artifact_fraction", float("nan"))
-        if val == val:  # validated at this step (NaN otherwise): keep showing the latest figures
-            update.val = f"{val:.4f}/{record['val_detail_ratio']:.2f}"
-        if update.val:
-            bar.set_postfix_str(f"{bar.postfix}, val artifacts/detail={update.val}")
-    update.val = ""
-    update.close = bar.close
-    return update
+    return _LossBar(total)
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:

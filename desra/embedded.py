@@ -47,8 +47,9 @@ class _PopenDyingWithParent:
     def _preexec(self) -> None:
         _die_with_parent(self._parent, self._prctl)
 
-    def Popen(self, *args: Any, **kwargs: Any) -> subprocess.Popen:
-        return subprocess.Popen(*args, preexec_fn=self._preexec, **kwargs)
+    def Popen(self, *args: Any, **kwargs: Any) -> subprocess.Popen[Any]:
+        kwargs["preexec_fn"] = self._preexec
+        return subprocess.Popen(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(subprocess, name)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from numpy.typing import NDArray
 
 from .errors import ShapeError, ShapeMismatchError
 
@@ -42,11 +43,13 @@ def gaussian_window(window: int, sigma: float) -> np.ndarray:
         raise ShapeError(f"expected a positive sigma, got {sigma}")
     x = np.arange(window, dtype=np.float64) - (window - 1) / 2
     g = np.exp(-(x * x) / (2.0 * sigma * sigma))
-    return g / g.sum()
+    kernel: NDArray[np.float64] = g / g.sum()
+    return kernel
 
 
 @numba.njit(inline="always", fastmath=True, boundscheck=False)
-def _block(a, b, g, out, scale, y0, n, window):  # pragma: no cover - compiled
+def _block(a: np.ndarray, b: np.ndarray, g: NDArray[np.float64], out: NDArray[np.float32], scale: float,
+           y0: int, n: int, window: int) -> None:  # pragma: no cover - compiled
     """Eq. 7 for output rows ``y0 .. y0+n`` (all channels), written to ``out[y0:y0+n]``."""
     r = window // 2
     width = a.shape[1]
@@ -99,7 +102,8 @@ def _block(a, b, g, out, scale, y0, n, window):  # pragma: no cover - compiled
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True)
-def _similarity_w11(a, b, g, out, scale, block):  # pragma: no cover - compiled
+def _similarity_w11(a: np.ndarray, b: np.ndarray, g: NDArray[np.float64], out: NDArray[np.float32], scale: float,
+                    block: int) -> None:  # pragma: no cover - compiled
     # The paper's window: a literal size lets LLVM unroll the taps and vectorise across columns.
     hv = out.shape[0]
     for bi in numba.prange((hv + block - 1) // block):
@@ -108,7 +112,8 @@ def _similarity_w11(a, b, g, out, scale, block):  # pragma: no cover - compiled
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True)
-def _similarity_any(a, b, g, out, scale, block, window):  # pragma: no cover - compiled
+def _similarity_any(a: np.ndarray, b: np.ndarray, g: NDArray[np.float64], out: NDArray[np.float32], scale: float,
+                    block: int, window: int) -> None:  # pragma: no cover - compiled
     hv = out.shape[0]
     for bi in numba.prange((hv + block - 1) // block):
         y0 = bi * block

@@ -11,10 +11,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from .artifact_map import texture_similarity
 from .errors import ConfigError, ShapeError
-from .morphology import fill_holes, keep_large_regions, open_and_merge
+from .morphology import Regions, fill_holes, keep_large_regions, open_and_merge
 from .semantic import ClassTable, apply_semantic_weights, default_class_table, validate_labels
 
 __all__ = ["ClassShare", "Detection", "DetectionConfig", "Region", "detect_artifacts"]
@@ -119,7 +120,7 @@ class Detection:
         return float(np.count_nonzero(self.mask)) / self.mask.size
 
 
-def _with_border(h: int, w: int, r: int, value, dtype) -> np.ndarray:
+def _with_border(h: int, w: int, r: int, value: float, dtype: DTypeLike) -> np.ndarray:
     """An uninitialised ``(h, w)`` array whose ``r``-pixel border is set to ``value``."""
     a = np.empty((h, w), dtype=dtype)
     a[:r] = value
@@ -136,7 +137,7 @@ def _check_range(image: np.ndarray, name: str) -> None:
             raise ShapeError(f"expected float32 {name} values in [0, 1], got min {lo} max {hi}")
 
 
-def _describe_regions(regions, adjusted_valid: np.ndarray, labels_valid: np.ndarray | None,
+def _describe_regions(regions: Regions, adjusted_valid: np.ndarray, labels_valid: np.ndarray | None,
                       table: ClassTable, offset: int) -> tuple[Region, ...]:
     out = []
     for i in range(regions.count):

@@ -124,7 +124,7 @@ class Folder:
         InputImageError: the folder is missing, not a folder or unreadable.
     """
 
-    def __init__(self, path: str | os.PathLike[str] | bytes) -> None:
+    def __init__(self, path: str | os.PathLike[str] | bytes | os.PathLike[bytes]) -> None:
         self.path = os.fsdecode(path)
         self.shown = _shown(self.path)
         self.fd = -1

@@ -23,9 +23,11 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import cv2
 import numpy as np
+from numpy.typing import NDArray
 from PIL import Image, UnidentifiedImageError
 
 from .errors import ConfigError, InputImageError, LabelMapError, ShapeError
@@ -246,10 +248,10 @@ def _parse(name: str, shown: str, data: bytes, max_pixels: int, error: type[Inpu
         raise error(f"expected a PNG, JPEG, WebP, TIFF or BMP image, got {image.format}", shown)
     _check_size(image.width, image.height, max_pixels, shown, error)
     orientation = _orientation(image)  # before verify(), which closes the image
-    reason = _truncation(image, data)
-    if reason is not None:
+    truncated = _truncation(image, data)
+    if truncated is not None:
         raise error(f"expected a complete {_FORMATS[image.format]} file, got a truncated or corrupt one "
-                    f"({reason})", shown)
+                    f"({truncated})", shown)
     _check_extent(image.format, data, image.width, image.height, shown, error)
     return _Source(name, shown, data, image, image.format, orientation)
 
@@ -499,7 +501,9 @@ def read_mask(path: StrPath) -> np.ndarray:
 
     Channels as for :func:`read_label_map`. Raises InputImageError for unreadable or colour files.
     """
-    return _read_single_channel(_open(path, MAX_PIXELS, InputImageError), "mask", InputImageError) != 0
+    mask: NDArray[np.bool_] = _read_single_channel(_open(path, MAX_PIXELS, InputImageError), "mask",
+                                                   InputImageError) != 0
+    return mask
 
 
 def _temp_beside(target: Path) -> Path:
@@ -575,14 +579,14 @@ def _png_pixels(array: np.ndarray) -> np.ndarray:
                      f"got {a.shape} {a.dtype}")
 
 
-def _png_chunk(fh, kind: bytes, data) -> None:
+def _png_chunk(fh: IO[bytes], kind: bytes, data: bytes) -> None:
     fh.write(struct.pack(">I", len(data)))
     fh.write(kind)
     fh.write(data)
     fh.write(struct.pack(">I", zlib.crc32(data, zlib.crc32(kind))))
 
 
-def _write_png_rgb(fh, rgb: np.ndarray, rows: int = 64) -> None:
+def _write_png_rgb(fh: IO[bytes], rgb: np.ndarray, rows: int = 64) -> None:
     """Stream ``uint8``/``uint16`` RGB ``(H, W, 3)`` to ``fh`` as an 8- or 16-bit PNG, a band of rows at
     a time: no BGR copy of the image and no encoded copy of the file in memory (only ``rows`` rows).
 
@@ -605,7 +609,7 @@ def _write_png_rgb(fh, rgb: np.ndarray, rows: int = 64) -> None:
         np.subtract(raw[1:], raw[:-1], out=lines[1:, 1:])
         lines[0, 1:] = raw[0] if above is None else raw[0] - above
         above = raw[-1].copy()
-        data = deflate.compress(lines)
+        data = deflate.compress(lines.data)  # the array's buffer (ndarray is no typed Buffer before 3.12)
         if data:
             _png_chunk(fh, b"IDAT", data)
     _png_chunk(fh, b"IDAT", deflate.flush())
@@ -646,7 +650,7 @@ def write_image(path: StrPath, array: np.ndarray) -> None:
     if not ok or encoded is None:
         raise OSError(f"could not encode {target} as PNG")
     with atomic_path(target) as temp, open(temp, "wb") as fh:
-        fh.write(memoryview(encoded))
+        fh.write(encoded.data)
 
 
 def to_bit_depth(image: np.ndarray, bit_depth: int) -> np.ndarray:
@@ -654,7 +658,9 @@ def to_bit_depth(image: np.ndarray, bit_depth: int) -> np.ndarray:
     if bit_depth not in (8, 16):
         raise ConfigError(f"expected a bit depth of 8 or 16, got {bit_depth}")
     top = 255.0 if bit_depth == 8 else 65535.0
-    return np.rint(np.clip(image, 0.0, 1.0) * top).astype(np.uint8 if bit_depth == 8 else np.uint16)
+    out: NDArray[np.uint8] | NDArray[np.uint16] = np.rint(np.clip(image, 0.0, 1.0) * top).astype(
+        np.uint8 if bit_depth == 8 else np.uint16)
+    return out
 
 
 def to_float32(image: np.ndarray) -> np.ndarray:

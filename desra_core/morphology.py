@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import cv2
 import numba
 import numpy as np
+from numpy.typing import NDArray
 
 from .errors import ShapeError
 
@@ -28,9 +29,8 @@ def _as_u8(mask: np.ndarray) -> np.ndarray:
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise ShapeError(f"expected a mask of shape (H, W), got {mask.shape}")
-    if mask.dtype == np.bool_:
-        return mask.view(np.uint8)
-    return (mask != 0).view(np.uint8)
+    u8: NDArray[np.uint8] = mask.view(np.uint8) if mask.dtype == np.bool_ else (mask != 0).view(np.uint8)
+    return u8
 
 
 def open_and_merge(candidates: np.ndarray, *, erode_iterations: int = 1, dilate_iterations: int = 3) -> np.ndarray:
@@ -45,7 +45,8 @@ def open_and_merge(candidates: np.ndarray, *, erode_iterations: int = 1, dilate_
     m = _as_u8(candidates)
     m = cv2.erode(m, _SQUARE5, iterations=erode_iterations)
     m = cv2.dilate(m, _SQUARE5, iterations=dilate_iterations)
-    return m.view(np.bool_)
+    merged: NDArray[np.bool_] = m.view(np.bool_)
+    return merged
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:
@@ -66,7 +67,8 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     framed = cv2.copyMakeBorder(m, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
     flood_mask = np.zeros((h + 4, w + 4), dtype=np.uint8)
     cv2.floodFill(framed, flood_mask, (0, 0), 2, flags=8)
-    return (framed[1:-1, 1:-1] != 2)
+    filled: NDArray[np.bool_] = framed[1:-1, 1:-1] != 2
+    return filled
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +94,7 @@ class Regions:
 
 
 @numba.njit(parallel=True, cache=True)
-def _relabel(labels, table):  # pragma: no cover - compiled
+def _relabel(labels: np.ndarray, table: NDArray[np.int32]) -> None:  # pragma: no cover - compiled
     for i in numba.prange(labels.shape[0]):
         for j in range(labels.shape[1]):
             labels[i, j] = table[labels[i, j]]

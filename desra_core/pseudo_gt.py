@@ -48,5 +48,5 @@ def build_pseudo_gt(gan: np.ndarray, mse: np.ndarray, mask: np.ndarray, feather:
     blended = mse.astype(np.float32) * w + gan.astype(np.float32) * (1.0 - w)
     if np.issubdtype(gan.dtype, np.integer):
         blended = np.rint(blended, out=blended)
-        return blended.astype(gan.dtype)
-    return blended.astype(gan.dtype)
+    result: np.ndarray = blended.astype(gan.dtype)
+    return result

@@ -19,6 +19,7 @@ from importlib import resources
 import cv2
 import numba
 import numpy as np
+from numpy.typing import NDArray
 
 from .errors import ConfigError, LabelMapError
 
@@ -148,7 +149,8 @@ def apply_semantic_weights(similarity: np.ndarray, labels: np.ndarray | None,
 
 
 @numba.njit(parallel=True, cache=True)
-def _weigh(similarity, labels, lut, out):  # pragma: no cover - compiled
+def _weigh(similarity: NDArray[np.float32], labels: NDArray[np.uint8], lut: NDArray[np.float32],
+           out: NDArray[np.float32]) -> None:  # pragma: no cover - compiled
     for i in numba.prange(similarity.shape[0]):
         for j in range(similarity.shape[1]):
             out[i, j] = min(max(similarity[i, j] * lut[labels[i, j]], np.float32(0.0)), np.float32(1.0))

@@ -10,6 +10,7 @@ pool can take one. Each run streams its images through :mod:`desra.pipeline.stre
 from typing import Any
 
 from prefect import flow
+from prefect.client.schemas.objects import State
 
 from desra.pipeline.options import RunOptions, with_options
 from desra.tasks.images import process
@@ -27,7 +28,7 @@ def desra_batch(
     stems: list[str] | None = None,
     run_id: str = "adhoc",
     **options: Any,
-) -> list[dict]:
+) -> list[dict[str, Any]] | State:
     """Process ``stems`` of ``input_dir`` (all images when ``None``); returns one row per image.
 
     The run's settings are the ``desra`` flow's: one keyword parameter per option of
@@ -39,9 +40,9 @@ def desra_batch(
     admitted on its own machine; this run is admitted again, through the same one admission
     (:func:`desra.tasks.preflight.admit`, :func:`desra.pipeline.admission.admit`), because the worker that runs it
     has its own device, model files and roots: ``device="auto"`` is resolved here."""
-    settings, refused = admit(input_dir=input_dir, output_dir=output_dir, **options)
-    if refused is not None:
-        return refused
+    settings = admit(input_dir=input_dir, output_dir=output_dir, **options)
+    if isinstance(settings, State):  # refused
+        return settings
     progress = Progress(f"desra-batch: {len(stems) if stems is not None else 'all'} image(s)")
     rows = process(settings, input_dir, output_dir, run_id, stems, progress)
     progress.done()

@@ -3,6 +3,7 @@
 from typing import Any
 
 from prefect import flow
+from prefect.client.schemas.objects import State
 
 from desra.pipeline.admission import FINETUNE_PATHS
 from desra.pipeline.options import FinetuneFields, RunOptions, options_of, with_options
@@ -20,7 +21,7 @@ def finetune(
     output_dir: str,
     stems: list[str] | None = None,
     **options: Any,
-) -> dict:
+) -> dict[str, Any] | State:
     """Fine-tune ``gan_model`` on pseudo-GT built from ``mse_model`` where artifacts are detected.
 
     Its keyword parameters are the options of a run and of fine-tuning, one per field of
@@ -50,9 +51,9 @@ def finetune(
     """
     tuning = options_of(FinetuneFields, options)
     tuning.update({name: tuning[name] or None for name in FINETUNE_PATHS})  # empty (the UI form's): none
-    settings, refused = admit(input_dir=input_dir, output_dir=output_dir,
-                              more_paths={name: tuning[name] for name in FINETUNE_PATHS},
-                              **options_of(RunOptions, options))
-    if refused is not None:
-        return refused
+    settings = admit(input_dir=input_dir, output_dir=output_dir,
+                     more_paths={name: tuning[name] for name in FINETUNE_PATHS},
+                     **options_of(RunOptions, options))
+    if isinstance(settings, State):  # refused
+        return settings
     return finetune_generator(input_dir, output_dir, settings, FinetuneOptions(**tuning), stems)

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import pandas as pd
 from prefect import flow, get_run_logger
+from prefect.client.schemas.objects import State
 from prefect.runtime import deployment as runtime_deployment
 from prefect.runtime import flow_run as runtime_flow_run
 from prefect.states import Completed, Failed
@@ -32,6 +33,7 @@ from desra.tasks.preflight import admit, admit_finetuning, refuse
 from desra.tasks.progress import Progress
 from desra.tasks.report import write_run_report
 from desra_core import DesraError
+from desra_core.finetune.options import FinetuneOptions
 from desra_core.listing import list_image_entries
 
 __all__ = ["BATCH_DEPLOYMENT", "desra", "run_in_process"]
@@ -62,8 +64,8 @@ def _run_batches_on_workers(batches: list[list[str]], parameters: dict, progress
     running flow run.
     """
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.objects import StateType
-    from prefect.client.schemas.responses import SetStateStatus
+    from prefect.client.schemas.objects import FlowRun, StateType
+    from prefect.client.schemas.responses import OrchestrationResult, SetStateStatus
     from prefect.deployments import run_deployment
     from prefect.settings import get_current_settings
     from prefect.states import Completed, Failed, Pending
@@ -71,9 +73,14 @@ def _run_batches_on_workers(batches: list[list[str]], parameters: dict, progress
     if takeover_after is None:
         takeover_after = max(10.0, 3.0 * float(get_current_settings().worker.query_seconds))
     logger = get_run_logger()
-    runs = [run_deployment(BATCH_DEPLOYMENT, parameters={**parameters, "stems": stems}, timeout=0,
-                           flow_run_name=f"batch {i + 1}/{len(batches)}")
-            for i, stems in enumerate(batches)]
+    runs: list[FlowRun] = []
+    for i, stems in enumerate(batches):
+        started = run_deployment(BATCH_DEPLOYMENT, parameters={**parameters, "stems": stems}, timeout=0,
+                                 flow_run_name=f"batch {i + 1}/{len(batches)}")
+        if not isinstance(started, FlowRun):  # a coroutine: what Prefect's async_dispatch gives in an event loop
+            started.close()
+            raise RuntimeError("expected the desra flow to run synchronously, got a running event loop")
+        runs.append(started)
     stems_of = {r.id: stems for r, stems in zip(runs, batches, strict=True)}
     run_of = {r.id: r for r in runs}
     pending, scheduled = {r.id for r in runs}, [r.id for r in runs]  # scheduled: in batch order
@@ -83,6 +90,8 @@ def _run_batches_on_workers(batches: list[list[str]], parameters: dict, progress
             time.sleep(2)
             for run_id in list(pending):
                 state = client.read_flow_run(run_id).state
+                if state is None:  # no state yet: as good as Scheduled
+                    continue
                 if state.type != StateType.SCHEDULED and run_id in scheduled:
                     scheduled.remove(run_id)
                     last_pickup = time.monotonic()
@@ -91,7 +100,7 @@ def _run_batches_on_workers(batches: list[list[str]], parameters: dict, progress
             if scheduled and time.monotonic() - last_pickup >= takeover_after:
                 run_id = scheduled.pop()  # workers take the oldest first: take the newest
                 parent = f"{runtime_flow_run.id} ({runtime_flow_run.name})"
-                claim = client.set_flow_run_state(
+                claim: OrchestrationResult[Any] = client.set_flow_run_state(
                     run_id, Pending(message=f"processed in parent run {parent}: no worker was free"), force=False)
                 if claim.status == SetStateStatus.ACCEPT:
                     logger.info("no worker picked up batch run %s within %.0f s: processing its %d image(s) here",
@@ -118,7 +127,7 @@ def _gather(output_dir: str, stems: list[str], run_id: str) -> list[dict]:
     Only a report that this run wrote counts (its ``run_id`` column is ``run_id``): a report left by an
     earlier run, perhaps with other settings, means that this run's batch died before it published the
     image, and the image is a failed row, never the old result passed off as this run's."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     for stem in stems:
         path = Path(output_dir) / "reports" / f"{stem}.parquet"
         first = pd.read_parquet(path).iloc[0] if path.exists() else None
@@ -159,16 +168,17 @@ def desra(
     whole drop is one stream, whatever ``batch_size``.
     """
     logger = get_run_logger()
-    tuning = None
+    tuning: FinetuneOptions | None = None
     if finetune:  # what fine-tuning adds to the run (its options and paths), refused before anything is created
-        tuning, refused = admit_finetuning(output_dir, finetune_settings)
-        if refused is not None:
-            return refused
+        admitted = admit_finetuning(output_dir, finetune_settings)
+        if isinstance(admitted, State):  # refused
+            return admitted
+        tuning = admitted
     # Before anything is read or created: paths inside the allowed roots, valid options; then device,
     # models, segmenter and output root, before any image is touched.
-    settings, refused = admit(input_dir=input_dir, output_dir=output_dir, **options)
-    if refused is not None:
-        return refused
+    settings = admit(input_dir=input_dir, output_dir=output_dir, **options)
+    if isinstance(settings, State):  # refused
+        return settings
     ensure_gpu_limit()
     run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{str(runtime_flow_run.id or 'local')[:8]}"
     try:
@@ -194,7 +204,7 @@ def desra(
                                                     "Input folder": input_dir})
     failed = [r for r in rows if r.get("status") != "ok"]
     message = f"{len(rows) - len(failed)} ok, {len(failed)} failed of {len(rows)} image(s)"
-    if finetune:
+    if tuning is not None:  # finetune=True, its options admitted above
         readable = [r["stem"] for r in rows if r.get("status") == "ok"]
         if any((r.get("region_count") or 0) > 0 for r in rows if r.get("status") == "ok"):
             # Every readable image, not only the flagged ones: where no artifact was found the pseudo-GT is the
@@ -229,7 +239,7 @@ def run_in_process(**parameters):
     from prefect.context import SettingsContext, get_settings_context
 
     context = get_settings_context()
-    scope = contextlib.nullcontext()
+    scope: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
     if not context.settings.api.url:  # embedded API: a copy of the settings without heartbeats (a plain
         # model copy: Prefect's temporary_settings re-reads every setting source, a tenth of a second)
         flows = context.settings.flows.model_copy(update={"heartbeat_frequency": None})

@@ -162,7 +162,7 @@ def check_run(settings: Settings, output_dir: str, sr: bool = True) -> dict[str,
                    segmenter=None if not segmenter else segmenter_id(segmenter))
     verdict = store.read_json("preflight", key) if remember else None
     fresh = verdict is None
-    if fresh:
+    if verdict is None:
         verdict = {"models": check_models(models) if models else {}, "segmenter": segmenter or None}
         if segmenter:
             _segmenter(segmenter, resolved)

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -46,7 +47,7 @@ class Delivery:
     checkpoint qualified) and the training images' scores under the original model."""
 
     result: FinetuneResult
-    card: dict
+    card: dict[str, Any]
     generator: Path | None
     card_path: Path
     report: Path
@@ -60,7 +61,7 @@ def _uint8(image: np.ndarray) -> np.ndarray:
 def finetune_and_deliver(*, gan: SRModel, mse: SRModel, data: FinetuneData, config: FinetuneConfig,
                          out_dir: str | Path, device: str = "cpu", discriminator_path: str | Path | None = None,
                          record: Mapping[str, object] | None = None,
-                         progress: Callable[[dict], None] | None = None) -> Delivery:
+                         progress: Callable[[dict[str, Any]], None] | None = None) -> Delivery:
     """Fine-tune ``gan`` (in place) on ``data.pairs``, judged on ``data.validation``; write the results.
 
     Args:
@@ -97,7 +98,7 @@ def finetune_and_deliver(*, gan: SRModel, mse: SRModel, data: FinetuneData, conf
     val_before = [ImageScore(name, model, f, d) for name, (f, d) in validator.original.per_image.items()]
     train_after = val_after = None
     pictures = []
-    if result.chosen is not None:
+    if result.chosen is not None and result.chosen_generator is not None:  # the trainer sets both or neither
         tuned = validator.score(result.chosen_generator, list(data.train_images()))
         train_after = [ImageScore(name, "fine-tuned", f, d) for name, (f, d) in tuned.per_image.items()]
         val_after = [ImageScore(name, "fine-tuned", f, d) for name, (f, d) in result.chosen.score.per_image.items()]

@@ -14,6 +14,7 @@ become of the path since.
 """
 
 from collections import OrderedDict
+from typing import Any
 
 from desra.pipeline.roots import Roots
 from desra.pipeline.steps import Item
@@ -21,7 +22,7 @@ from desra.pipeline.store import file_sha256
 from desra_core import ConfigError
 from desra_core.folder import Folder, FolderFile
 from desra_core.image import printable_path
-from desra_core.listing import list_image_entries, safe_stem
+from desra_core.listing import ImageEntry, list_image_entries, safe_stem
 
 __all__ = ["admit_folder", "drop_folder", "drop_items", "match_labels", "result_items", "scan_drop"]
 
@@ -63,7 +64,7 @@ def drop_folder(path: str | Folder) -> Folder:
     return _ADMITTED.get(path) or Folder(path)
 
 
-def _usable(entry) -> tuple[str | None, str | None]:
+def _usable(entry: ImageEntry) -> tuple[str | None, str | None]:
     """``(path, None)`` for an entry that can be read and reported, else ``(None, error)``."""
     if entry.problem is not None:
         return None, entry.problem
@@ -75,7 +76,7 @@ def _usable(entry) -> tuple[str | None, str | None]:
         return None, f"expected a path that is valid UTF-8, got one that is not (file: {entry.shown})"
 
 
-def scan_drop(input_dir: str | Folder, stems: list[str] | None = None) -> list[dict]:
+def scan_drop(input_dir: str | Folder, stems: list[str] | None = None) -> list[dict[str, Any]]:
     """``[{"stem", "path", "file", "error"}]`` for the drop's images (all, or only ``stems``), listed through
     the drop's folder (:func:`drop_folder`); ``file`` (a :class:`FolderFile`) is what to read, ``None``
     with an ``error``; ``path`` is for reports only.
@@ -93,7 +94,7 @@ def scan_drop(input_dir: str | Folder, stems: list[str] | None = None) -> list[d
     return items
 
 
-def match_labels(items: list[dict], labels_dir: str | Folder) -> list[dict]:
+def match_labels(items: list[dict[str, Any]], labels_dir: str | Folder) -> list[dict[str, Any]]:
     """Precomputed label maps by stem, listed through the labels folder: ``[{"stem", "path", "file",
     "error"}]`` (``file`` as in :func:`scan_drop`)."""
     folder = drop_folder(labels_dir)
@@ -105,7 +106,7 @@ def match_labels(items: list[dict], labels_dir: str | Folder) -> list[dict]:
     return out
 
 
-def _entry_file(folder: Folder, entries: dict, stem: str,
+def _entry_file(folder: Folder, entries: dict[str, ImageEntry], stem: str,
                 what: str) -> tuple[str | None, FolderFile | None, str | None]:
     """``(path, file, error)`` of the entry ``stem`` of a folder's listing; the path is printable."""
     entry = entries.get(stem)
@@ -116,7 +117,8 @@ def _entry_file(folder: Folder, entries: dict, stem: str,
     return path or entry.shown, None if error is not None else folder.file(entry.path.name), error
 
 
-def _locate(entries: dict, stem: str, what: str, folder: str) -> tuple[str | None, str | None, str | None]:
+def _locate(entries: dict[str, ImageEntry], stem: str, what: str,
+            folder: str) -> tuple[str | None, str | None, str | None]:
     """``(path, sha256, error)`` of the entry ``stem`` of a listing; ``what`` names it in messages
     (e.g. "a label map"). The path is printable; with an error there is no digest."""
     entry = entries.get(stem)

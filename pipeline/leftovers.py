@@ -19,14 +19,15 @@ The walk lists the whole root once per process (about a second per million files
 
 import os
 import re
+import sys
 import threading
 import time
 from pathlib import Path
 
-try:
-    import fcntl
-except ImportError:  # not POSIX (Windows is not a target): nothing is swept there
+if sys.platform == "win32":  # not POSIX (Windows is not a target): nothing is swept there
     fcntl = None
+else:
+    import fcntl
 
 __all__ = ["LOCK_NAME", "STALE_AFTER", "TEMP_NAME", "attend", "sweep"]
 

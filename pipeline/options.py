@@ -170,7 +170,7 @@ def with_options(*models: type[BaseModel]) -> Callable[[Callable[..., Any]], Cal
             return fn(**{name: value.default if isinstance(value, FieldInfo) else value
                          for name, value in bound.arguments.items()})
 
-        call.__signature__ = exposed  # type: ignore[attr-defined]
+        call.__signature__ = exposed  # type: ignore[attr-defined]  # functions take __signature__; typeshed does not declare it
         return call
 
     return decorate

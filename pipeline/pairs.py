@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -67,7 +68,8 @@ class StoredImage:
 
 
 def process_stored(run: Run, items: Sequence[Item], *, device: Device | None = None,
-                   on_row: Callable[[dict], None] | None = None) -> tuple[list[tuple[Item, dict]], list[dict]]:
+                   on_row: Callable[[dict[str, Any]], None] | None = None
+                   ) -> tuple[list[tuple[Item, dict[str, Any]]], list[dict[str, Any]]]:
     """Run ``items`` through the pipeline (from the store where it has them): ``(ok, failed)``, the ok
     images as ``(item, row)`` (the item as its run read it: with its digests) and the failed images' rows
     (each with its error)."""
@@ -81,31 +83,32 @@ def process_stored(run: Run, items: Sequence[Item], *, device: Device | None = N
     return ok, [row for row in rows if row.get("status") != "ok"]
 
 
-def read_stored(run: Run, item: Item, row: dict) -> StoredImage:
+def read_stored(run: Run, item: Item, row: dict[str, Any]) -> StoredImage:
     """An ok image's input and store entries (see :class:`StoredImage`); raises DesraError naming the file
     when an entry is gone."""
     if item.path is None:
         raise DesraError(f"expected an image with a low-resolution input, got SR results only ({item.stem})")
     paths = entry_paths(run, item)
-    missing = [p for k, p in paths.items() if p is not None and k != "pseudo_gt" and not Path(p).is_file()]
+    missing = [p for p in (paths["mse"], paths["gan"], paths["labels"], paths["mask"])
+               if p is not None and not Path(p).is_file()]
     if missing:
         raise DesraError(f"expected the store entries of {item.stem} after its run, got none at {missing[0]}")
-    return StoredImage(stem=item.stem, file=item.path, lr=_input_pixels(item),
+    return StoredImage(stem=item.stem, file=item.path, lr=_input_pixels(item, item.path),
                        mse=pixels.read_pixels(paths["mse"]), gan=pixels.read_pixels(paths["gan"]),
                        labels=None if paths["labels"] is None else read_label_map(paths["labels"]),
                        mask=pixels.read_mask(paths["mask"]), artifact_fraction=float(row["artifact_fraction"]))
 
 
-def _input_pixels(item: Item) -> np.ndarray:
+def _input_pixels(item: Item, path: str) -> np.ndarray:
     """The input's pixels, read once more (through its folder, no link followed) and checked to be the bytes
     its run read: a file changed since would pair other pixels with the stored results."""
     if item.file is None:
-        return read_image(item.path).pixels
+        return read_image(path).pixels
     src = item.file.read(max_input_bytes())
     if item.sha256 is not None and src.sha256 != item.sha256:
         raise DesraError(f"expected the input as its run read it (sha256 {item.sha256[:12]}…), got a file that "
-                         f"has changed since (sha256 {src.sha256[:12]}…) (file: {item.path})")
-    return read_image_bytes(src.data, item.path).pixels
+                         f"has changed since (sha256 {src.sha256[:12]}…) (file: {path})")
+    return read_image_bytes(src.data, path).pixels
 
 
 @dataclass(frozen=True)
@@ -126,9 +129,9 @@ class FinetuneData:
     validation_original: dict[str, tuple[float, float]]
     validation_files: dict[str, str]
     how: dict[str, object]
-    failed: list[dict]
-    rows: list[dict]
-    _train: tuple[Run, list[tuple[Item, dict]]]
+    failed: list[dict[str, Any]]
+    rows: list[dict[str, Any]]
+    _train: tuple[Run, list[tuple[Item, dict[str, Any]]]]
 
     def train_images(self) -> Iterator[ValidationImage]:
         """The training images as the validator scores them (read again from the store, one at a time)."""
@@ -137,9 +140,10 @@ class FinetuneData:
             yield read_stored(run, item, row).validation_image()
 
 
-def _ok_images(settings: Settings, input_dir: str, output_dir: str, run_id: str, stems: list[str] | None,
-               device: Device | None, on_row: Callable[[dict], None] | None,
-               what: str) -> tuple[Run, dict[str, tuple[Item, dict]], list[dict]]:
+def _ok_images(settings: Settings, input_dir: str | Path, output_dir: str | Path, run_id: str,
+               stems: list[str] | None,
+               device: Device | None, on_row: Callable[[dict[str, Any]], None] | None,
+               what: str) -> tuple[Run, dict[str, tuple[Item, dict[str, Any]]], list[dict[str, Any]]]:
     run = Run(settings=settings, output_dir=str(output_dir), run_id=run_id, models=Models(settings))
     ok, failed = process_stored(run, drop_items(str(input_dir), stems, settings.labels_dir), device=device,
                                 on_row=on_row)
@@ -153,7 +157,7 @@ def prepare_finetuning(settings: Settings, input_dir: str | Path, output_dir: st
                        stems: list[str] | None = None, holdout: float = 0.25, seed: int = 0,
                        validate_dir: str | Path | None = None, validate_labels_dir: str | Path | None = None,
                        validation_output: str | Path | None = None, device: Device | None = None,
-                       on_row: Callable[[dict], None] | None = None) -> FinetuneData:
+                       on_row: Callable[[dict[str, Any]], None] | None = None) -> FinetuneData:
     """Training pairs and validation images of ``input_dir`` (all, or only ``stems``) under ``settings``,
     from the store under ``output_dir`` (see the module docstring).
 
@@ -178,20 +182,22 @@ def prepare_finetuning(settings: Settings, input_dir: str | Path, output_dir: st
         vrun, vok = run, ok
     train, held, how = split_stems(list(ok), holdout=holdout, seed=seed,
                                    folder=None if validate_dir is None else str(validate_dir), folder_stems=list(vok))
-    pairs, scores = [], []
+    pairs, scores, train_files = [], [], {}
     for stem in train:
         image = read_stored(run, *ok[stem])
+        train_files[stem] = image.file
         pairs.append(image.pair(settings.feather))
         scores.append(image.score(settings.gan_model))
-    validation, original = [], {}
+    validation, original, validation_files = [], {}, {}
     for stem in held:
         image = read_stored(vrun, *vok[stem])
+        validation_files[stem] = image.file
         validation.append(image.validation_image())
         score = image.score(settings.gan_model)
         original[stem] = (score.artifact_fraction, score.detail_kept)
     return FinetuneData(
-        settings=settings, pairs=pairs, train_scores=scores, train_files={s: ok[s][0].path for s in train},
-        validation=validation, validation_original=original, validation_files={s: vok[s][0].path for s in held},
+        settings=settings, pairs=pairs, train_scores=scores, train_files=train_files,
+        validation=validation, validation_original=original, validation_files=validation_files,
         how=how, failed=failed, rows=[row for _, row in ok.values()] + ([] if vok is ok else
                                                                        [row for _, row in vok.values()]),
         _train=(run, [ok[s] for s in train]))

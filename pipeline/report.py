@@ -19,7 +19,9 @@ the store.
 import functools
 import json
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -59,7 +61,7 @@ _BOOLS = {"cached"}
 _TIMES = set(TIMELINE_COLUMNS)
 
 
-def frame(rows: list[dict], columns: list[str]) -> pd.DataFrame:
+def frame(rows: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
     """Rows as a frame with the report's dtypes (nullable ``Int64`` counts, ``float64`` numbers)."""
     frame = pd.DataFrame(rows, columns=columns)
     for col in columns:
@@ -84,7 +86,7 @@ def _schema(columns: tuple[str, ...]) -> pa.Schema:
     return pa.Schema.from_pandas(frame([sample], list(columns)), preserve_index=False)
 
 
-def _write_parquet(rows: list[dict], columns: list[str], path: Path) -> None:
+def _write_parquet(rows: list[dict[str, Any]], columns: list[str], path: Path) -> None:
     table = pa.Table.from_pylist([{c: row.get(c) for c in columns} for row in rows], schema=_schema(tuple(columns)))
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
@@ -95,15 +97,15 @@ def _marker(output_dir: str, stem: str) -> Path:
     return Path(output_dir) / ".desra" / "published" / f"{stem}.json"
 
 
-def is_published(output_dir: str, stem: str, keys: dict) -> bool:
+def is_published(output_dir: str, stem: str, keys: Mapping[str, object]) -> bool:
     """True when ``stem``'s outputs and report were published from exactly these store keys."""
     marker = _marker(output_dir, stem)
     return marker.is_file() and json.loads(marker.read_text()) == keys
 
 
 
-def publish_image(row: dict, files: dict[str, str], regions: list[dict], output_dir: str,
-                  keys: dict | None = None) -> dict:
+def publish_image(row: dict[str, Any], files: dict[str, str], regions: list[dict[str, Any]], output_dir: str,
+                  keys: Mapping[str, object] | None = None) -> dict[str, Any]:
     """Copy the image's store entries to ``masks/``, ``pseudo_gt/``, ``sr/…``, ``labels/`` and write
     ``reports/<stem>.parquet``. ``files`` maps a folder (e.g. ``"masks"``, ``"sr/mse"``) to a store path.
     ``keys`` (the store keys it came from) are recorded last, so a later run can skip an image whose
@@ -129,8 +131,8 @@ def review_fragments(output_dir: str) -> Path:
     return Path(output_dir) / ".desra" / "review"
 
 
-def write_run_files(rows: list[dict], output_dir: str, run_id: str, *, title: str,
-                    run_numbers: dict | None = None) -> tuple[Path, Path | str]:
+def write_run_files(rows: list[dict[str, Any]], output_dir: str, run_id: str, *, title: str,
+                    run_numbers: dict[str, Any] | None = None) -> tuple[Path, Path | str]:
     """``runs/<run_id>.parquet`` (one row per image) and ``report.html`` (the review page, worst first).
 
     Returns the Parquet path and the page's path, or, when the page could not be written (e.g. a full

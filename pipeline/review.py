@@ -31,16 +31,18 @@ import io
 import math
 import os
 import re
+import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
-try:
-    import fcntl
-except ImportError:  # not POSIX: page sets written into one folder at once are not kept apart
+if sys.platform == "win32":  # not POSIX: page sets written into one folder at once are not kept apart
     fcntl = None
+else:
+    import fcntl
 
 import cv2
 import numpy as np
@@ -149,6 +151,9 @@ def _read_pixels(path: Path) -> np.ndarray:
     return read_image(path).pixels
 
 
+_Readers = tuple[Callable[[Path], np.ndarray], Callable[[Path], np.ndarray]]  # (RGB pixels, mask)
+
+
 def _rgb8(pixels: np.ndarray) -> np.ndarray:
     """``uint8 (H, W, 3)`` RGB (16-bit pixels are rounded to 8 bits)."""
     return pixels if pixels.dtype == np.uint8 else to_bit_depth(to_float32(pixels), 8)
@@ -196,19 +201,20 @@ def _missing(value: object) -> bool:
         return True
 
 
-def _get(row: Mapping, key: str) -> object | None:
+def _get(row: Mapping[str, Any], key: str) -> Any:  # a report value (number, text, time…) or None
     value = row.get(key)
     return None if _missing(value) else value
 
 
-def _failed(row: Mapping) -> bool:
-    return _get(row, "status") != "ok"
+def _failed(row: Mapping[str, Any]) -> bool:
+    status: object = _get(row, "status")
+    return status != "ok"
 
 
-def order_rows(rows: Iterable[Mapping]) -> list[Mapping]:
+def order_rows(rows: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """Worst first: failed rows (by stem), then by ``artifact_fraction`` descending (missing last), then
     by stem."""
-    def key(row: Mapping) -> tuple:
+    def key(row: Mapping[str, Any]) -> tuple[bool, bool, float, str]:
         fraction = _get(row, "artifact_fraction")
         return (not _failed(row), fraction is None, -float(fraction or 0.0), str(_get(row, "stem") or ""))
     return sorted(rows, key=key)
@@ -219,10 +225,10 @@ def _safe_stem(stem: str) -> bool:
     return bool(stem) and stem not in (".", "..") and not any(c in stem for c in ("/", "\\", "\0"))
 
 
-def _sources(row: Mapping, output_dir: Path) -> dict[str, Path | None]:
+def _sources(row: Mapping[str, Any], output_dir: Path) -> dict[str, Path | None]:
     """Each panel's file: the row's own ``<panel>_path``, else ``output_dir/<folder>/<stem>.png``."""
     stem = str(_get(row, "stem") or "")
-    found = {}
+    found: dict[str, Path | None] = {}
     for panel, folder in _DEFAULT_FOLDERS.items():
         given = _get(row, f"{panel}_path")
         if given is not None:
@@ -251,12 +257,12 @@ def _number(value: object) -> str:
     return str(value)
 
 
-def _percent(fraction: object) -> str:
-    return "—" if _missing(fraction) else f"{100.0 * float(fraction):.2f} %"
+def _percent(fraction: float | None) -> str:
+    return "—" if fraction is None or _missing(fraction) else f"{100.0 * float(fraction):.2f} %"
 
 
-def _seconds(value: object) -> str:
-    return "—" if _missing(value) else f"{float(value):.2f} s"
+def _seconds(value: float | None) -> str:
+    return "—" if value is None or _missing(value) else f"{float(value):.2f} s"
 
 
 def _href(path: Path, page_dir: Path) -> str:
@@ -267,7 +273,7 @@ def _href(path: Path, page_dir: Path) -> str:
         return path.resolve().as_uri()
 
 
-def _unique(rows: list[Mapping], key: str) -> list:
+def _unique(rows: list[Mapping[str, Any]], key: str) -> list[Any]:
     seen = []
     for row in rows:
         value = _get(row, key)
@@ -276,7 +282,7 @@ def _unique(rows: list[Mapping], key: str) -> list:
     return seen
 
 
-def _run_numbers(rows: list[Mapping], output_dir: Path, extra: Mapping[str, object]) -> dict[str, str]:
+def _run_numbers(rows: list[Mapping[str, Any]], output_dir: Path, extra: Mapping[str, object]) -> dict[str, str]:
     ok = [r for r in rows if not _failed(r)]
     numbers = {
         "Images": _number(len(rows)),
@@ -308,7 +314,7 @@ def _dl(items: Mapping[str, str], css: str) -> str:
     return f'<dl class="{css}">{body}</dl>'
 
 
-def _image_numbers(row: Mapping) -> dict[str, str]:
+def _image_numbers(row: Mapping[str, Any]) -> dict[str, str]:
     numbers = {} if _failed(row) else {"Artifacts": _percent(_get(row, "artifact_fraction"))}
     for label, key in (("Regions", "region_count"), ("Min area (px)", "min_area")):
         if _get(row, key) is not None:
@@ -334,7 +340,7 @@ class _Loaded:
     problem: str | None
 
 
-def _load(path: Path | None, reader) -> _Loaded:
+def _load(path: Path | None, reader: Callable[[Path], np.ndarray]) -> _Loaded:
     if path is None:
         return _Loaded(None, None, "no file for this image name")
     try:
@@ -395,8 +401,8 @@ def _comparison(gan: np.ndarray, pseudo: np.ndarray, stem: str, side: int,
     )
 
 
-def _section(rank: int, row: Mapping, output_dir: Path, page_dir: Path, panel_side: int, compare_side: int,
-             fragments: Path | None = None, readers: tuple = (_read_pixels, read_mask)) -> str:
+def _section(rank: int, row: Mapping[str, Any], output_dir: Path, page_dir: Path, panel_side: int, compare_side: int,
+             fragments: Path | None = None, readers: _Readers = (_read_pixels, read_mask)) -> str:
     stem = str(_get(row, "stem") or "(no name)")
     failed = _failed(row)
     fraction = _get(row, "artifact_fraction")
@@ -448,14 +454,14 @@ def _cached_pictures(cached: Path, page_dir: Path) -> str | None:
     return html_text
 
 
-def _pictures(row: Mapping, stem: str, output_dir: Path, page_dir: Path, panel_side: int, compare_side: int,
-              fragments: Path | None, readers: tuple) -> str:
+def _pictures(row: Mapping[str, Any], stem: str, output_dir: Path, page_dir: Path, panel_side: int, compare_side: int,
+              fragments: Path | None, readers: _Readers) -> str:
     """The four panels and the comparison of one image, their previews written into
     ``page_dir/PICTURE_FOLDER``; with ``fragments`` (a folder), kept there by the identity of their files so
     that a page written again over unchanged files encodes no picture."""
     sources = _sources(row, output_dir)
     key = None if fragments is None else _fragment_key(sources, stem, page_dir, (panel_side, compare_side))
-    cached = None if key is None else fragments / key[:2] / f"{key}.html"
+    cached = None if key is None or fragments is None else fragments / key[:2] / f"{key}.html"
     if cached is not None:
         html_text = _cached_pictures(cached, page_dir)
         if html_text is not None:
@@ -496,7 +502,7 @@ def _pictures(row: Mapping, stem: str, output_dir: Path, page_dir: Path, panel_s
     return html_text
 
 
-def _index(ranked: list[tuple[int, Mapping]], summary: str) -> str:
+def _index(ranked: list[tuple[int, Mapping[str, Any]]], summary: str) -> str:
     lines = []
     for rank, row in ranked:
         failed = _failed(row)
@@ -512,7 +518,7 @@ def _index(ranked: list[tuple[int, Mapping]], summary: str) -> str:
             '<th class="num">Regions</th></tr></thead><tbody>' + "".join(lines) + "</tbody></table></details>")
 
 
-def _split_pages(ordered: list[Mapping], page_size: int) -> list[list[tuple[int, Mapping]]]:
+def _split_pages(ordered: list[Mapping[str, Any]], page_size: int) -> list[list[tuple[int, Mapping[str, Any]]]]:
     """``ordered`` (worst first, failures first) with their ranks, cut into pages: every failure and the
     first ``page_size`` other images on the first page, ``page_size`` images on each further page."""
     ranked = list(enumerate(ordered, start=1))
@@ -574,7 +580,7 @@ def _csp_hash(text: str) -> str:
     return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode("ascii") + "'"
 
 
-def prepare_pictures(row: Mapping, output_dir: str | os.PathLike[str], *, fragments: str | os.PathLike[str],
+def prepare_pictures(row: Mapping[str, Any], output_dir: str | os.PathLike[str], *, fragments: str | os.PathLike[str],
                      page_dir: str | os.PathLike[str] | None = None, panel_side: int = PANEL_SIDE,
                      compare_side: int = COMPARE_SIDE, read_pixels: Callable[[Path], np.ndarray] | None = None,
                      read_mask_file: Callable[[Path], np.ndarray] | None = None) -> None:
@@ -598,7 +604,7 @@ def _check_layout(panel_side: int, compare_side: int, page_size: int) -> None:
             raise ConfigError(f"expected {name} to be a {unit} of at least 1, got {value!r}")
 
 
-def render_review_pages(rows: Iterable[Mapping], output_dir: str | os.PathLike[str], *, title: str,
+def render_review_pages(rows: Iterable[Mapping[str, Any]], output_dir: str | os.PathLike[str], *, title: str,
                         run_numbers: Mapping[str, object] | None = None,
                         page_dir: str | os.PathLike[str] | None = None, page_name: str = PAGE_NAME,
                         page_size: int = PAGE_SIZE, panel_side: int = PANEL_SIDE, compare_side: int = COMPARE_SIDE,
@@ -708,7 +714,7 @@ def _remove_stale_pages(first: Path, count: int) -> None:
             os.unlink(path)
 
 
-def write_review_page(rows: Iterable[Mapping], output_dir: str | os.PathLike[str], *, title: str,
+def write_review_page(rows: Iterable[Mapping[str, Any]], output_dir: str | os.PathLike[str], *, title: str,
                       run_numbers: Mapping[str, object] | None = None, path: str | os.PathLike[str] | None = None,
                       page_size: int = PAGE_SIZE, panel_side: int = PANEL_SIDE, compare_side: int = COMPARE_SIDE,
                       fragments: str | os.PathLike[str] | None = None,
@@ -738,20 +744,20 @@ def write_review_page(rows: Iterable[Mapping], output_dir: str | os.PathLike[str
 # Fine-tuning
 
 
-def _fraction_pair(block: Mapping, key: str) -> str:
+def _fraction_pair(block: Mapping[str, Any], key: str) -> str:
     values = block.get(key) or {}
     before, after = values.get("original"), values.get("fine_tuned")
     fmt = _percent if key == "artifact_fraction" else (lambda v: "—" if _missing(v) else f"{float(v):.3f}")
     return f"{fmt(before)} → {fmt(after)}"
 
 
-def _worst(checkpoint: Mapping) -> str:
+def _worst(checkpoint: Mapping[str, Any]) -> str:
     image = checkpoint.get("validation_worst_detail_image")
     ratio = checkpoint.get("validation_worst_detail_ratio")
     return "—" if image is None else f"{image}: {'—' if _missing(ratio) else _number(ratio)}"
 
 
-def render_finetune_page(card: Mapping, pictures: Iterable[tuple[str, np.ndarray, np.ndarray]], *, title: str,
+def render_finetune_page(card: Mapping[str, Any], pictures: Iterable[tuple[str, np.ndarray, np.ndarray]], *, title: str,
                          compare_side: int = COMPARE_SIDE) -> str:
     """A page for a fine-tuning run: which checkpoint was chosen and why, the evidence the validation
     could give (images, artifact pixels, measured noise), the validation image that keeps the least detail,
@@ -818,7 +824,7 @@ def render_finetune_page(card: Mapping, pictures: Iterable[tuple[str, np.ndarray
     )
 
 
-def write_finetune_page(card: Mapping, pictures: Iterable[tuple[str, np.ndarray, np.ndarray]],
+def write_finetune_page(card: Mapping[str, Any], pictures: Iterable[tuple[str, np.ndarray, np.ndarray]],
                         path: str | os.PathLike[str], *, title: str, compare_side: int = COMPARE_SIDE) -> Path:
     """Write :func:`render_finetune_page`'s page to ``path`` atomically; returns the path."""
     target = Path(path)

@@ -25,8 +25,10 @@ import os
 import re
 import time
 import traceback
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from typing import Any, Protocol, TypedDict, TypeVar
 
 import numpy as np
 
@@ -68,10 +70,34 @@ class Item:
     path: str | None
     sha256: str | None
     error: str | None = None
-    given: dict[str, tuple[str, str]] | None = None
+    given: dict[str, tuple[str | None, str | None]] | None = None  # (None, None) for a missing result
     labels: tuple[str | None, str | None, str | None] | None = None
     file: FolderFile | None = None
     labels_file: FolderFile | None = None
+
+    def given_file(self, role: str) -> tuple[str, str]:
+        """``(path, sha256)`` of the given ``role`` result of an item without ``error``."""
+        path, digest = (None, None) if self.given is None else self.given[role]
+        if path is None or digest is None:
+            raise InputImageError(self.error or f"expected a given {role} result for {self.stem}, got none")
+        return path, digest
+
+
+class ModelCalls(Protocol):
+    """What the steps use of a run's models: :class:`desra.pipeline.models.Models`, or a stand-in."""
+
+    @property
+    def digests(self) -> Mapping[str, str]: ...  # role → sha256 of the weights
+
+    @property
+    def segmenter_key(self) -> str | None: ...
+
+    @property
+    def scale(self) -> int: ...
+
+    def super_resolve(self, role: str, lr: np.ndarray) -> np.ndarray: ...
+
+    def segment(self, gan: np.ndarray) -> np.ndarray: ...
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,7 +109,7 @@ class Run:
     settings: Settings
     output_dir: str
     run_id: str
-    models: object | None = None  # desra.pipeline.models.Models, or a stand-in with the same methods
+    models: ModelCalls | None = None  # desra.pipeline.models.Models, or a stand-in with the same methods
 
     def __post_init__(self) -> None:
         os.makedirs(self.output_dir, exist_ok=True)
@@ -108,11 +134,38 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+_T = TypeVar("_T")
+
+
+def _needed(value: _T | None, what: str) -> _T:
+    """``value``, which an earlier step sets; a RuntimeError naming it when that step has not run."""
+    if value is None:
+        raise RuntimeError(f"expected {what} from an earlier step, got none (the steps ran out of order)")
+    return value
+
+
+def _models(run: Run) -> ModelCalls:
+    if run.models is None:
+        raise RuntimeError("expected the run's models, got none: this run was set up without models")
+    return run.models
+
+
+class _Keys(TypedDict):
+    """An image's store keys, step by step (``labels``: None without a label map)."""
+
+    mse: str
+    gan: str
+    labels: str | None
+    detect: str
+    pseudo_gt: str
+
+
 def _sr_key(run: Run, item: Item, role: str) -> str:
     if item.given is not None:
-        return f"file:{item.given[role][1]}"
+        return f"file:{item.given_file(role)[1]}"
     s = run.settings
-    return step_key("sr", SR_VERSION, image=item.sha256, model=run.models.digests[role], tile=s.tile, overlap=s.overlap)
+    return step_key("sr", SR_VERSION, image=item.sha256, model=_models(run).digests[role], tile=s.tile,
+                    overlap=s.overlap)
 
 
 def _labels_key(run: Run, item: Item, gan_key: str) -> str | None:
@@ -121,7 +174,11 @@ def _labels_key(run: Run, item: Item, gan_key: str) -> str | None:
         return None if digest is None else f"labels:{digest}"
     if run.settings.segmenter_in_use is None:
         return None
-    return step_key("segment", SEG_VERSION, image=gan_key, segmenter=run.models.segmenter_key)
+    return _segment_key(run, gan_key)
+
+
+def _segment_key(run: Run, gan_key: str) -> str:
+    return step_key("segment", SEG_VERSION, image=gan_key, segmenter=_models(run).segmenter_key)
 
 
 def _detect_key(run: Run, mse: str, gan: str, labels: str | None) -> str:
@@ -132,27 +189,27 @@ def _pseudo_key(run: Run, mse: str, gan: str, detect: str) -> str:
     return step_key("pseudo_gt", PSEUDO_VERSION, mse=mse, gan=gan, mask=detect, feather=run.settings.feather)
 
 
-def base_row(run: Run, item: Item) -> dict:
+def base_row(run: Run, item: Item) -> dict[str, Any]:
     """The columns every row of an image has, whatever happens to it."""
-    s, models = run.settings, run.models
-    given = item.given is not None
-    digests = getattr(models, "digests", {}) if not given else {}
-    return {"stem": item.stem, "input_path": item.path if not given else item.given["gan"][0] or item.given["mse"][0],
-            "input_sha256": item.sha256 if not given else item.given["gan"][1],
-            "mse_model": None if given else s.mse_model, "gan_model": None if given else s.gan_model,
+    s, models, given = run.settings, run.models, item.given
+    digests = getattr(models, "digests", {}) if given is None else {}
+    return {"stem": item.stem, "input_path": item.path if given is None else given["gan"][0] or given["mse"][0],
+            "input_sha256": item.sha256 if given is None else given["gan"][1],
+            "mse_model": None if given is not None else s.mse_model,
+            "gan_model": None if given is not None else s.gan_model,
             "mse_model_sha256": digests.get("mse"), "gan_model_sha256": digests.get("gan"),
-            "segmenter": s.segmenter_in_use, "config_hash": s.config_hash(mse=None if not given else "given",
-                                                                          gan=None if not given else "given"),
+            "segmenter": s.segmenter_in_use, "config_hash": s.config_hash(mse=None if given is None else "given",
+                                                                          gan=None if given is None else "given"),
             "run_id": run.run_id, "status": "failed", "error": None, "cached": False, "computed": ""}
 
 
-def _record_row(row: dict, record: dict) -> dict:
+def _record_row(row: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
     row.update({k: record[k] for k in ("artifact_fraction", "region_count", "height", "width", "min_area",
                                        "notes", "detect_seconds")}, status="ok", error=None)
     return row
 
 
-def published_row(run: Run, item: Item) -> dict | None:
+def published_row(run: Run, item: Item) -> dict[str, Any] | None:
     """The image's row when its published outputs already come from the current store keys: no step
     needs to run, not even a claim. ``None`` otherwise."""
     if item.error is not None or (run.settings.labels_dir and (item.labels is None or item.labels[1] is None)):
@@ -167,24 +224,36 @@ def published_row(run: Run, item: Item) -> dict | None:
     return row
 
 
-def _keys(run: Run, item: Item) -> dict[str, str | None]:
-    keys = {role: _sr_key(run, item, role) for role in ROLES}
-    keys["labels"] = _labels_key(run, item, keys["gan"])
-    keys["detect"] = _detect_key(run, keys["mse"], keys["gan"], keys["labels"])
-    keys["pseudo_gt"] = _pseudo_key(run, keys["mse"], keys["gan"], keys["detect"])
-    return keys
+def _keys(run: Run, item: Item) -> _Keys:
+    mse, gan = _sr_key(run, item, "mse"), _sr_key(run, item, "gan")
+    labels = _labels_key(run, item, gan)
+    detect = _detect_key(run, mse, gan, labels)
+    return {"mse": mse, "gan": gan, "labels": labels, "detect": detect,
+            "pseudo_gt": _pseudo_key(run, mse, gan, detect)}
 
 
-def entry_paths(run: Run, item: Item) -> dict[str, str | None]:
+class EntryPaths(TypedDict):
+    """The files of an image's store entries (``labels``: None without a label map)."""
+
+    mse: str
+    gan: str
+    labels: str | None
+    mask: str
+    pseudo_gt: str
+
+
+def entry_paths(run: Run, item: Item) -> EntryPaths:
     """The files of an image's store entries under the run's keys (after a run whose row is ok, they exist):
     ``mse``, ``gan``, ``labels`` (None without a label map), ``mask``, ``pseudo_gt``."""
     store, keys = run.store, _keys(run, item)
-    paths = {role: item.given[role][0] if item.given is not None else str(store.path("sr", keys[role], ".png"))
-             for role in ROLES}
+    given = item.given is not None
+    mse = item.given_file("mse")[0] if given else str(store.path("sr", keys["mse"], ".png"))
+    gan = item.given_file("gan")[0] if given else str(store.path("sr", keys["gan"], ".png"))
     labels = None
     if keys["labels"] is not None:
-        labels = item.labels[0] if run.settings.labels_dir else str(store.path("segment", keys["labels"], ".png"))
-    return {**paths, "labels": labels, "mask": str(store.path("detect", keys["detect"], ".png")),
+        labels = ((item.labels or (None, None, None))[0] if run.settings.labels_dir
+                  else str(store.path("segment", keys["labels"], ".png")))
+    return {"mse": mse, "gan": gan, "labels": labels, "mask": str(store.path("detect", keys["detect"], ".png")),
             "pseudo_gt": str(store.path("pseudo_gt", keys["pseudo_gt"], ".png"))}
 
 
@@ -201,7 +270,7 @@ def about_input(error: str, item: Item, size: tuple[int, int] | None) -> str:
     return f"{error} (input: {', '.join(missing)})" if missing else error
 
 
-def failed_row(run: Run, item: Item, error: BaseException | str, size: tuple[int, int] | None = None) -> dict:
+def failed_row(run: Run, item: Item, error: BaseException | str, size: tuple[int, int] | None = None) -> dict[str, Any]:
     """The row of an image that could not be processed: its error names the input and its size.
 
     For an exception that is not a :class:`DesraError` (a bug, or an environment fault such as a full disk),
@@ -228,9 +297,9 @@ class ImageJob:
     lr: np.ndarray | None = None
     sr: dict[str, _Entry] = field(default_factory=dict)
     labels: _Entry | None = None
-    detection: dict | None = None
+    detection: dict[str, Any] | None = None
     pseudo: _Entry | None = None
-    times: dict[str, list[datetime]] = field(default_factory=dict)
+    times: dict[str, list[datetime | None]] = field(default_factory=dict)
     device_seconds: float = 0.0
     claims: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
     src: FileBytes | None = None  # the input's bytes, read once by load(), until read() decodes them
@@ -271,23 +340,23 @@ class ImageJob:
         if self.load_error is not None:
             raise self.load_error
         if item.given is None:
-            if self.src is None:
+            if self.src is None or item.path is None:
                 raise DesraError(f"expected the input's bytes from its one read (load), got none (file: {item.path})")
             # The header only: later messages can name the size.
             self.size = read_image_size_bytes(self.src.data, item.path)
         for role in ROLES:
             key = _sr_key(self.run, item, role)
             if item.given is not None:
-                self.sr[role] = _Entry(key, item.given[role][0], cached=True)
+                self.sr[role] = _Entry(key, item.given_file(role)[0], cached=True)
             else:
                 self.sr[role] = self._claim("sr", key, ".png")
         if self.run.settings.labels_dir:
             path, digest, error = item.labels or (None, None, "no label map")
-            if error is not None:
-                raise InputImageError(error)
+            if error is not None or path is None:
+                raise InputImageError(error or "no label map")
             self.labels = _Entry(f"labels:{digest}", path, cached=True)
         elif self.run.settings.segmenter_in_use is not None:
-            self.labels = self._claim("segment", _labels_key(self.run, item, self.sr["gan"].key), ".png")
+            self.labels = self._claim("segment", _segment_key(self.run, self.sr["gan"].key), ".png")
         if not self.sr_needed:
             self.src = None  # no model sees the input: its bytes are not needed
 
@@ -314,9 +383,11 @@ class ImageJob:
         large (from the header: nothing is decoded)."""
         if not self.sr_needed:
             return
-        scale = self.run.models.scale
-        check_output_size(self.size[0], self.size[1], scale, max_output_pixels(), self.item.path)
-        self.lr = read_image_bytes(self.src.data, self.item.path).pixels  # the bytes hashed by load()
+        scale = _models(self.run).scale
+        size, path = _needed(self.size, "the input's size"), _needed(self.item.path, "the input's path")
+        check_output_size(size[0], size[1], scale, max_output_pixels(), path)
+        src = _needed(self.src, "the input's bytes")
+        self.lr = read_image_bytes(src.data, path).pixels  # the bytes hashed by load()
         self.src = None
 
     def load_sr(self, role: str) -> None:
@@ -327,11 +398,12 @@ class ImageJob:
 
     def store_sr(self, role: str) -> None:
         entry = self.sr[role]
-        pixels.write_image(entry.path, entry.pixels)
+        pixels.write_image(entry.path, _needed(entry.pixels, f"the {role} result"))
         self.times[f"sr_{role}"][1] = _now()
 
     def store_labels(self) -> None:
-        write_image(self.labels.path, self.labels.pixels)
+        labels = _needed(self.labels, "the label map's entry")
+        write_image(labels.path, _needed(labels.pixels, "the label map"))
         self.times["segment"][1] = _now()
 
     def _pair(self) -> tuple[np.ndarray, np.ndarray]:
@@ -391,8 +463,8 @@ class ImageJob:
 
     def pseudo_gt(self) -> None:
         """MSE pixels inside the mask, GAN pixels elsewhere, at the results' bit depth."""
-        store = self.run.store
-        key = _pseudo_key(self.run, self.sr["mse"].key, self.sr["gan"].key, self.detection["key"])
+        store, detection = self.run.store, _needed(self.detection, "the detection")
+        key = _pseudo_key(self.run, self.sr["mse"].key, self.sr["gan"].key, detection["key"])
         path = store.path("pseudo_gt", key, ".png")
         with store.claim("pseudo_gt", key, blocking=True):
             if path.is_file():
@@ -400,46 +472,48 @@ class ImageJob:
                 return
             started = _now()
             mse, gan = self._pair()
-            mask = self.detection.get("mask")
-            mask = pixels.read_mask(self.detection["mask_path"]) if mask is None else mask
+            mask = detection.get("mask")
+            mask = pixels.read_mask(detection["mask_path"]) if mask is None else mask
             pixels.write_image(path, build_pseudo_gt(gan, mse, mask, feather=self.run.settings.feather))
         self.pseudo = _Entry(key, str(path), cached=False)
         self.times["pseudo_gt"] = [started, _now()]
 
-    def finish_row(self) -> dict:
+    def finish_row(self) -> dict[str, Any]:
         """The image's report row (before publishing)."""
-        row = _record_row(base_row(self.run, self.item), self.detection)
+        detection = _needed(self.detection, "the detection")
+        row = _record_row(base_row(self.run, self.item), detection)
         steps = {"sr/mse": self.sr["mse"], "sr/gan": self.sr["gan"],
                  "labels": None if self.run.settings.labels_dir else self.labels,
-                 "detect": _Entry("", "", cached=self.detection["cached"]), "pseudo_gt": self.pseudo}
+                 "detect": _Entry("", "", cached=detection["cached"]), "pseudo_gt": self.pseudo}
         row["computed"] = ",".join(step for step, e in steps.items() if e is not None and not e.cached)
         row["cached"] = not row["computed"]
         row["sr_seconds"] = self.device_seconds if self.item.given is None else None
         return row
 
-    def publish(self, row: dict) -> dict:
+    def publish(self, row: dict[str, Any]) -> dict[str, Any]:
         """Copy the store entries to ``masks/``, ``pseudo_gt/``, ``sr/…``, ``labels/`` and write the image's
         report; the keys are recorded last, so a later run skips an image whose outputs are current."""
         started = _now()
-        files = {"masks": self.detection["mask_path"], "pseudo_gt": self.pseudo.path}
+        detection, pseudo = _needed(self.detection, "the detection"), _needed(self.pseudo, "the pseudo-GT")
+        files = {"masks": detection["mask_path"], "pseudo_gt": pseudo.path}
         if self.item.given is None:
             files.update({"sr/mse": self.sr["mse"].path, "sr/gan": self.sr["gan"].path})
         if self.labels is not None and not self.run.settings.labels_dir:
             files["labels"] = self.labels.path
         keys = {"mse": self.sr["mse"].key, "gan": self.sr["gan"].key,
-                "labels": None if self.labels is None else self.labels.key, "detect": self.detection["key"],
-                "pseudo_gt": self.pseudo.key}
+                "labels": None if self.labels is None else self.labels.key, "detect": detection["key"],
+                "pseudo_gt": pseudo.key}
         if self.item.given is not None:  # the review page shows given SR results where they are
             row.update(mse_path=self.item.given["mse"][0], gan_path=self.item.given["gan"][0])
         self.times["publish"] = [started, None]
         self._stamp(row)
         row["publish_finished_at"] = None
-        publish_image(row, files, self.detection["regions"], self.run.output_dir, keys)
+        publish_image(row, files, detection["regions"], self.run.output_dir, keys)
         self.review_assets(row)
         row["publish_finished_at"] = self.times["publish"][1] = _now()
         return row
 
-    def review_assets(self, row: dict) -> None:
+    def review_assets(self, row: dict[str, Any]) -> None:
         """The image's pictures for the review page, encoded now (on a CPU worker, while the device works on
         other images) so that the page at the end of the run only assembles them."""
         try:
@@ -448,13 +522,13 @@ class ImageJob:
         except (OSError, DesraError):  # the page encodes them itself, or shows why it cannot
             pass
 
-    def publish_failure(self, row: dict) -> dict:
+    def publish_failure(self, row: dict[str, Any]) -> dict[str, Any]:
         """Write the failed image's report (its row, no outputs); a stale publication record goes."""
         self._stamp(row)
         publish_image(row, {}, [], self.run.output_dir, None)
         return row
 
-    def _stamp(self, row: dict) -> None:
+    def _stamp(self, row: dict[str, Any]) -> None:
         for step, (started, finished) in self.times.items():
             row[f"{step}_started_at"], row[f"{step}_finished_at"] = started, finished
 
@@ -464,13 +538,14 @@ class ImageJob:
         """One SR model on the input (a model call, nothing else)."""
         self.times[f"sr_{role}"] = [_now(), None]
         start = time.perf_counter()
-        self.sr[role].pixels = self.run.models.super_resolve(role, self.lr)
+        self.sr[role].pixels = _models(self.run).super_resolve(role, _needed(self.lr, "the input's pixels"))
         self.device_seconds += time.perf_counter() - start
 
     def segment(self) -> None:
         """ADE20K label map of the GAN result (a model call, nothing else)."""
         self.times["segment"] = [_now(), None]
-        self.labels.pixels = self.run.models.segment(self.sr["gan"].pixels)
+        labels = _needed(self.labels, "the label map's entry")
+        labels.pixels = _models(self.run).segment(_needed(self.sr["gan"].pixels, "the GAN result"))
 
     def done_with_lr(self) -> None:
         self.lr = None

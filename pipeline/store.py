@@ -18,17 +18,18 @@ import contextlib
 import hashlib
 import json
 import os
+import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from desra_core.image import atomic_write_bytes
 
-try:
-    import fcntl
-except ImportError:  # not POSIX (Windows is not a target): claims do not exclude anything there
+if sys.platform == "win32":  # not POSIX (Windows is not a target): claims do not exclude anything there
     fcntl = None
+else:
+    import fcntl
 
 __all__ = ["Store", "file_sha256", "step_key"]
 
@@ -63,17 +64,18 @@ class Store:
     def has(self, step: str, key: str, suffix: str) -> bool:
         return self.path(step, key, suffix).is_file()
 
-    def write_json(self, step: str, key: str, record: dict) -> Path:
+    def write_json(self, step: str, key: str, record: Mapping[str, Any]) -> Path:
         target = self.path(step, key, ".json")
         target.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(target, json.dumps(record, sort_keys=True, default=str).encode())
         return target
 
-    def read_json(self, step: str, key: str) -> dict | None:
+    def read_json(self, step: str, key: str) -> dict[str, Any] | None:
         path = self.path(step, key, ".json")
         if not path.is_file():
             return None
-        return json.loads(path.read_text())
+        record: dict[str, Any] = json.loads(path.read_text())
+        return record
 
     def lock_path(self, step: str, key: str) -> Path:
         """The lock file behind :meth:`claim` (``<root>/.desra/locks/<step>/<key>.lock``)."""

@@ -22,12 +22,14 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import contextvars
+import functools
 import itertools
 import os
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from desra.pipeline.steps import ImageJob, Item, Run, failed_row, published_row
 
@@ -53,9 +55,11 @@ class Device:
     ``busy_seconds`` adds up the time spent in calls (device occupancy = busy / wall time).
     """
 
-    def __init__(self, slot: Callable[[], contextlib.AbstractContextManager] | None = None) -> None:
+    def __init__(self, slot: Callable[[], contextlib.AbstractContextManager[object]] | None = None) -> None:
         self._slot = slot or contextlib.nullcontext
-        self._queue: queue.PriorityQueue = queue.PriorityQueue()
+        # (order, sequence, call, its future); a None call (with no future) ends the thread
+        self._queue: queue.PriorityQueue[tuple[float, int, Callable[[], object] | None, cf.Future[object] | None]] = (
+            queue.PriorityQueue())
         self._seq = itertools.count()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -63,9 +67,9 @@ class Device:
         self.busy_seconds = 0.0
         self.calls = 0
 
-    def submit(self, order: int, fn: Callable[[], object]) -> cf.Future:
+    def submit(self, order: int, fn: Callable[[], object]) -> cf.Future[object]:
         """Queue ``fn`` for the device thread, after the calls of earlier images; its future."""
-        future: cf.Future = cf.Future()
+        future: cf.Future[object] = cf.Future()
         with self._lock:
             if self._failed is not None:
                 raise RuntimeError(f"the device could not be acquired: {self._failed}") from self._failed
@@ -82,7 +86,7 @@ class Device:
             with self._slot():
                 while True:
                     _, _, fn, future = self._queue.get()
-                    if fn is None:
+                    if fn is None or future is None:
                         return
                     if not future.set_running_or_notify_cancel():
                         continue
@@ -104,7 +108,7 @@ class Device:
                     _, _, fn, future = self._queue.get_nowait()
                 except queue.Empty:
                     return
-                if fn is not None:
+                if fn is not None and future is not None:
                     future.set_exception(RuntimeError(f"the device could not be acquired: {e}"))
 
     def close(self) -> None:
@@ -121,21 +125,22 @@ class _OnTheCPU:
     """A :class:`Device` whose "device" is the CPU itself: each model call also takes one of the CPU gate's
     permits, so model calls and CPU steps together never ask for more cores than the gate allows."""
 
-    def __init__(self, device: Device, gate: contextlib.AbstractContextManager) -> None:
+    def __init__(self, device: Device, gate: contextlib.AbstractContextManager[object]) -> None:
         self.device, self.gate = device, gate
 
-    def submit(self, order: int, fn: Callable[[], object]) -> cf.Future:
+    def submit(self, order: int, fn: Callable[[], object]) -> cf.Future[object]:
         def shared() -> object:
             with self.gate:
                 return fn()
         return self.device.submit(order, shared)
 
 
-def process_image(job: ImageJob, cpu: contextlib.AbstractContextManager, device: Device) -> dict:
+def process_image(job: ImageJob, cpu: contextlib.AbstractContextManager[object],
+                  device: Device | _OnTheCPU) -> dict[str, Any]:
     """Every step of one image, each where it belongs (CPU steps inside ``cpu``, model calls on ``device``);
     returns the image's row. A failing step fails this image only: its row says why."""
     run, item = job.run, job.item
-    queued: list[cf.Future] = []
+    queued: list[cf.Future[object]] = []
     try:
         with job.claims:  # released when the image is done (or failed)
             job.plan()
@@ -143,7 +148,7 @@ def process_image(job: ImageJob, cpu: contextlib.AbstractContextManager, device:
                 job.read()
             # Both SR passes queue at once: the MSE result is encoded while the GAN model runs, the GAN
             # result while the segmenter runs.
-            queued = [device.submit(job.order, lambda role=role: job.super_resolve(role)) for role in job.sr_needed]
+            queued = [device.submit(job.order, functools.partial(job.super_resolve, role)) for role in job.sr_needed]
             segmenting, store_error = None, None
             for role, future in zip(job.sr_needed, list(queued), strict=True):  # a copy: segmenting joins queued
                 future.result()
@@ -187,9 +192,10 @@ def process_image(job: ImageJob, cpu: contextlib.AbstractContextManager, device:
 
 
 def process_images(items: Iterable[Item], run: Run, *, device: Device | None = None, workers: int | None = None,
-                   lookahead: int = 2, wrap: Callable[[Item, Callable[[], dict]], dict] | None = None,
-                   on_row: Callable[[dict], None] | None = None,
-                   on_load: Callable[[int, Item], None] | None = None) -> list[dict]:
+                   lookahead: int = 2,
+                   wrap: Callable[[Item, Callable[[], dict[str, Any]]], dict[str, Any]] | None = None,
+                   on_row: Callable[[dict[str, Any]], None] | None = None,
+                   on_load: Callable[[int, Item], None] | None = None) -> list[dict[str, Any]]:
     """Run ``items`` through the steps, streamed; returns one row per item, in the items' order.
 
     ``device``: where model calls run (default: a new :class:`Device`, closed at the end). ``workers``:
@@ -206,13 +212,13 @@ def process_images(items: Iterable[Item], run: Run, *, device: Device | None = N
     device = device or Device()
     gate = threading.BoundedSemaphore(workers)
     calls = _OnTheCPU(device, gate) if getattr(run.models, "device", None) == "cpu" else device
-    rows: dict[int, dict] = {}
+    rows: dict[int, dict[str, Any]] = {}
     try:
         with cf.ThreadPoolExecutor(max_workers=max(1, min(len(items), workers + lookahead)),
                                    thread_name_prefix="desra-image") as pool:
             futures = {}
             for i, item in enumerate(items):
-                def work(i=i, item=item) -> dict:
+                def work(i: int = i, item: Item = item) -> dict[str, Any]:
                     job = ImageJob(run, item, order=i)
                     with gate:
                         job.load()  # the one read of its files: their digests give the store keys
@@ -223,7 +229,7 @@ def process_images(items: Iterable[Item], run: Run, *, device: Device | None = N
                         if row is not None:  # nothing to do, not even a task run
                             return row
 
-                    def steps() -> dict:
+                    def steps() -> dict[str, Any]:
                         return process_image(job, gate, calls)
                     return steps() if wrap is None else wrap(job.item, steps)
                 futures[pool.submit(contextvars.copy_context().run, work)] = (i, item)

@@ -69,7 +69,9 @@ def image_task(stem: str, work: Callable[[], dict]):
     with the bug's own traceback when there is one. ``stem`` only names the task run."""
     row = work()
     if row.get("status") != "ok":
-        ImageFailureLogged.add(str(TaskRunContext.get().task_run.id))
+        context = TaskRunContext.get()
+        if context is not None:  # None when called as .fn(), outside a task run: no engine records to drop
+            ImageFailureLogged.add(str(context.task_run.id))
         return Failed(message=inert(row.get("error") or "failed"))
     return row
 

@@ -92,32 +92,30 @@ def refuse(error: DesraError) -> State:
 
 
 def admit(*, input_dir: str, output_dir: str, more_paths: dict[str, str | None] | None = None,
-          **options) -> tuple[Settings | None, State | None]:
+          **options) -> Settings | State:
     """What every flow does first, before it reads or creates anything: :func:`desra.pipeline.admission.admit`
     of its paths (and ``more_paths``) and ``options`` (the flow's settings parameters), with the roots of
-    :func:`deployment_roots` and the :func:`preflight` task. Returns ``(the admitted settings, None)`` when the
-    run may go on (their device resolved on this machine), else ``(None, the Failed state to return)``
-    (logged by :func:`refuse`).
+    :func:`deployment_roots` and the :func:`preflight` task. Returns the admitted settings when the run may go
+    on (their device resolved on this machine), else the Failed state to return (logged by :func:`refuse`).
 
     ``desra-batch`` runs call it too, on the worker that runs them: each is admitted on its own machine."""
     try:
         admitted = admission.admit(input_dir, output_dir, options, more_paths=more_paths,
                                    deployment_roots=deployment_roots, check=_checked)
     except DesraError as e:
-        return None, refuse(e)
+        return refuse(e)
     if admitted.swept:
         get_run_logger().info("removed %d temporary file(s) that killed runs left in %s", admitted.swept,
                               output_dir)
-    return admitted.settings, None
+    return admitted.settings
 
 
-def admit_finetuning(output_dir: str, values: Mapping[str, Any] | None) -> tuple[FinetuneOptions | None,
-                                                                                 State | None]:
+def admit_finetuning(output_dir: str, values: Mapping[str, Any] | None) -> FinetuneOptions | State:
     """What fine-tuning adds to a ``desra`` run (``desra(finetune=True)``, before :func:`admit` admits the run):
     its options (``finetune_settings``) and their paths, see :func:`desra.pipeline.admission.admit_finetuning`.
-    The fine-tuning then takes the run's admitted settings whole, not admitted again. Returns
-    ``(options, None)`` or ``(None, the Failed state)``."""
+    The fine-tuning then takes the run's admitted settings whole, not admitted again. Returns the options or
+    the Failed state."""
     try:
-        return admission.admit_finetuning(output_dir, values, deployment_roots=deployment_roots), None
+        return admission.admit_finetuning(output_dir, values, deployment_roots=deployment_roots)
     except DesraError as e:
-        return None, refuse(e)
+        return refuse(e)

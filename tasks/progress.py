@@ -7,6 +7,7 @@ final one.
 """
 
 import time
+from uuid import UUID
 
 from prefect import get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
@@ -18,7 +19,11 @@ class Progress:
     """A progress artifact (0–100 %) whose updates are sent at most every ``interval`` seconds."""
 
     def __init__(self, description: str, interval: float = 2.0) -> None:
-        self.id = create_progress_artifact(0.0, description=description)
+        created = create_progress_artifact(0.0, description=description)
+        if not isinstance(created, UUID):  # a coroutine: what Prefect's async_dispatch gives in an event loop
+            created.close()
+            raise RuntimeError("expected Progress to be created from synchronous code, got a running event loop")
+        self.id = created
         self.interval = interval
         self.sent = 0.0
         self._last = time.monotonic()

@@ -26,10 +26,11 @@ def write_run_report(rows: list[dict], output_dir: str, run_id: str, run_numbers
     ranked = table.assign(_failed=table["status"] != "ok").sort_values(
         ["_failed", "artifact_fraction"], ascending=[False, False], na_position="last")
     create_table_artifact(
-        table=[{"image": inert(r.stem), "status": inert(r.status), "artifact %": None if pd.isna(r.artifact_fraction)
-                else round(100 * r.artifact_fraction, 3), "regions": None if pd.isna(r.region_count)
-                else int(r.region_count), "error": inert(r.error) if isinstance(r.error, str) else ""}
-               for r in ranked.itertuples()],
+        table=[{"image": inert(r["stem"]), "status": inert(r["status"]),
+                "artifact %": None if pd.isna(r["artifact_fraction"]) else round(100 * r["artifact_fraction"], 3),
+                "regions": None if pd.isna(r["region_count"]) else int(r["region_count"]),
+                "error": inert(r["error"]) if isinstance(r["error"], str) else ""}
+               for r in ranked.to_dict("records")],
         key="desra-images", description="Images of this run, failures and worst artifacts first")
     ok = int((table["status"] == "ok").sum())
     failed = len(table) - ok

@@ -16,6 +16,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from ..image import atomic_write_bytes
 from ..models.sr import SRModel
@@ -37,28 +38,29 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def _finite(value: float) -> float | None:
+def _finite(value: float | None) -> float | None:
     return float(value) if value is not None and math.isfinite(value) else None
 
 
-def _model(model: SRModel) -> dict:
+def _model(model: SRModel) -> dict[str, object]:
     return {"source": str(model.source), "file": str(model.path), "sha256": model.file_sha256(),
             "architecture": model.architecture, "scale": model.scale}
 
 
-def _means(scores: Sequence[ImageScore]) -> dict:
+def _means(scores: Sequence[ImageScore]) -> dict[str, float | None]:
     fractions = [s.artifact_fraction for s in scores]
     details = [s.detail_kept for s in scores if math.isfinite(s.detail_kept)]
     return {"artifact_fraction": _finite(sum(fractions) / len(fractions)) if fractions else None,
             "detail": _finite(sum(details) / len(details)) if details else None}
 
 
-def _before_after(before: Sequence[ImageScore], after: Sequence[ImageScore] | None) -> dict:
+def _before_after(before: Sequence[ImageScore], after: Sequence[ImageScore] | None) -> dict[str, object]:
     b = _means(before)
     a = _means(after) if after else {"artifact_fraction": None, "detail": None}
     ratio = a["detail"] / b["detail"] if a["detail"] is not None and b["detail"] else None
-    per_image = {s.image: {"original": {"artifact_fraction": s.artifact_fraction, "detail": _finite(s.detail_kept)}}
-                 for s in before}
+    per_image: dict[str, dict[str, dict[str, float | None]]] = {
+        s.image: {"original": {"artifact_fraction": s.artifact_fraction, "detail": _finite(s.detail_kept)}}
+        for s in before}
     for s in after or ():
         per_image.setdefault(s.image, {})["fine_tuned"] = {"artifact_fraction": s.artifact_fraction,
                                                            "detail": _finite(s.detail_kept)}
@@ -67,7 +69,7 @@ def _before_after(before: Sequence[ImageScore], after: Sequence[ImageScore] | No
             "per_image": per_image}
 
 
-def _evidence(evidence: Evidence | None, min_artifact_images: int) -> dict | None:
+def _evidence(evidence: Evidence | None, min_artifact_images: int) -> dict[str, object] | None:
     if evidence is None:
         return None
     gap = evidence_gap(evidence, min_artifact_images)
@@ -87,9 +89,10 @@ def _evidence(evidence: Evidence | None, min_artifact_images: int) -> dict | Non
                           for n in sorted(evidence.original.per_image)}}
 
 
-def _checkpoint(c: Candidate, evidence: Evidence | None) -> dict:
-    record = {"step": c.step, "weights": c.weights, "validation_artifact_fraction": c.score.artifact_fraction,
-              "validation_detail_ratio": c.score.detail_ratio}
+def _checkpoint(c: Candidate, evidence: Evidence | None) -> dict[str, object]:
+    record: dict[str, object] = {"step": c.step, "weights": c.weights,
+                                 "validation_artifact_fraction": c.score.artifact_fraction,
+                                 "validation_detail_ratio": c.score.detail_ratio}
     if evidence is not None:
         image, ratio = worst_detail(c.score, evidence.original)
         record.update(validation_worst_detail_image=image, validation_worst_detail_ratio=ratio,
@@ -116,7 +119,7 @@ def build_model_card(*, base: SRModel, mse: SRModel, train_files: Mapping[str, s
                      settings: Mapping[str, object], result: FinetuneResult,
                      train_before: Sequence[ImageScore], train_after: Sequence[ImageScore] | None,
                      validation_before: Sequence[ImageScore], validation_after: Sequence[ImageScore] | None,
-                     generator_file: str | None, min_artifact_images: int = 3) -> dict:
+                     generator_file: str | None, min_artifact_images: int = 3) -> dict[str, Any]:
     """The card as a JSON-able dict (see the module docstring).
 
     Args:
@@ -132,7 +135,7 @@ def build_model_card(*, base: SRModel, mse: SRModel, train_files: Mapping[str, s
         min_artifact_images: the shipping rule's least number of validation images with artifacts.
     """
     chosen = result.chosen
-    return _jsonable({
+    card: dict[str, object] = {
         "format": CARD_FORMAT,
         "base_model": _model(base),
         "mse_model": _model(mse),
@@ -147,10 +150,11 @@ def build_model_card(*, base: SRModel, mse: SRModel, train_files: Mapping[str, s
         "checkpoints": [_checkpoint(c, result.evidence) for c in result.candidates],
         "train": _before_after(train_before, train_after),
         "validation": _before_after(validation_before, validation_after),
-    })
+    }
+    return {key: _jsonable(value) for key, value in card.items()}
 
 
-def write_model_card(card: Mapping, path: str | Path) -> Path:
+def write_model_card(card: Mapping[str, object], path: str | Path) -> Path:
     """Write ``card`` as indented JSON, atomically; returns the path."""
     path = Path(path)
     atomic_write_bytes(path, (json.dumps(card, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))

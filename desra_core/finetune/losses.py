@@ -113,6 +113,9 @@ class PerceptualLoss(nn.Module):
         ModelLoadError: the weights cannot be obtained (the message says how to supply them).
     """
 
+    mean: Tensor  # the ImageNet normalisation, registered as (1, 3, 1, 1) buffers in __init__
+    std: Tensor
+
     def __init__(
         self,
         layer_weights: Mapping[str, float] | None = None,

@@ -111,7 +111,8 @@ class UNetDiscriminatorSN(nn.Module):
 
         out = act(self.conv7(x6))
         out = act(self.conv8(out))
-        return self.conv9(out)
+        logits: Tensor = self.conv9(out)
+        return logits
 
 
 def _unwrap_state_dict(obj: object, path: str) -> dict[str, Tensor]:

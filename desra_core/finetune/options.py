@@ -96,10 +96,10 @@ class FinetuneOptions:
                               checkpoint_every=self.checkpoint_every, validate_every=self.validate_every,
                               min_detail_ratio=self.min_detail_ratio, min_artifact_images=self.min_artifact_images)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def replace(self, **changes: object) -> FinetuneOptions:
+    def replace(self, **changes: Any) -> FinetuneOptions:  # field values: __post_init__ checks their bounds
         return dataclasses.replace(self, **changes)
 
 

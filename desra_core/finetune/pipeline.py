@@ -20,7 +20,8 @@ def _local_std(image: np.ndarray, sigma: float) -> np.ndarray:
     x = image.astype(np.float32)
     mu = cv2.GaussianBlur(x, (0, 0), sigma)
     var = cv2.GaussianBlur(x * x, (0, 0), sigma) - mu * mu
-    return np.sqrt(np.maximum(var, 0.0)).mean(axis=2)
+    std: np.ndarray = np.sqrt(np.maximum(var, 0.0)).mean(axis=2)
+    return std
 
 
 def detail_kept(gan: np.ndarray, mse: np.ndarray, mask: np.ndarray, *, sigma: float = 1.5) -> float:

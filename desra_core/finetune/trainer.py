@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -106,7 +107,7 @@ class FinetuneResult:
     """
 
     generator: torch.nn.Module
-    log: list[dict]
+    log: list[dict[str, float]]
     original: ValidationScore | None = None
     evidence: Evidence | None = None
     candidates: tuple[Candidate, ...] = ()
@@ -115,17 +116,17 @@ class FinetuneResult:
     reason: str = ""
 
 
-def _score_to_dict(score: ValidationScore) -> dict:
+def _score_to_dict(score: ValidationScore) -> dict[str, object]:
     return {"artifact_fraction": score.artifact_fraction, "detail": score.detail, "detail_ratio": score.detail_ratio,
             "per_image": {k: list(v) for k, v in score.per_image.items()}}
 
 
-def _score_from_dict(d: dict) -> ValidationScore:
+def _score_from_dict(d: dict[str, Any]) -> ValidationScore:
     return ValidationScore(d["artifact_fraction"], d["detail"], d["detail_ratio"],
                            {k: tuple(v) for k, v in d["per_image"].items()})
 
 
-def _save_atomic(obj: dict, path: Path) -> None:
+def _save_atomic(obj: dict[str, object], path: Path) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         torch.save(obj, tmp)
@@ -138,7 +139,8 @@ def _save_atomic(obj: dict, path: Path) -> None:
 
 def finetune(generator: torch.nn.Module, pairs: Sequence[TrainingPair], config: FinetuneConfig, *,
              work_dir: str | Path, device: str | torch.device = "cpu", discriminator_path: str | Path | None = None,
-             progress: Callable[[dict], None] | None = None, validator: Validator | None = None) -> FinetuneResult:
+             progress: Callable[[dict[str, float]], None] | None = None,
+             validator: Validator | None = None) -> FinetuneResult:
     """Fine-tune ``generator`` (an SR ``torch.nn.Module``, e.g. ``SRModel.descriptor.model``) in place.
 
     Args:
@@ -168,13 +170,13 @@ def finetune(generator: torch.nn.Module, pairs: Sequence[TrainingPair], config: 
     w = config.weights
     use_gan = w.gan > 0
     generator.to(device).train()
-    disc = None
+    disc: UNetDiscriminatorSN | None = None
     if use_gan:
         disc = load_discriminator(discriminator_path) if discriminator_path else UNetDiscriminatorSN()
     warmup = 0 if discriminator_path else config.discriminator_warmup
     perceptual = PerceptualLoss(weights_path=config.vgg_weights_path).to(device) if w.perceptual > 0 else None
     opt_g = torch.optim.Adam(generator.parameters(), lr=config.lr, betas=config.betas)
-    opt_d = None
+    opt_d: torch.optim.Adam | None = None  # set exactly when disc is
     if disc is not None:
         disc.to(device).train()
         opt_d = torch.optim.Adam(disc.parameters(), lr=config.lr, betas=config.betas)
@@ -191,16 +193,16 @@ def finetune(generator: torch.nn.Module, pairs: Sequence[TrainingPair], config: 
         torch.backends.cudnn.benchmark = True
         generator.to(memory_format=torch.channels_last)
 
-    step, log = 0, []
+    step, log = 0, list[dict[str, float]]()
     candidates: list[Candidate] = []
     best: Candidate | None = None
-    best_state: dict | None = None
+    best_state: dict[str, torch.Tensor] | None = None
     ckpt_path = work / CHECKPOINT_NAME
     if ckpt_path.exists():  # resume
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
         generator.load_state_dict(ckpt["generator"])
         opt_g.load_state_dict(ckpt["opt_g"])
-        if disc is not None and ckpt.get("discriminator") is not None:
+        if disc is not None and opt_d is not None and ckpt.get("discriminator") is not None:
             disc.load_state_dict(ckpt["discriminator"])
             opt_d.load_state_dict(ckpt["opt_d"])
         if ema is not None and ckpt.get("ema") is not None:
@@ -220,12 +222,11 @@ def finetune(generator: torch.nn.Module, pairs: Sequence[TrainingPair], config: 
         lr_batch, hr_batch = (t.to(device) for t in sampler.sample(config.batch))
         if cuda:
             lr_batch = lr_batch.contiguous(memory_format=torch.channels_last)
-        adversarial = disc is not None and step >= warmup
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
             sr = generator(lr_batch).float()
             l1 = torch.nn.functional.l1_loss(sr, hr_batch)
             l_perc = perceptual(sr, hr_batch) if perceptual is not None else sr.new_zeros(())
-            l_gan = gan_loss_vanilla(disc(sr), True) if adversarial else sr.new_zeros(())
+            l_gan = gan_loss_vanilla(disc(sr), True) if disc is not None and step >= warmup else sr.new_zeros(())
             loss_g = w.l1 * l1 + w.perceptual * l_perc + w.gan * l_gan
         opt_g.zero_grad(set_to_none=True)
         if disc is not None:
@@ -233,7 +234,7 @@ def finetune(generator: torch.nn.Module, pairs: Sequence[TrainingPair], config: 
         scaler.scale(loss_g).backward()
         scaler.step(opt_g)
         d_loss = float("nan")
-        if disc is not None:
+        if disc is not None and opt_d is not None:
             disc.requires_grad_(True)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
                 loss_d = discriminator_loss(disc(hr_batch), disc(sr.detach()))
@@ -283,6 +284,11 @@ def finetune(generator: torch.nn.Module, pairs: Sequence[TrainingPair], config: 
                                        min_artifact_images=config.min_artifact_images)
     chosen_generator = None
     if chosen is not None:
+        if best is None or best_state is None or (best.step, best.weights) != (chosen.step, chosen.weights):
+            kept = "none" if best is None else f"step {best.step} ({best.weights} weights)"
+            raise ConfigError(f"expected the chosen checkpoint, step {chosen.step} ({chosen.weights} weights), to be "
+                              f"the one whose weights were kept, got {kept}: was the run resumed with other "
+                              f"validation settings or images? Remove {ckpt_path} to train afresh")
         chosen_generator = copy.deepcopy(result)
         chosen_generator.load_state_dict(best_state)
     return FinetuneResult(generator=result, log=log, original=validator.original, evidence=validator.evidence(),

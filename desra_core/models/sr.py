@@ -17,7 +17,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -25,6 +25,11 @@ import torch
 from ..errors import ConfigError, InputImageError, ModelLoadError, ShapeError
 from ..image import to_bit_depth, to_float32
 from ..limits import positive_setting
+
+if TYPE_CHECKING:  # at run time both are imported where a model is loaded
+    from spandrel import ImageModelDescriptor
+
+    from .weights import KnownWeights
 
 __all__ = ["DEFAULT_MAX_OUTPUT_MPIX", "MAX_OUTPUT_VARIABLE", "Precision", "SRModel", "check_output_size",
            "check_same_scale", "load_sr_model", "max_output_pixels", "upscale"]
@@ -42,7 +47,7 @@ class SRModel:
     file that was loaded.
     """
 
-    descriptor: object
+    descriptor: ImageModelDescriptor[torch.nn.Module]
     source: str
     path: Path
 
@@ -68,7 +73,7 @@ class SRModel:
 
 
 def load_sr_model(name_or_path: str | Path, *, expected_scale: int | None = None, device: str | torch.device = "cpu",
-                  table: Mapping | None = None) -> SRModel:
+                  table: Mapping[str, KnownWeights] | None = None) -> SRModel:
     """Load SR weights by known name (downloaded once, checksum-verified) or by path.
 
     Args:

@@ -115,6 +115,16 @@ def test_custom_processor_settings_are_used(tmp_path):
     assert torch.allclose(x, torch.full_like(x, (2 - 0.5) / 0.25))
 
 
+def test_processor_settings_that_are_not_numbers_are_refused_naming_the_folder(tmp_path):
+    folder = _save_tiny(tmp_path, ADE, processor=SegformerImageProcessor(size={"height": 32, "width": 32}))
+    config = folder / "preprocessor_config.json"
+    config.write_text(config.read_text().replace('"image_std": [', '"image_std": ["wide", '))
+    with pytest.raises(ModelLoadError, match=r"expected a number for the image processor's image_std, got 'wide'"
+                       ) as info:
+        load_segformer(str(folder))
+    assert str(folder) in str(info.value)
+
+
 def test_shuffled_classes_are_refused_without_mapping(tmp_path):
     order = np.random.default_rng(3).permutation(150)
     folder = _save_tiny(tmp_path, [ADE[i] for i in order])
