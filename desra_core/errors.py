@@ -10,13 +10,16 @@ from __future__ import annotations
 from os import PathLike
 
 __all__ = [
+    "AccessDeniedError",
     "ConfigError",
     "DesraError",
     "InputImageError",
     "LabelMapError",
+    "MissingObjectError",
     "ModelLoadError",
     "ShapeError",
     "ShapeMismatchError",
+    "StorageError",
 ]
 
 
@@ -55,3 +58,20 @@ class ShapeMismatchError(ShapeError):
 
 class ModelLoadError(DesraError):
     """A model file cannot be loaded, or is not the kind of model that was expected."""
+
+
+class StorageError(DesraError):
+    """A bucket or folder cannot be used: it is missing, the credentials are missing or refused, or the server
+    kept failing after retries. The URL (never a credential) is kept on ``url`` and named in the message."""
+
+    def __init__(self, message: str, url: str | None = None) -> None:
+        self.url = url
+        super().__init__(message)
+
+
+class AccessDeniedError(StorageError):
+    """The credentials are valid but may not read or write this object (that object fails alone)."""
+
+
+class MissingObjectError(StorageError):
+    """The object does not exist (never written, or deleted between a listing and the read)."""
