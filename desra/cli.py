@@ -308,6 +308,9 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
         print(f"error: expected --pool-limit of 0 (no limit) or more, got {args.pool_limit}", file=sys.stderr)
         return 2
     heartbeat = worker_heartbeat_seconds()  # ConfigError (exit 2) for a bad value
+    from desra.pool import kubernetes_job_from_args
+
+    kubernetes = kubernetes_job_from_args(args)  # ConfigError (exit 2): a Kubernetes option on a process pool
     prefect_file = _prefect_file()
     if not prefect_file.is_file():
         print(f"error: expected the deployment file {prefect_file} that is installed with desra, got no such "
@@ -327,7 +330,10 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
     from desra.pool import ensure_pool
 
     try:
-        pool = ensure_pool(args.pool, limit=args.pool_limit or None)
+        if kubernetes is None:
+            pool = ensure_pool(args.pool, limit=args.pool_limit or None)
+        else:
+            pool = ensure_pool(args.pool, limit=args.pool_limit or None, pool_type="kubernetes", kubernetes=kubernetes)
     except DesraError:
         raise
     except Exception as e:  # API errors: say which server and what to check
@@ -396,6 +402,12 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
             return 1
     beat = f"PREFECT_FLOWS_HEARTBEAT_FREQUENCY={heartbeat} " if heartbeat else ""
     why = " (the crash detection's window counts on it)" if args.zombie_automation else ""
+    if kubernetes is not None:
+        print(f"start a Kubernetes worker where it can reach the cluster (pip install 'desra[k8s]' or "
+              f"prefect-kubernetes; no GPU needed there: each flow run is a job of {kubernetes.image} with one "
+              f"GPU), with the same PREFECT_API_URL and PREFECT_API_AUTH_STRING, and this heartbeat{why}:\n"
+              f"  {beat}prefect worker start --pool {args.pool} --type kubernetes")
+        return 0
     print(f"start each worker, in any folder, where desra {__version__} is installed, with the same PREFECT_API_URL "
           f"and PREFECT_API_AUTH_STRING, and this heartbeat{why}:\n"
           f"  {beat}prefect worker start --pool {args.pool} --limit 1")
@@ -508,9 +520,11 @@ def build_parser() -> argparse.ArgumentParser:
                                       "(needs DESRA_DROP_DIR, DESRA_OUTPUT_DIR and a Prefect server)",
                        description="Create the process work pool (or bring an existing one to desra's locked job "
                                    "template, where a run cannot set its command, environment or working folder, "
-                                   "and to --pool-limit) and register the deployments of the prefect.yaml installed "
-                                   "with desra (deployments/prefect.yaml in the repository) on the Prefect API "
-                                   "(PREFECT_API_URL, with PREFECT_API_AUTH_STRING when the "
+                                   "and to --pool-limit; --pool-type kubernetes: a Kubernetes pool whose jobs run "
+                                   "--image with one GPU, and whose runs cannot set the image, command, env, "
+                                   "namespace or service account) and register the deployments of the prefect.yaml "
+                                   "installed with desra (deployments/prefect.yaml in the repository) on the "
+                                   "Prefect API (PREFECT_API_URL, with PREFECT_API_AUTH_STRING when the "
                                    "server wants credentials). This is the one way to deploy desra: "
                                    "`prefect deploy` alone would not create the locked pool. desra/full runs "
                                    "every 10 minutes over DESRA_DROP_DIR into DESRA_OUTPUT_DIR, desra/on-drop on "
@@ -520,11 +534,14 @@ def build_parser() -> argparse.ArgumentParser:
                                    "modules), in any folder; start each with "
                                    "`PREFECT_FLOWS_HEARTBEAT_FREQUENCY=30 prefect worker start --pool desra "
                                    "--limit 1` (the heartbeat that the crash detection's 90-s window counts on).")
-    p.add_argument("--pool", default="desra", help="process work pool to create or lock and deploy to "
+    p.add_argument("--pool", default="desra", help="work pool to create or lock and deploy to "
                                                    "(default: %(default)s)")
     p.add_argument("--pool-limit", type=int, default=1, metavar="N",
                    help="flow runs at once in the whole pool: one per worker (start each worker with --limit 1); "
                         "0 = no pool limit (default: %(default)s, for one worker)")
+    from desra.pool import add_kubernetes_arguments
+
+    add_kubernetes_arguments(p, type_flag="--pool-type")
     p.add_argument("--no-zombie-automation", dest="zombie_automation", action="store_false",
                    help="do not create the automation that marks flow runs Crashed when their heartbeats stop "
                         "(their worker died; see PREFECT_FLOWS_HEARTBEAT_FREQUENCY)")

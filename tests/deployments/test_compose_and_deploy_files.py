@@ -308,6 +308,7 @@ class Recorder:
         self.calls: list[tuple[list[str], Path, dict]] = []
         self.cwd_contents: list[list[str]] = []  # what each command's working folder held when it ran
         self.pools: list[tuple[str, int | None]] = []
+        self.pool_options: list[dict] = []  # pool_type and kubernetes, when desra deploy passed them
         self.deploy_rc, self.pool_status, self.pool_error = deploy_rc, pool_status, pool_error
 
     def __call__(self, command, cwd=None, env=None, **kwargs):
@@ -316,13 +317,15 @@ class Recorder:
         assert "deploy" in command, command
         return subprocess.CompletedProcess(command, self.deploy_rc, stdout="", stderr="")
 
-    def ensure_pool(self, name, *, limit):
+    def ensure_pool(self, name, *, limit, **options):
         from desra.pool import PoolResult
 
         self.pools.append((name, limit))
+        self.pool_options.append(options)
         if self.pool_error is not None:
             raise self.pool_error
-        return PoolResult(status=self.pool_status, name=name, limit=limit)
+        return PoolResult(status=self.pool_status, name=name, limit=limit,
+                          pool_type=options.get("pool_type", "process"), job=options.get("kubernetes"))
 
 
 @pytest.fixture
@@ -415,6 +418,28 @@ def test_deploy_pool_limit(recorder, capsys, argv, limit, says):
     assert cli.main(["deploy", *argv]) == 0
     assert recorder.pools == [("desra", limit)]
     assert says in capsys.readouterr().out
+
+
+def test_deploy_makes_a_kubernetes_pool_when_told(recorder, capsys):
+    from desra.pool import KubernetesJob
+
+    assert cli.main(["deploy", "--pool-type", "kubernetes", "--image", "registry.example/desra-worker:1.0",
+                     "--env", "AWS_ENDPOINT_URL=http://minio:9000", "--env-secret", "desra-s3"]) == 0
+    assert recorder.pool_options == [{"pool_type": "kubernetes", "kubernetes": KubernetesJob(
+        image="registry.example/desra-worker:1.0", env=(("AWS_ENDPOINT_URL", "http://minio:9000"),),
+        env_secret="desra-s3")}]
+    [(deploy, _, _)] = recorder.calls
+    assert deploy[-1] == "--all"  # the deployments are the same; only the pool runs them differently
+    out = capsys.readouterr().out
+    assert "created work pool 'desra' (type kubernetes; image registry.example/desra-worker:1.0" in out, out
+    assert "prefect worker start --pool desra --type kubernetes" in out, out
+    assert cli.main(["deploy"]) == 0 and recorder.pool_options[-1] == {}  # process: ensure_pool as before
+
+
+def test_deploy_refuses_kubernetes_options_on_a_process_pool(deploy_env, monkeypatch, capsys):
+    monkeypatch.setattr(subprocess, "run", _never_run)
+    assert cli.main(["deploy", "--image", "registry.example/desra-worker:1.0"]) == 2
+    assert "--image only with a kubernetes pool" in capsys.readouterr().err
 
 
 def test_deploy_refuses_a_negative_pool_limit(deploy_env, monkeypatch, capsys):

@@ -5,6 +5,8 @@ the pool created by ``desra deploy``): an anonymous or wrongly authenticated req
 ``prefect deployment run`` without credentials starts nothing; a flow run that asks for another command, its
 own environment or working folder is refused by the API (422), and one slipped in through an endpoint that
 does not validate job variables runs the normal flow, and the injected command and environment never act.
+The Kubernetes pool (``python -m desra.pool --type kubernetes``) is checked on the same server up to the job
+that its worker would submit: no Kubernetes cluster exists here.
 """
 
 from __future__ import annotations
@@ -175,6 +177,83 @@ def test_an_open_pool_is_locked_by_ensure_pool(stack: Stack):
     assert again.returncode == 0, again.stderr
     assert again.stdout.strip() == ("work pool 'desra-open' already locked (runs cannot set command, env, "
                                     "working_dir; at most 3 flow run(s) at once)"), again.stdout
+
+
+K8S_INJECTIONS = {"image": "evil.example/miner:latest", "command": "sh -c 'id'", "env": {"LD_PRELOAD": "/tmp/evil.so"},
+                  "service_account_name": "cluster-admin", "namespace": "kube-system"}
+
+
+def test_a_kubernetes_pool_is_locked_on_the_server(stack: Stack):
+    """The Kubernetes pool on a real server. No cluster exists here: what the worker would submit is the job
+    configuration that prefect-kubernetes's ``resolve_for_flow_run`` builds from the server's pool, deployment
+    and flow run (the worker's own path up to the Kubernetes API call)."""
+    import asyncio
+
+    from prefect import get_client
+    from prefect.exceptions import PrefectHTTPStatusError
+    from prefect.states import Scheduled
+    from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
+
+    from desra.pool import GPU_RESOURCE, KubernetesJob, locked_kubernetes_job_template
+
+    image = "registry.example/desra-worker:1.0"
+    created = subprocess.run([sys.executable, "-m", "desra.pool", "--name", "desra-k8s", "--type", "kubernetes",
+                              "--image", image, "--limit", "2"],
+                             cwd=stack.root, env=stack.env, capture_output=True, text=True, timeout=120)
+    deployment_id = None
+    try:
+        assert created.returncode == 0, created.stderr
+        assert created.stdout.startswith(f"created work pool 'desra-k8s' (type kubernetes; image {image}"), created
+        with stack.client() as client:
+            pool = client.read_work_pool("desra-k8s")
+            assert pool.type == "kubernetes" and pool.concurrency_limit == 2 and is_locked(pool.base_job_template)
+            assert pool.base_job_template == locked_kubernetes_job_template(KubernetesJob(image=image))
+            full = client.read_deployment_by_name("desra/full")
+            common = dict(flow_id=full.flow_id, work_pool_name="desra-k8s", work_queue_name="default",
+                          entrypoint=full.entrypoint, parameters=full.parameters, pull_steps=full.pull_steps)
+            with pytest.raises(PrefectHTTPStatusError) as refused:  # a deployment that names an image
+                client.create_deployment(name="k8s-evil", job_variables={"image": "evil"}, **common)
+            assert refused.value.response.status_code == 422, refused.value
+            deployment_id = client.create_deployment(name="k8s", **common)
+            before = len(client.read_flow_runs())
+            for variable, value in K8S_INJECTIONS.items():
+                with pytest.raises(PrefectHTTPStatusError) as refused:
+                    client.create_flow_run_from_deployment(deployment_id, job_variables={variable: value})
+                assert refused.value.response.status_code == 422, (variable, refused.value)
+                assert variable in refused.value.response.text, refused.value.response.text
+            assert len(client.read_flow_runs()) == before
+            # one slipped past validation (POST /flow_runs/ does not validate job variables)
+            body = {"flow_id": str(full.flow_id), "deployment_id": str(deployment_id), "name": "injected-k8s",
+                    "parameters": full.parameters, "work_pool_name": "desra-k8s", "work_queue_name": "default",
+                    "state": Scheduled().model_dump(mode="json", include={"type", "name", "state_details"}),
+                    "job_variables": K8S_INJECTIONS}
+            response = client.request("POST", "/flow_runs/", json=body)
+            assert response.status_code in (200, 201), response.text
+            run = client.read_flow_run(response.json()["id"])
+            assert run.job_variables["image"] == K8S_INJECTIONS["image"]  # stored as sent
+
+        async def resolve():
+            async with get_client() as async_client:
+                return await KubernetesWorkerJobConfiguration.resolve_for_flow_run(
+                    run, client=async_client, work_pool=pool, worker_name="k8s-worker")
+
+        with stack.settings():
+            job = asyncio.run(resolve())
+        [container] = job.job_manifest["spec"]["template"]["spec"]["containers"]
+        assert container["image"] == image and container["resources"] == {"limits": {GPU_RESOURCE: 1}}
+        assert container["args"] == ["prefect", "flow-run", "execute"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert "LD_PRELOAD" not in env and env["PREFECT__FLOW_RUN_ID"] == str(run.id)
+        assert "serviceAccountName" not in job.job_manifest["spec"]["template"]["spec"]
+        assert job.namespace == "default" == job.job_manifest["metadata"]["namespace"]
+    finally:
+        with stack.client() as client:
+            for flow_run in client.read_flow_runs():
+                if flow_run.work_pool_name == "desra-k8s":
+                    client.delete_flow_run(flow_run.id)
+            if deployment_id is not None:
+                client.delete_deployment(deployment_id)
+            client.delete_work_pool("desra-k8s")
 
 
 def test_deploy_brings_the_crash_window_to_the_heartbeat(stack: Stack):
