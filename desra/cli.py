@@ -20,6 +20,7 @@ from pathlib import Path
 from desra.pipeline.options import FinetuneFields, RunOptions, check_options, option_fields, options_of
 from desra.pipeline.text import inert
 from desra_core import ConfigError, DesraError
+from desra_core.finetune.options import TEXTURE_DEFAULT
 
 __all__ = ["build_parser", "main"]
 
@@ -44,10 +45,11 @@ _ALIASES = {"mse_model": ("--mse",), "gan_model": ("--gan",), "labels_dir": ("--
             "validate_dir": ("--validate",), "validate_labels_dir": ("--validate-labels",)}
 """Older spellings of the options' flags, kept working."""
 _SWITCHES = {"perceptual": (("--perceptual",), 1.0, ("--no-perceptual",)),
-             "gan": (("--adversarial", "--gan-weight"), 0.1, ("--no-adversarial", "--no-gan"))}
-"""Loss weights that a bare flag switches to the Real-ESRGAN recipe's value (``--perceptual``: 1.0), a flag with a
-value sets (``--perceptual 0.5``) and ``--no-…`` switches off; the adversarial weight's flag is ``--adversarial``
-(``--gan`` names the GAN model)."""
+             "gan": (("--adversarial", "--gan-weight"), 0.1, ("--no-adversarial", "--no-gan")),
+             "texture": (("--texture",), TEXTURE_DEFAULT, ("--no-texture",))}
+"""Loss weights that a bare flag switches to the Real-ESRGAN recipe's value (``--perceptual``: 1.0; ``--texture``:
+desra's texture weight), a flag with a value sets (``--perceptual 0.5``) and ``--no-…`` switches off; none of them
+given: automatic (None). The adversarial weight's flag is ``--adversarial`` (``--gan`` names the GAN model)."""
 _EXCLUSIVE = (("segmenter", "labels_dir"), ("min_area", "min_area_fraction"))
 """Options of which a command line gives at most one (with ``--no-semantic`` in the first group)."""
 
@@ -74,9 +76,11 @@ def _add_option(p, name: str, info, help_suffix: str = "", *, repeat: bool = Fal
         return
     if name in _SWITCHES:
         flags, on, off = _SWITCHES[name]
+        if info.default is None:
+            text = text.replace("%(default)s", "auto")
         p.add_argument(*flags, dest=name, type=float, nargs="?", const=on, default=info.default, metavar="WEIGHT",
                        help=f"{text}; the flag alone: {on}")
-        p.add_argument(*off, dest=name, action="store_const", const=0.0, default=argparse.SUPPRESS,
+        p.add_argument(*off, dest=name, action="store_const", const=0.0, default=info.default,
                        help=f"no such term ({name} = 0)")
         return
     kind = _value_type(info)
@@ -449,7 +453,7 @@ class _LossBar:
     def __call__(self, record: Mapping[str, float]) -> None:
         self.bar.update(1)
         self.bar.set_postfix(l1=f"{record['l1']:.4f}", perc=f"{record['perceptual']:.3f}",
-                             gan=f"{record['gan']:.3f}")
+                             gan=f"{record['gan']:.3f}", tex=f"{record.get('texture', 0.0):.3f}")
         val = record.get("val_artifact_fraction", float("nan"))
         if val == val:  # validated at this step (NaN otherwise): keep showing the latest figures
             self.val = f"{val:.4f}/{record['val_detail_ratio']:.2f}"

@@ -33,9 +33,11 @@ def finetune(
     settings they are read from its store and nothing is super-resolved or detected again.
 
     The fine-tuning options are :class:`~desra_core.finetune.options.FinetuneOptions` (the same names, the
-    same defaults as ``desra finetune``: the best row of the README's measured table, L1 only, no EMA);
-    ``perceptual`` and ``gan`` weight the Real-ESRGAN recipe's other terms (1.0 and 0.1 there) where their
-    weights are available (``vgg_weights``, ``discriminator``). The run is ``desra finetune``'s own
+    same defaults as ``desra finetune``, no EMA); ``perceptual`` and ``gan`` weight the Real-ESRGAN recipe's
+    other terms (1.0 and 0.1 there), ``texture`` a texture term that needs no pretrained network. Left empty
+    (None) they are automatic (:meth:`~desra_core.finetune.options.FinetuneOptions.objective`): the recipe where
+    VGG19 weights are available (``vgg_weights`` or torchvision's cache; the adversarial term on CUDA only),
+    else L1 + texture; the model card records the weights used and why. The run is ``desra finetune``'s own
     (:func:`desra.pipeline.finetuning.run_finetuning`): its files go to ``OUT/finetune/<gan>-<key>/``, and a run
     started again with the same inputs resumes from its checkpoint.
 

@@ -72,7 +72,10 @@ def finetune_folder(output_dir: str | Path, settings: Settings, options: Finetun
                     data: FinetuneData) -> Path:
     """``OUT/finetune/<gan>-<key>``: the folder of the run that these inputs define (see the module docstring)."""
     training = {k: v for k, v in options.as_dict().items() if k not in ("iterations", "checkpoint_every")}
-    facts = {"gan_sha256": gan.file_sha256(), "training": training,
+    # the loss weights as resolved on this device: automatic ones differ by device and by whether VGG19 weights
+    # are at hand, and a checkpoint trained under one objective must not be resumed under another
+    objective = {k: v for k, v in options.objective(str(settings.device)).items() if k != "why"}
+    facts = {"gan_sha256": gan.file_sha256(), "training": training, "objective": objective,
              "settings": {k: v for k, v in settings.options().items() if k != "device"},
              "train": {s: file_sha256(p) for s, p in sorted(data.train_files.items())},
              "validation": {s: file_sha256(p) for s, p in sorted(data.validation_files.items())}}
@@ -82,8 +85,8 @@ def finetune_folder(output_dir: str | Path, settings: Settings, options: Finetun
 
 
 def _write_log(log: list[dict[str, Any]], path: Path) -> None:
-    frame = pd.DataFrame(log, columns=None if log else ["step", "l1", "perceptual", "gan", "d_loss", "lr", "seconds",
-                                                          *VALIDATION_COLUMNS])
+    frame = pd.DataFrame(log, columns=None if log else ["step", "l1", "perceptual", "gan", "texture", "d_loss", "lr",
+                                                          "seconds", *VALIDATION_COLUMNS])
     with atomic_path(path) as tmp:
         frame.to_parquet(tmp, index=False)
 
@@ -94,7 +97,9 @@ def run_finetuning(settings: Settings, input_dir: str | Path, output_dir: str | 
                    warn: Callable[[str], None] = lambda message: None) -> FinetuneRun:
     """Fine-tune ``settings.gan_model`` on the pseudo-GT of ``input_dir`` (all images, or only ``stems``), judged
     on images it never trained on, and write the results in :func:`finetune_folder`. ``settings`` are admitted
-    (:func:`desra.pipeline.admission.admit`): their device, resolved there, is used as it is.
+    (:func:`desra.pipeline.admission.admit`): their device, resolved there, is used as it is, also to resolve the
+    automatic loss weights (:meth:`~desra_core.finetune.options.FinetuneOptions.objective`, recorded in the model
+    card's settings as ``objective``).
 
     ``say`` and ``warn`` receive one line each about the data (the CLI prints them, a flow logs them); images the
     pipeline fails on are left out with a ``warn``. ``progress`` gets each step's log record.
@@ -103,8 +108,9 @@ def run_finetuning(settings: Settings, input_dir: str | Path, output_dir: str | 
         ConfigError: bad options (before anything is computed), a split that leaves nothing to train on.
         DesraError: no image the pipeline could process.
     """
-    config = options.config()
     device = settings.device  # admitted: resolved by desra.pipeline.admission
+    objective = options.objective(str(device))
+    config = options.config(device=str(device))
     output_dir = Path(output_dir)
     data = prepare_finetuning(settings, input_dir, output_dir, run_id=f"finetune-{time.strftime('%Y%m%dT%H%M%S')}",
                               stems=stems, holdout=options.holdout, seed=options.split_seed,
@@ -124,7 +130,7 @@ def run_finetuning(settings: Settings, input_dir: str | Path, output_dir: str | 
         gan=gan, mse=Models(settings).sr_model("mse"), data=data, config=config, out_dir=folder, device=str(device),
         discriminator_path=options.discriminator, progress=progress,
         record={"device": str(device), "gan": settings.gan_model, "mse": settings.mse_model,
-                "discriminator": options.discriminator, "options": options.as_dict()})
+                "discriminator": options.discriminator, "options": options.as_dict(), "objective": objective})
     log = folder / LOG_NAME
     _write_log(delivery.result.log, log)
     return FinetuneRun(folder=folder, data=data, delivery=delivery, log=log)

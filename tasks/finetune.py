@@ -7,6 +7,7 @@ from prefect.cache_policies import NO_CACHE
 
 from desra.pipeline.finetuning import run_finetuning
 from desra.pipeline.settings import Settings
+from desra.pipeline.text import inert
 from desra.tasks.models import gpu_slot
 from desra_core.finetune.options import FinetuneOptions
 
@@ -15,9 +16,10 @@ __all__ = ["finetune_generator"]
 
 def _curve_markdown(log: list[dict], rows: int = 20) -> str:
     every = max(len(log) // rows, 1)
-    lines = ["| step | L1 | perceptual | GAN | D |", "|---:|---:|---:|---:|---:|"]
+    lines = ["| step | L1 | perceptual | GAN | texture | D |", "|---:|---:|---:|---:|---:|---:|"]
     for r in log[every - 1::every]:
-        lines.append(f"| {r['step']} | {r['l1']:.4f} | {r['perceptual']:.4f} | {r['gan']:.4f} | {r['d_loss']:.4f} |")
+        lines.append(f"| {r['step']} | {r['l1']:.4f} | {r['perceptual']:.4f} | {r['gan']:.4f} | "
+                     f"{r.get('texture', 0.0):.4f} | {r['d_loss']:.4f} |")
     return "\n".join(lines)
 
 
@@ -61,8 +63,10 @@ def finetune_generator(input_dir: str, output_dir: str, settings: Settings, opti
     if result.chosen is None:
         logger.warning("fine-tuning shipped nothing: %s", result.reason)
     evidence = card.get("evidence") or {}
+    objective = (card["settings"].get("objective") or {}).get("why")
     create_markdown_artifact(
         f"# Fine-tuning `{settings.gan_model}`\n\n{outcome}\n\n{result.reason}.\n\n"
+        + (f"Objective: {inert(objective)}.\n\n" if objective else "") +
         f"{len(data.pairs)} training image(s) (mean artifact fraction {before:.4f}); validation on "
         f"{', '.join(sorted(data.validation_files))} ({data.how['mode']}; "
         f"{evidence.get('images_with_artifacts', '?')} with artifacts, "

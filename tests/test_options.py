@@ -13,13 +13,14 @@ from pydantic import Field
 
 import desra.cli as cli
 from desra.cli import build_parser, main
+from desra.finetuning import finetune_options
 from desra.flows.batch import desra_batch
 from desra.flows.finetune import finetune
 from desra.flows.full import desra
 from desra.pipeline.options import FinetuneFields, RunOptions, check_options, option_fields, with_options
 from desra.pipeline.settings import Settings
 from desra_core import ConfigError
-from desra_core.finetune.options import DEFAULTS, FinetuneOptions
+from desra_core.finetune.options import DEFAULTS, TEXTURE_DEFAULT, FinetuneOptions
 
 NO_SR = ("mse_model", "gan_model", "tile", "overlap")  # desra detect: the SR results are given
 # What each command takes besides the options (its folders, and the run's batch size).
@@ -176,6 +177,32 @@ def test_the_command_line_refuses_a_bad_value_naming_its_flag(capsys):
     assert "expected --holdout below 1.0, got 1.0" in capsys.readouterr().err
     assert main(["evaluate", "--images", "i", "--out", "o", "--no-semantic", "--gan", "a", "--gan", ""]) == 2
     assert "--gan-model" in capsys.readouterr().err
+
+
+def test_the_loss_weights_are_auto_unless_given_and_texture_has_its_switch(capsys):
+    commands = build_parser()
+    base = ["finetune", "--images", "i", "--no-semantic", "--out", "o"]
+    args = commands.parse_args(base)
+    assert (args.perceptual, args.gan, args.texture) == (None, None, None)  # auto, passed through as None
+    assert finetune_options(args) == DEFAULTS
+    assert finetune_options(commands.parse_args([*base, "--no-texture"])) == DEFAULTS.replace(texture=0.0)
+    assert commands.parse_args([*base, "--texture"]).texture == TEXTURE_DEFAULT
+    assert commands.parse_args([*base, "--texture", "0.25"]).texture == 0.25
+    assert commands.parse_args([*base, "--no-texture"]).texture == 0.0
+    with pytest.raises(SystemExit):
+        commands.parse_args([*base, "--help"])
+    shown = capsys.readouterr().out
+    assert "--texture [WEIGHT]" in shown and "--no-texture" in shown and "(default: auto)" in shown
+    assert main([*base, "--texture", "-1"]) == 2
+    assert "expected --texture at least 0" in capsys.readouterr().err
+    assert check_options(FinetuneFields, {"texture": None, "gan": 0.1})["texture"] is None
+    with pytest.raises(ConfigError, match="texture"):
+        check_options(FinetuneFields, {"texture": -0.5})
+    schema = finetune.parameters.model_dump()["properties"]
+    assert schema["texture"]["default"] is None and "auto" in schema["texture"]["description"]
+    assert finetune.validate_parameters({"input_dir": "a", "output_dir": "b", "texture": 0.5})["texture"] == 0.5
+    with pytest.raises(ParameterTypeError, match="texture"):
+        finetune.validate_parameters({"input_dir": "a", "output_dir": "b", "texture": -1})
 
 
 def test_older_flags_still_work():

@@ -1,11 +1,14 @@
-"""Losses of the Real-ESRGAN fine-tuning recipe that DeSRA uses: L1 + VGG19 perceptual + GAN.
+"""Losses of the Real-ESRGAN fine-tuning recipe that DeSRA uses: L1 + VGG19 perceptual + GAN, and a texture term.
 
 * :class:`PerceptualLoss` — distance between VGG19 features taken *before* their ReLU
   (layers ``conv1_2 … conv5_4``, weights 0.1/0.1/1/1/1 in Real-ESRGAN's configuration).
 * :func:`gan_loss_vanilla` / :func:`discriminator_loss` — the "vanilla" (binary cross-entropy)
   GAN objective on the U-Net discriminator's per-pixel logits.
-* :class:`LossWeights` — how the three generator terms are mixed
-  (Real-ESRGAN: ``l1=1, perceptual=1, gan=0.1``).
+* :func:`texture_loss` — a texture-keeping term that needs no pretrained network (Laplacian-pyramid bands
+  and local standard deviations), for machines without VGG19 weights.
+* :func:`vgg19_weights_available` — where the VGG19 weights are, without loading or downloading them.
+* :class:`LossWeights` — how the generator terms are mixed
+  (Real-ESRGAN: ``l1=1, perceptual=1, gan=0.1``; ``texture`` 0).
 
 Tensors are ``(B, C, H, W)``; images are RGB in [0, 1].
 """
@@ -29,11 +32,14 @@ from ..errors import ConfigError, ModelLoadError, ShapeError, ShapeMismatchError
 
 __all__ = [
     "DEFAULT_LAYER_WEIGHTS",
+    "TEXTURE_MIN_SIDE",
     "VGG19_LAYER_INDEX",
     "LossWeights",
     "PerceptualLoss",
     "discriminator_loss",
     "gan_loss_vanilla",
+    "texture_loss",
+    "vgg19_weights_available",
 ]
 
 # Index of each conv layer inside ``torchvision.models.vgg19().features``; the output of that
@@ -68,6 +74,19 @@ def _offline_message(exc: BaseException) -> str:
         f"(2) place '{file_name}' (from {weights.url}) into torch's hub checkpoints folder {checkpoints}; "
         f"(3) disable the perceptual term (LossWeights(perceptual=0))."
     )
+
+
+def vgg19_weights_available(weights_path: str | PathLike[str] | None) -> str | None:
+    """Where :class:`PerceptualLoss` would take its VGG19 weights from without downloading them, else None.
+
+    ``weights_path`` given: that path, as given (a missing or bad file is reported when the loss is made);
+    otherwise the file of torchvision's ``VGG19_Weights.IMAGENET1K_V1`` in torch's hub cache
+    (``<torch.hub.get_dir()>/checkpoints/<basename of its url>``) when it is there. Nothing is loaded.
+    """
+    if weights_path is not None and str(weights_path):
+        return str(weights_path)
+    cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(VGG19_Weights.IMAGENET1K_V1.url))
+    return cached if os.path.isfile(cached) else None
 
 
 def _load_vgg19_features_state(weights_path: str | PathLike[str] | None) -> dict[str, Tensor]:
@@ -243,11 +262,99 @@ def discriminator_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
     return gan_loss_vanilla(real_logits, True) + gan_loss_vanilla(fake_logits, False)
 
 
+TEXTURE_MIN_SIDE = 12
+"""The least height and width :func:`texture_loss` takes (its third pyramid level must allow reflect padding)."""
+
+_PYRAMID_LEVELS = 3
+_BAND_KERNEL = (5, 1.0)  # (side, sigma) of the blur that splits off a pyramid band
+_STD_WINDOW = (11, 1.5)  # (side, sigma) of the Gaussian window of the local standard deviation
+_STD_EPS = 1e-6
+
+
+def _gaussian_kernel(side: int, sigma: float, channels: int, device: torch.device) -> Tensor:
+    """A normalised ``side × side`` Gaussian, as a depthwise ``(channels, 1, side, side)`` float32 kernel."""
+    x = torch.arange(side, dtype=torch.float32, device=device) - (side - 1) / 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    g = g / g.sum()
+    return torch.outer(g, g).expand(channels, 1, side, side).contiguous()
+
+
+def _filter(x: Tensor, kernel: Tensor) -> Tensor:
+    """Depthwise convolution of ``x`` with ``kernel`` (one per channel), reflect-padded to keep the size."""
+    pad = kernel.shape[-1] // 2
+    return F.conv2d(F.pad(x, (pad, pad, pad, pad), mode="reflect"), kernel, groups=x.shape[1])
+
+
+def _bands(x: Tensor, kernel: Tensor) -> list[Tensor]:
+    """The Laplacian-pyramid bands of ``x``: per level ``x - blur(x)``; the next level is ``avg_pool(blur(x), 2)``."""
+    bands = []
+    for level in range(_PYRAMID_LEVELS):
+        blurred = _filter(x, kernel)
+        bands.append(x - blurred)
+        if level + 1 < _PYRAMID_LEVELS:
+            x = F.avg_pool2d(blurred, 2)
+    return bands
+
+
+def _local_std(x: Tensor, window: Tensor) -> Tensor:
+    """Per-channel local standard deviation under a Gaussian window: ``sqrt(max(E[x²] - E[x]², 0) + eps)``."""
+    mean = _filter(x, window)
+    var = (_filter(x * x, window) - mean * mean).clamp(min=0)
+    return torch.sqrt(var + _STD_EPS)
+
+
+def texture_loss(sr: Tensor, target: Tensor) -> Tensor:
+    """A texture-keeping loss that needs no pretrained network: it penalises lost (or invented) fine detail.
+
+    With ``G_σ`` a normalised Gaussian filter applied per channel with reflect padding::
+
+        x_0 = x,   band_k(x) = x_k - G_1.0^{5×5} * x_k,   x_{k+1} = avg_pool_2(G_1.0^{5×5} * x_k)   (k = 0, 1, 2)
+        std(x)   = sqrt(max(G_1.5^{11×11} * x² - (G_1.5^{11×11} * x)², 0) + 1e-6)
+        loss     = (1/3) Σ_k mean|band_k(sr) - band_k(target)|  +  mean|std(sr) - std(target)|
+
+    The band term matches detail at three scales; the local-std term rewards as much local contrast as the
+    target has, which L1 alone (whose optimum is the conditional median) lets fade. It is differentiable and
+    computed in float32 with autocast off, so it behaves the same under mixed precision, on the CPU or CUDA.
+
+    Args:
+        sr: ``(B, C, H, W)`` prediction in [0, 1] (gradients flow back to it).
+        target: ``(B, C, H, W)`` target in [0, 1], same shape (treated as a constant).
+
+    Returns:
+        A float32 scalar tensor, 0 for identical inputs.
+
+    Raises:
+        ShapeError: not 4-d, or a side below :data:`TEXTURE_MIN_SIDE`.
+        ShapeMismatchError: sr and target differ in shape.
+    """
+    if sr.ndim != 4:
+        raise ShapeError(f"expected a (B, C, H, W) tensor, got shape {tuple(sr.shape)}")
+    if sr.shape != target.shape:
+        raise ShapeMismatchError(
+            f"expected sr and target of equal shape, got {tuple(sr.shape)} and {tuple(target.shape)}"
+        )
+    if min(sr.shape[-2:]) < TEXTURE_MIN_SIDE:
+        raise ShapeError(f"expected images of at least {TEXTURE_MIN_SIDE} pixels a side for the texture loss, "
+                         f"got shape {tuple(sr.shape)}")
+    with torch.autocast(sr.device.type, enabled=False):
+        pred, ref = sr.float(), target.detach().float()
+        channels = pred.shape[1]
+        band_kernel = _gaussian_kernel(*_BAND_KERNEL, channels, pred.device)
+        window = _gaussian_kernel(*_STD_WINDOW, channels, pred.device)
+        pyramid = pred.new_zeros(())
+        for p, t in zip(_bands(pred, band_kernel), _bands(ref, band_kernel), strict=True):
+            pyramid = pyramid + F.l1_loss(p, t)
+        pyramid = pyramid / _PYRAMID_LEVELS
+        contrast = F.l1_loss(_local_std(pred, window), _local_std(ref, window))
+        return pyramid + contrast
+
+
 @dataclass(frozen=True, kw_only=True)
 class LossWeights:
-    """Weights of the generator's loss terms: ``l1·L1 + perceptual·L_percep + gan·L_GAN``.
+    """Weights of the generator's loss terms: ``l1·L1 + perceptual·L_percep + gan·L_GAN + texture·L_texture``.
 
-    Defaults are Real-ESRGAN's (1, 1, 0.1). A weight of 0 disables its term.
+    Defaults are Real-ESRGAN's (1, 1, 0.1) with no texture term (0; :func:`texture_loss`, the term for
+    machines without VGG19 weights). A weight of 0 disables its term.
 
     Raises:
         ConfigError: a weight that is not a finite number ≥ 0.
@@ -256,9 +363,10 @@ class LossWeights:
     l1: float = 1.0
     perceptual: float = 1.0
     gan: float = 0.1
+    texture: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("l1", "perceptual", "gan"):
+        for name in ("l1", "perceptual", "gan", "texture"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
                 raise ConfigError(f"expected a finite number for LossWeights.{name}, got {value!r}")

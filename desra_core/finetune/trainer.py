@@ -1,8 +1,8 @@
 """DeSRA's "delete" step: fine-tune a GAN-SR generator on (LR, pseudo-GT) pairs (Real-ESRGAN recipe).
 
 Per iteration: a batch of scale-aligned crops (biased towards artifact pixels) → generator loss
-``l1·L1 + perceptual·VGG19 + gan·vanilla-GAN`` (the adversarial term only after a discriminator
-warm-up) → Adam step → discriminator step on real pseudo-GT crops against detached generator output →
+``l1·L1 + perceptual·VGG19 + gan·vanilla-GAN + texture·texture_loss`` (the adversarial term only after a
+discriminator warm-up) → Adam step → discriminator step on real pseudo-GT crops against detached generator output →
 EMA update of the generator. Every ``validate_every`` steps (and at the last) a :class:`Validator` scores
 the trained weights (and the EMA's, when on) on images never trained on; the log gets those columns and
 the best qualifying checkpoint (:func:`~desra_core.finetune.validation.choose_checkpoint`) is kept.
@@ -31,7 +31,7 @@ import torch
 from ..errors import ConfigError
 from .data import CropConfig, PairSampler, TrainingPair
 from .ema import EMA
-from .losses import LossWeights, PerceptualLoss, discriminator_loss, gan_loss_vanilla
+from .losses import TEXTURE_MIN_SIDE, LossWeights, PerceptualLoss, discriminator_loss, gan_loss_vanilla, texture_loss
 from .networks import UNetDiscriminatorSN, load_discriminator
 from .options import DEFAULTS
 from .validation import Candidate, Evidence, ValidationScore, Validator, choose_checkpoint, worst_detail
@@ -48,12 +48,15 @@ the mean artifact fraction, the mean detail ratio and the detail ratio of the im
 @dataclass(frozen=True, kw_only=True)
 class FinetuneConfig:
     """Settings of a fine-tuning run. The defaults are desra's only ones,
-    :data:`~desra_core.finetune.options.DEFAULTS` (L1 only, batch 4, HR crop 128, EMA off); Real-ESRGAN's
-    recipe is batch 12, crop 256, EMA 0.999 and ``LossWeights()`` (perceptual 1, GAN 0.1).
+    :data:`~desra_core.finetune.options.DEFAULTS` (batch 4, HR crop 128, EMA off; the loss weights those of its
+    automatic objective on the CPU, :meth:`~desra_core.finetune.options.FinetuneOptions.objective`: perceptual 1
+    where VGG19 weights are available, else L1 + texture); Real-ESRGAN's recipe is batch 12, crop 256, EMA 0.999
+    and ``LossWeights()`` (perceptual 1, GAN 0.1).
 
     ``ema`` 0 turns the EMA off (the saved generator is then the trained one); ``discriminator_warmup``
     steps train the discriminator while the generator learns without the adversarial term (used only
-    with a fresh discriminator); ``weights.perceptual`` 0 skips VGG entirely. ``validate_every``: steps
+    with a fresh discriminator); ``weights.perceptual`` 0 skips VGG entirely; ``weights.texture`` > 0 needs a
+    ``crop`` of at least :data:`~desra_core.finetune.losses.TEXTURE_MIN_SIDE`. ``validate_every``: steps
     between validations (with a validator); ``min_detail_ratio``: the least detail, relative to the
     original model's, that a checkpoint must keep on every validation image to be chosen;
     ``min_artifact_images``: the validation images with artifacts beyond the measured noise that the
@@ -67,8 +70,7 @@ class FinetuneConfig:
     lr: float = DEFAULTS.lr
     betas: tuple[float, float] = (0.9, 0.99)
     ema: float = DEFAULTS.ema
-    weights: LossWeights = field(default_factory=lambda: LossWeights(perceptual=DEFAULTS.perceptual,
-                                                                     gan=DEFAULTS.gan))
+    weights: LossWeights = field(default_factory=lambda: DEFAULTS.loss_weights("cpu"))
     discriminator_warmup: int = 100
     checkpoint_every: int = DEFAULTS.checkpoint_every
     validate_every: int = DEFAULTS.validate_every
@@ -94,6 +96,9 @@ class FinetuneConfig:
             raise ConfigError(f"expected min_detail_ratio ≥ 0, got {self.min_detail_ratio}")
         if self.discriminator_warmup < 0:
             raise ConfigError(f"expected discriminator_warmup ≥ 0, got {self.discriminator_warmup}")
+        if self.weights.texture > 0 and self.crop < TEXTURE_MIN_SIDE:
+            raise ConfigError(f"expected crop ≥ {TEXTURE_MIN_SIDE} with the texture term on (or texture 0), "
+                              f"got crop {self.crop}")
 
 
 @dataclass(frozen=True)
@@ -157,7 +162,7 @@ def finetune(generator: torch.nn.Module, pairs: Sequence[TrainingPair], config: 
             last; the best qualifying checkpoint is kept (and saved in the checkpoint, for resuming).
 
     Returns:
-        :class:`FinetuneResult`; ``log`` holds ``step``, ``l1``, ``perceptual``, ``gan``, ``d_loss``,
+        :class:`FinetuneResult`; ``log`` holds ``step``, ``l1``, ``perceptual``, ``gan``, ``texture``, ``d_loss``,
         ``lr``, ``seconds`` and :data:`VALIDATION_COLUMNS` per step (resumed steps included, read from
         the checkpoint).
     """
@@ -227,7 +232,8 @@ def finetune(generator: torch.nn.Module, pairs: Sequence[TrainingPair], config: 
             l1 = torch.nn.functional.l1_loss(sr, hr_batch)
             l_perc = perceptual(sr, hr_batch) if perceptual is not None else sr.new_zeros(())
             l_gan = gan_loss_vanilla(disc(sr), True) if disc is not None and step >= warmup else sr.new_zeros(())
-            loss_g = w.l1 * l1 + w.perceptual * l_perc + w.gan * l_gan
+            l_tex = texture_loss(sr, hr_batch) if w.texture > 0 else sr.new_zeros(())
+            loss_g = w.l1 * l1 + w.perceptual * l_perc + w.gan * l_gan + w.texture * l_tex
         opt_g.zero_grad(set_to_none=True)
         if disc is not None:
             disc.requires_grad_(False)
@@ -247,7 +253,7 @@ def finetune(generator: torch.nn.Module, pairs: Sequence[TrainingPair], config: 
             ema.update(generator)
         step += 1
         record = {"step": step, "l1": l1.item(), "perceptual": l_perc.item(), "gan": l_gan.item(),
-                  "d_loss": d_loss, "lr": config.lr, "seconds": time.perf_counter() - start,
+                  "texture": l_tex.item(), "d_loss": d_loss, "lr": config.lr, "seconds": time.perf_counter() - start,
                   **dict.fromkeys(VALIDATION_COLUMNS, float("nan"))}
         if validator is not None and (step % config.validate_every == 0 or step == config.iterations):
             variants = [("trained", generator, "")] + ([("ema", ema.shadow, "ema_")] if ema is not None else [])

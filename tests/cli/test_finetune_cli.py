@@ -68,6 +68,11 @@ def test_finetune_ships_the_best_validated_checkpoint_then_evaluate(tmp_path, ca
     assert sorted(stems) == ["im0", "im1", "im2"] and len(card["validation_images"]) == 1
     assert card["validation_split"]["mode"] == "held-out" and card["validation_split"]["seed"] == 0
     assert card["settings"]["training"]["lr"] == 1e-2 and card["settings"]["detection"]["threshold"] == 0.9
+    objective = card["settings"]["objective"]  # the automatic weights as resolved for the run's device, and why
+    assert {k: card["settings"]["training"]["weights"][k] for k in ("perceptual", "gan", "texture")} == \
+        {k: objective[k] for k in ("perceptual", "gan", "texture")}
+    assert (objective["perceptual"], objective["gan"]) == (0.0, 0.0) and objective["why"]
+    assert "texture" in log.columns and (log["texture"] > 0).all() == (objective["texture"] > 0)
     assert set(card["train"]["per_image"]) == {i["stem"] for i in card["train_images"]}
     assert "fine_tuned" in next(iter(card["train"]["per_image"].values()))
     evidence = card["evidence"]  # what the validation could tell, and the noise it measured

@@ -13,11 +13,14 @@ from torchvision.models import VGG19_Weights
 
 from desra_core.errors import ConfigError, ModelLoadError, ShapeError, ShapeMismatchError
 from desra_core.finetune.losses import (
+    TEXTURE_MIN_SIDE,
     VGG19_LAYER_INDEX,
     LossWeights,
     PerceptualLoss,
     discriminator_loss,
     gan_loss_vanilla,
+    texture_loss,
+    vgg19_weights_available,
 )
 from desra_core.finetune.networks import UNetDiscriminatorSN, load_discriminator
 
@@ -249,12 +252,109 @@ def test_gan_losses_hand_checked():
 
 def test_loss_weights_defaults_and_validation():
     w = LossWeights()
-    assert (w.l1, w.perceptual, w.gan) == (1.0, 1.0, 0.1)
+    assert (w.l1, w.perceptual, w.gan, w.texture) == (1.0, 1.0, 0.1, 0.0)
     assert LossWeights(perceptual=0).perceptual == 0
-    for bad in ({"l1": -0.1}, {"gan": float("nan")}, {"perceptual": float("inf")}, {"gan": "0.1"}):
+    assert LossWeights(texture=2).texture == 2
+    for bad in ({"l1": -0.1}, {"gan": float("nan")}, {"perceptual": float("inf")}, {"gan": "0.1"},
+                {"texture": -1.0}, {"texture": float("nan")}, {"texture": True}):
         with pytest.raises(ConfigError):
             LossWeights(**bad)
     with pytest.raises(TypeError):
         LossWeights(1.0)  # type: ignore[misc]  # keyword-only
     with pytest.raises(AttributeError):
         w.l1 = 2.0  # type: ignore[misc]  # frozen
+
+
+# --------------------------------------------------------------------------- texture loss
+
+
+def _textured(seed: int = 0, size: int = 48) -> torch.Tensor:
+    """Images with detail at several scales: noise plus stripes, in [0, 1]."""
+    g = torch.Generator().manual_seed(seed)
+    stripes = (torch.arange(size) % 4 < 2).float().view(1, 1, 1, size).expand(2, 3, size, size)
+    return (0.5 * torch.rand(2, 3, size, size, generator=g) + 0.5 * stripes).clamp(0, 1)
+
+
+def _box_blur(x: torch.Tensor, side: int = 5) -> torch.Tensor:
+    return F.avg_pool2d(F.pad(x, (side // 2,) * 4, mode="replicate"), side, stride=1)
+
+
+def _mean_local_std(x: torch.Tensor) -> float:
+    """Mean local standard deviation over 5×5 boxes: an independent measure of local contrast."""
+    return float((_box_blur(x * x) - _box_blur(x) ** 2).clamp(min=0).sqrt().mean())
+
+
+def test_texture_loss_zero_for_identical_positive_for_blurred():
+    sharp = _textured()
+    assert float(texture_loss(sharp, sharp.clone())) == 0.0
+    blurred = _box_blur(sharp)
+    loss = float(texture_loss(blurred, sharp))
+    assert loss > 0.01
+    assert float(texture_loss(sharp, blurred)) > 0.01  # invented detail costs too
+    assert float(texture_loss(_box_blur(blurred), sharp)) > loss  # more blur, more loss
+    # L1 + texture: the texture term adds to L1 what a uniform brightness shift does not explain
+    shifted = (sharp + 0.1).clamp(0, 1)
+    assert float(texture_loss(shifted, sharp)) < loss
+
+
+def test_texture_loss_gradient_restores_local_contrast():
+    sharp = _textured(1)
+    pred = _box_blur(sharp).clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([pred], lr=0.01)
+    std_before = _mean_local_std(pred.detach())
+    loss = texture_loss(pred, sharp)
+    before = loss.item()
+    optimizer.zero_grad()
+    loss.backward()
+    assert pred.grad is not None and torch.isfinite(pred.grad).all() and pred.grad.abs().sum() > 0
+    optimizer.step()
+    assert texture_loss(pred, sharp).item() < before
+    assert _mean_local_std(pred.detach()) > std_before
+
+
+def test_texture_loss_target_is_a_constant_and_dtype_safe():
+    sharp, blurred = _textured(2), _box_blur(_textured(2))
+    pred, target = blurred.clone().requires_grad_(True), sharp.clone().requires_grad_(True)
+    texture_loss(pred, target).backward()
+    assert pred.grad is not None and target.grad is None
+    reference = texture_loss(blurred, sharp)
+    assert reference.dtype == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # computed in float32 whatever autocast would do
+        under_autocast = texture_loss(blurred, sharp)
+    assert under_autocast.dtype == torch.float32
+    torch.testing.assert_close(under_autocast, reference)
+    half = texture_loss(blurred.bfloat16(), sharp.bfloat16())
+    assert half.dtype == torch.float32
+    torch.testing.assert_close(half, reference, atol=0.01, rtol=0.05)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_texture_loss_on_cuda_matches_the_cpu():
+    sharp, blurred = _textured(3), _box_blur(_textured(3))
+    reference = texture_loss(blurred, sharp)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        on_cuda = texture_loss(blurred.cuda(), sharp.cuda())
+    assert on_cuda.dtype == torch.float32
+    torch.testing.assert_close(on_cuda.cpu(), reference, atol=1e-5, rtol=1e-4)
+
+
+def test_texture_loss_shape_errors():
+    x = torch.rand(1, 3, TEXTURE_MIN_SIDE, TEXTURE_MIN_SIDE)
+    assert torch.isfinite(texture_loss(x, torch.rand_like(x)))  # the smallest size works
+    with pytest.raises(ShapeMismatchError):
+        texture_loss(x, torch.rand(1, 3, TEXTURE_MIN_SIDE, TEXTURE_MIN_SIDE + 1))
+    with pytest.raises(ShapeError):
+        texture_loss(torch.rand(3, 16, 16), torch.rand(3, 16, 16))
+    small = torch.rand(1, 3, TEXTURE_MIN_SIDE - 1, 32)
+    with pytest.raises(ShapeError, match=str(TEXTURE_MIN_SIDE)):
+        texture_loss(small, small)
+
+
+def test_vgg19_weights_available_looks_only(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    assert vgg19_weights_available(None) is None
+    assert vgg19_weights_available("my/vgg.pth") == "my/vgg.pth"  # given: used as given (checked on loading)
+    cached = tmp_path / "hub" / "checkpoints" / Path(VGG19_Weights.IMAGENET1K_V1.url).name
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"")
+    assert vgg19_weights_available(None) == str(cached)

@@ -180,6 +180,19 @@ def test_chosen_checkpoint_follows_the_rule_and_holds_its_weights(tmp_path, vali
         assert again.artifact_fraction == result.chosen.score.artifact_fraction
 
 
+def test_the_texture_term_is_logged_and_trains(tmp_path):
+    textured = _config(iterations=3, checkpoint_every=3, ema=0.0, lr=3e-3,
+                       weights=LossWeights(perceptual=0, gan=0, texture=1.0))
+    plain = _config(iterations=3, checkpoint_every=3, ema=0.0, lr=3e-3, weights=LossWeights(perceptual=0, gan=0))
+    with_texture = finetune(_generator(), _pairs(), textured, work_dir=tmp_path / "texture")
+    without = finetune(_generator(), _pairs(), plain, work_dir=tmp_path / "plain")
+    assert all(math.isfinite(r["texture"]) and r["texture"] > 0 for r in with_texture.log)
+    assert all(r["texture"] == 0.0 for r in without.log)
+    assert with_texture.log[0]["l1"] == without.log[0]["l1"]  # same start, same first batch
+    trained = [dict(m.named_parameters()) for m in (with_texture.generator, without.generator)]
+    assert any(not torch.equal(v, trained[1][k]) for k, v in trained[0].items())  # the term moved the weights
+
+
 def test_saved_generator_loads_with_spandrel_like_the_original(tmp_path):
     cfg = _config(iterations=2, weights=LossWeights(perceptual=0), ema=0.0)
     result = finetune(_generator(), _pairs(), cfg, work_dir=tmp_path)
@@ -192,6 +205,7 @@ def test_saved_generator_loads_with_spandrel_like_the_original(tmp_path):
 
 
 def test_config_validation():
-    for kw in ({"iterations": 0}, {"batch": 0}, {"lr": 0.0}, {"discriminator_warmup": -1}):
+    for kw in ({"iterations": 0}, {"batch": 0}, {"lr": 0.0}, {"discriminator_warmup": -1},
+               {"crop": 8, "weights": LossWeights(texture=1.0)}):
         with pytest.raises(ConfigError):
             FinetuneConfig(**kw)
