@@ -7,6 +7,7 @@
 ``desra deploy``  register the Prefect deployments (work pool ``desra``) on a Prefect server
 ``desra finetune`` fine-tune a GAN-SR model on pseudo-GT from detected artifacts (DeSRA's delete step)
 ``desra evaluate`` artifact fraction and kept detail per image, before/after fine-tuning
+``desra watch``   turn a bucket's object-created notifications (S3 → SQS) into debounced desra.drop.landed events
 """
 
 from __future__ import annotations
@@ -483,6 +484,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return run_evaluate(args)
 
 
+def _cmd_watch(args: argparse.Namespace) -> int:
+    from desra.watch import run_watch
+
+    return run_watch(args)
+
+
 def _add_images_and_out(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", type=Path, required=True, help="folder of low-resolution real-world images")
     p.add_argument("--out", type=Path, required=True,
@@ -574,6 +581,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="images per desra-batch run when a deployment scales out; in this process the whole "
                         "drop streams at once (default: %(default)s)")
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("watch", help="emit one desra.drop.landed event per burst of uploads to a bucket's drop "
+                                     "folder (S3 notifications through SQS)",
+                       description="Consume the S3 object-created notifications that the bucket sends to "
+                                   "--queue-url and, for each drop folder under --drop (s3://bucket/prefix/<drop>), "
+                                   "emit one desra.drop.landed event (payload folder, output_dir) to the Prefect "
+                                   "API (PREFECT_API_URL) once it has had --quiet seconds without new objects, so "
+                                   "that desra/on-drop runs once per burst. Messages are deleted only after their "
+                                   "event reached the server; SIGTERM/SIGINT stop it after the current poll.")
+    from desra.watch import add_arguments as add_watch_arguments
+
+    add_watch_arguments(p)
+    p.set_defaults(func=_cmd_watch)
     return parser
 
 
