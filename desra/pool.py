@@ -109,6 +109,15 @@ def _default_kubernetes_template() -> dict[str, Any]:
     return KubernetesWorker.get_default_base_job_template()
 
 
+def _close_variables(template: dict[str, Any], open_names: Sequence[str]) -> None:
+    """Keep only ``open_names`` in ``template``'s variables schema (properties and required) and close it
+    (``additionalProperties: false``), so that the server refuses a run naming any other job variable."""
+    variables = template["variables"]
+    variables["properties"] = {k: v for k, v in variables["properties"].items() if k in open_names}
+    variables["additionalProperties"] = False
+    variables["required"] = [r for r in variables.get("required", []) if r in open_names]
+
+
 def _placeholders(value: Any) -> set[str]:
     """The names of the ``{{ … }}`` placeholders in ``value``, found by Prefect's own templating code (the
     server's check of a base job template and the worker's rendering use it)."""
@@ -135,10 +144,7 @@ def locked_base_job_template(default: dict[str, Any] | None = None) -> dict[str,
     if missing:
         raise ConfigError(f"expected the process worker's base job template (variables {OPEN_JOB_VARIABLES}), "
                           f"got one without {missing}")
-    template["variables"]["properties"] = {k: v for k, v in properties.items() if k in OPEN_JOB_VARIABLES}
-    template["variables"]["additionalProperties"] = False
-    template["variables"]["required"] = [r for r in template["variables"].get("required", [])
-                                         if r in OPEN_JOB_VARIABLES]
+    _close_variables(template, OPEN_JOB_VARIABLES)
     template["job_configuration"] = {k: v for k, v in job_configuration.items() if k not in LOCKED_JOB_VARIABLES}
     return template
 
@@ -222,10 +228,7 @@ def locked_kubernetes_job_template(job: KubernetesJob | None = None,
         raise ConfigError(f"expected prefect-kubernetes's base job template (variables "
                           f"{KUBERNETES_OPEN_JOB_VARIABLES}, one container), got one without {missing or 'that'}")
 
-    template["variables"]["properties"] = {k: v for k, v in properties.items() if k in KUBERNETES_OPEN_JOB_VARIABLES}
-    template["variables"]["additionalProperties"] = False
-    template["variables"]["required"] = [r for r in template["variables"].get("required", [])
-                                         if r in KUBERNETES_OPEN_JOB_VARIABLES]
+    _close_variables(template, KUBERNETES_OPEN_JOB_VARIABLES)
     template["variables"].pop("definitions", None)  # only cluster_config's block schema was defined there
 
     for key in ("command", "env", "labels", "annotations", "cluster_config"):

@@ -7,13 +7,12 @@ template and, as the control that shows each check can fail, on Prefect's defaul
 real server and worker: ``tests/integration/test_network.py``.
 """
 
-import asyncio
-import uuid
 
 import pytest
 
 from desra.pool import LOCKED_JOB_VARIABLES, OPEN_JOB_VARIABLES, is_locked, locked_base_job_template
 from desra_core import ConfigError
+from tests.deployments.jobs import render_job
 
 INJECTED = {"command": "sh -c 'id > /tmp/pwned'", "env": {"PYTHONPATH": "/tmp/evil"}, "working_dir": "/tmp/evil"}
 
@@ -31,16 +30,9 @@ def _default():
 
 def _job(template: dict, values: dict):
     """The job a process worker would start for a flow run with these job variables."""
-    from prefect.client.schemas.objects import FlowRun
     from prefect.workers.process import ProcessJobConfiguration
 
-    class NoAPI:  # the templates hold no block or variable references, so nothing may be asked of the API
-        def __getattr__(self, name):
-            raise AssertionError(f"the job configuration asked the API for {name}")
-
-    config = asyncio.run(ProcessJobConfiguration.from_template_and_values(template, values, client=NoAPI()))
-    config.prepare_for_flow_run(FlowRun(id=uuid.uuid4(), flow_id=uuid.uuid4(), name="x"))
-    return config
+    return render_job(ProcessJobConfiguration, template, values)
 
 
 def test_locked_template_keeps_only_harmless_variables():

@@ -12,8 +12,6 @@ as the control that shows it can fail.
 """
 
 import argparse
-import asyncio
-import uuid
 
 import pytest
 
@@ -32,6 +30,7 @@ from desra.pool import (
     locked_kubernetes_job_template,
 )
 from desra_core import ConfigError
+from tests.deployments.jobs import render_job
 
 # What a run's creator might send to take over the pod, or the cluster, under Prefect's default template.
 INJECTED = {
@@ -65,16 +64,9 @@ def _default():
 
 def _job(template: dict, values: dict):
     """The job configuration prefect-kubernetes's worker would submit for a flow run with these job variables."""
-    from prefect.client.schemas.objects import FlowRun
     from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
 
-    class NoAPI:  # the templates hold no block or variable references, so nothing may be asked of the API
-        def __getattr__(self, name):
-            raise AssertionError(f"the job configuration asked the API for {name}")
-
-    config = asyncio.run(KubernetesWorkerJobConfiguration.from_template_and_values(template, values, client=NoAPI()))
-    config.prepare_for_flow_run(FlowRun(id=uuid.uuid4(), flow_id=uuid.uuid4(), name="tidy-otter"))
-    return config
+    return render_job(KubernetesWorkerJobConfiguration, template, values, run_name="tidy-otter")
 
 
 def _container(config) -> dict:
