@@ -52,7 +52,8 @@ if sys.platform == "win32":  # not POSIX (Windows is not a target): local condit
 else:
     import fcntl
 
-__all__ = ["MAX_KEY_BYTES", "Bucket", "Claim", "Claims", "LocalBucket", "ObjectInfo", "S3Bucket", "check_key"]
+__all__ = ["MAX_KEY_BYTES", "Bucket", "Claim", "Claims", "LocalBucket", "ObjectInfo", "S3Bucket", "check_key",
+           "retry_config"]
 
 MAX_KEY_BYTES = 1024  # S3's limit on a key, the root prefix included
 _BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
@@ -211,7 +212,7 @@ _PRECONDITION = {"PreconditionFailed", "412"}
 _CONFLICT = {"ConditionalRequestConflict", "409"}  # a concurrent conditional write is in flight: try again
 
 
-def _retry_config() -> dict[str, Any]:
+def retry_config() -> dict[str, Any]:
     """The SDK's retries: its standard mode (exponential backoff with jitter on 5xx, throttling and dropped
     connections), unless the standard variables AWS_RETRY_MODE / AWS_MAX_ATTEMPTS choose otherwise."""
     if os.environ.get("AWS_RETRY_MODE") or os.environ.get("AWS_MAX_ATTEMPTS"):
@@ -248,7 +249,7 @@ class S3Bucket(Bucket):
                 except ImportError:
                     raise ConfigError(f"expected the s3 extra for {self.url} (pip install 'desra[s3]'), "
                                       "got no s3fs") from None
-                self._fs = s3fs.S3FileSystem(skip_instance_cache=True, config_kwargs=_retry_config())
+                self._fs = s3fs.S3FileSystem(skip_instance_cache=True, config_kwargs=retry_config())
             return self._fs
 
     def __getstate__(self) -> dict[str, Any]:
