@@ -757,6 +757,14 @@ def _worst(checkpoint: Mapping[str, Any]) -> str:
     return "—" if image is None else f"{image}: {'—' if _missing(ratio) else _number(ratio)}"
 
 
+def _objective(objective: Mapping[str, Any] | None) -> dict[str, str]:
+    """The loss weights a fine-tuning run used and why (the card's ``settings.objective``), as one entry."""
+    if not objective:
+        return {}
+    weights = ", ".join(f"{name} {objective[name]:g}" for name in ("perceptual", "gan", "texture") if name in objective)
+    return {"Objective": f"L1 + {weights} ({objective.get('why', '')})"}
+
+
 def render_finetune_page(card: Mapping[str, Any], pictures: Iterable[tuple[str, np.ndarray, np.ndarray]], *, title: str,
                          compare_side: int = COMPARE_SIDE) -> str:
     """A page for a fine-tuning run: which checkpoint was chosen and why, the evidence the validation
@@ -773,6 +781,7 @@ def render_finetune_page(card: Mapping[str, Any], pictures: Iterable[tuple[str, 
                "Chosen checkpoint": "none: no generator written" if chosen is None else
                f"step {chosen['step']} ({chosen['weights']} weights)",
                "Why": card.get("reason", ""),
+               **_objective(card.get("settings", {}).get("objective")),
                "Train images": ", ".join(i["stem"] for i in card["train_images"]),
                "Validation images": ", ".join(i["stem"] for i in card["validation_images"])}
     evidence = card.get("evidence")

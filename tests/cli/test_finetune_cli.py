@@ -9,6 +9,7 @@ detection finds, or, with a wrecking learning rate, really destroy the model.
 from __future__ import annotations
 
 import dataclasses
+import html
 import json
 
 import numpy as np
@@ -83,6 +84,7 @@ def test_finetune_ships_the_best_validated_checkpoint_then_evaluate(tmp_path, ca
     page = (run / "report.html").read_text()
     assert f"step {card['chosen']['step']} (trained weights)" in page and page.count('class="compare-range"') == 1
     assert "Worst detail (chosen)" in page and f"{val_stem} keeps " in page and "enough to judge" in page
+    assert f"texture {objective['texture']:g}" in page and html.escape(objective["why"], quote=True) in page
     assert "chosen: step" in captured and "1 with artifacts" not in captured
     assert f"fine-tuned generator: {run / 'generator.safetensors'}" in captured
 
