@@ -33,8 +33,9 @@ ROOTS_VARIABLE = "DESRA_ALLOWED_ROOTS"
 PATH_PARAMETERS = ("input_dir", "output_dir", "labels_dir", "mse_model", "gan_model", "segmenter", "validate_dir",
                    "validate_labels_dir", "vgg_weights", "discriminator")
 _MODEL_PARAMETERS = ("mse_model", "gan_model")
-# Folders that a run reads images from: none of them may overlap the output root (see check_apart).
-INPUT_PARAMETERS = ("input_dir", "labels_dir", "validate_dir", "validate_labels_dir")
+# Folders that a run reads images from: none of them may overlap the output root (see check_apart); mse_dir and
+# gan_dir are the SR result folders that `desra detect` reads.
+INPUT_PARAMETERS = ("input_dir", "labels_dir", "validate_dir", "validate_labels_dir", "mse_dir", "gan_dir")
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 _BACKEND = re.compile(r"([A-Za-z_][\w.-]+):(.+)")  # "backend:id_or_path", as load_segmenter reads it
 
@@ -145,8 +146,8 @@ def check_confined(paths: Mapping[str, str], roots: Roots, *,
 
 
 def check_apart(paths: Mapping[str, str | None]) -> None:
-    """Refuse a run whose output root and an input folder (``input_dir``, ``labels_dir``, ``validate_dir``,
-    ``validate_labels_dir``; parameter name → path, ``None`` or empty: not given) overlap: one is the other
+    """Refuse a run whose output root and an input folder (:data:`INPUT_PARAMETERS`; parameter name → path,
+    ``None`` or empty: not given) overlap: one is the other
     or lies inside it, compared after symbolic links and ``..`` by whole path components.
 
     An output root inside the drop would put the store (``.desra/store``, which later runs trust) where the

@@ -78,3 +78,27 @@ def test_an_output_folder_inside_the_input_folder_is_refused(tmp_path, capsys, f
                  "--device", "cpu"]) == 2
     assert "error: expected output_dir apart from input_dir, neither inside the other" in capsys.readouterr().err
     assert not (allowed / "in" / "out").exists()
+
+
+@pytest.mark.parametrize("case", ["out inside gan", "gan inside out", "out is mse"])
+def test_detect_refuses_an_output_folder_overlapping_the_sr_folders_it_reads(tmp_path, capsys, folders, monkeypatch,
+                                                                             case):
+    allowed, _ = folders
+    monkeypatch.delenv("DESRA_ALLOWED_ROOTS")
+    mse, gan, out = allowed / "mse", allowed / "gan", allowed / "detected"
+    name, relation = {"out inside gan": ("gan_dir", "lies inside"), "gan inside out": ("gan_dir", "contains"),
+                      "out is mse": ("mse_dir", "is the same folder as")}[case]
+    if case == "out inside gan":
+        out = gan / "detected"
+    elif case == "gan inside out":
+        gan = out / "gan"
+        gan.mkdir(parents=True)
+        cv2.imwrite(str(gan / "a.png"), np.zeros((24, 24, 3), np.uint8))
+    else:
+        out = mse
+    before = file_tree(tmp_path)
+    assert main(["detect", "--mse", str(mse), "--gan", str(gan), "--no-semantic", "--out", str(out), "--min-area",
+                 "10", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: expected output_dir apart from {name}, neither inside the other" in err and relation in err
+    assert file_tree(tmp_path) == before  # nothing written into the folders it reads, not even the store
