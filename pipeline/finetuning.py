@@ -110,6 +110,9 @@ def run_finetuning(settings: Settings, input_dir: str | Path, output_dir: str | 
     """
     device = settings.device  # admitted: resolved by desra.pipeline.admission
     objective = options.objective(str(device))
+    # resolved once: the folder key, the trainer and the card all see these weights, even if VGG19 weights appear
+    # in (or leave) torchvision's cache while the run prepares its data
+    options = options.replace(**{name: objective[name] for name in ("perceptual", "gan", "texture")})
     config = options.config(device=str(device))
     output_dir = Path(output_dir)
     data = prepare_finetuning(settings, input_dir, output_dir, run_id=f"finetune-{time.strftime('%Y%m%dT%H%M%S')}",
