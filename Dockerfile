@@ -37,7 +37,8 @@ RUN if [ -n "$TORCH_INDEX_URL" ]; then \
     fi \
     && python -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda)"
 
-# desra itself, built from a throwaway copy of the sources: only the installed package stays.
+# desra itself, with the s3 extra (s3:// drops and outputs), built from a throwaway copy of the sources: only
+# the installed package stays.
 # (desra/flows, desra/tasks, desra/pipeline and desra/deployments are links to the folders beside them.)
 WORKDIR /src
 COPY pyproject.toml README.md constraints.txt ./
@@ -47,7 +48,7 @@ COPY pipeline ./pipeline
 COPY tasks ./tasks
 COPY flows ./flows
 COPY deployments ./deployments
-RUN pip install -c constraints.txt . \
+RUN pip install -c constraints.txt '.[s3]' \
     && cd / && rm -rf /src /tmp/constraints.txt \
     && python -c "import torch; assert torch.version.cuda, 'torch ' + torch.__version__ + ' is not a CUDA build'"
 

@@ -7,9 +7,11 @@ subprocesses replaced by a recorder.
 
 import importlib
 import os
+import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import jinja2.sandbox
@@ -63,11 +65,14 @@ def _mount_target(volume: str) -> str:
 # --- docker-compose.yml ---------------------------------------------------------------------------
 
 COMPOSE_SECRETS = {"DESRA_API_AUTH": "desra:s3cret-for-the-test", "DESRA_DB_PASSWORD": "db-s3cret-for-the-test"}
+S3_SECRETS = {"MINIO_ROOT_USER": "desra-0123abcd", "MINIO_ROOT_PASSWORD": "minio-s3cret-for-the-test"}
+S3_SERVICES = {"minio", "minio-setup"}  # the services of the compose profile "s3"
+S3_ONE_SHOT = {"minio-setup"}  # runs once and exits: no healthcheck
 
 
-def _compose_config(client: list[str], extra_env: dict[str, str]) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "DESRA_"))}
-    return subprocess.run([*client, "-f", str(COMPOSE), "config"], cwd=REPO, env={**env, **extra_env},
+def _compose_config(client: list[str], extra_env: dict[str, str], *options: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "DESRA_", "MINIO_"))}
+    return subprocess.run([*client, "-f", str(COMPOSE), *options, "config"], cwd=REPO, env={**env, **extra_env},
                           capture_output=True, text=True, timeout=120)
 
 
@@ -109,9 +114,10 @@ def test_compose_publishes_elsewhere_only_when_told(compose_client):
 
 def test_compose_has_the_three_services_with_healthchecks(compose):
     services = compose["services"]
-    assert set(services) == {"postgres", "prefect-server", "worker"}
+    assert {name for name, s in services.items() if not s.get("profiles")} == {"postgres", "prefect-server", "worker"}
     for name, service in services.items():
-        assert service.get("healthcheck", {}).get("test"), f"service {name} has no healthcheck"
+        if name not in S3_ONE_SHOT:  # every long-running service, the s3 profile's included
+            assert service.get("healthcheck", {}).get("test"), f"service {name} has no healthcheck"
     assert "pg_isready" in " ".join(services["postgres"]["healthcheck"]["test"])
     assert services["postgres"]["image"].startswith("postgres:16")
     assert services["postgres"]["environment"]["POSTGRES_PASSWORD"].startswith("${DESRA_DB_PASSWORD:?")
@@ -135,10 +141,13 @@ def test_compose_has_no_literal_secrets(compose):
     assert "PREFECT_API_DATABASE_CONNECTION_URL" not in server  # it would hold the password
     text = COMPOSE.read_text()
     assert "${DESRA_API_AUTH:-" not in text and "${DESRA_DB_PASSWORD:-" not in text  # no default secret
-    for service in compose["services"].values():
+    for name, service in compose["services"].items():
         for key, value in (service.get("environment") or {}).items():
             if any(word in key for word in ("PASSWORD", "AUTH_STRING", "SECRET", "TOKEN", "API_KEY")):
-                assert str(value).startswith("${") and ":?" in str(value), f"{key} has a literal value"
+                if service.get("profiles"):  # not required in the file (see _required_variables); no default
+                    assert value == "${" + key + ":-}", f"{key} of {name} has a literal or default value"
+                else:
+                    assert str(value).startswith("${") and ":?" in str(value), f"{key} has a literal value"
 
 
 def test_compose_server_uses_postgres_and_publishes_the_ui_on_localhost(compose):
@@ -184,6 +193,171 @@ def test_compose_worker_deploys_a_locked_pool_and_reserves_the_gpu(compose):
     assert "ports" not in worker
 
 
+def test_compose_s3_profile_is_valid_for_the_compose_client(compose_client):
+    """A plain run needs none of the s3 profile's settings; with the profile, MinIO is on this host only."""
+    plain = _compose_config(compose_client, COMPOSE_SECRETS)
+    assert plain.returncode == 0, f"without --profile s3 and MINIO_*:\n{plain.stderr}"
+    rendered = yaml.safe_load(plain.stdout)["services"]
+    for name in S3_SERVICES & set(rendered):  # v1 renders every service with its profiles, v2 the active ones
+        assert rendered[name]["profiles"] == ["s3"], rendered[name]
+    result = _compose_config(compose_client, {**COMPOSE_SECRETS, **S3_SECRETS}, "--profile", "s3")
+    assert result.returncode == 0, result.stderr
+    rendered = yaml.safe_load(result.stdout)["services"]
+    assert S3_SERVICES <= set(rendered)
+    assert rendered["minio"]["environment"]["MINIO_ROOT_PASSWORD"] == S3_SECRETS["MINIO_ROOT_PASSWORD"]
+    for port in rendered["minio"]["ports"]:  # v1 renders "127.0.0.1:9000:9000", v2 a mapping
+        published = port if isinstance(port, str) else f"{port['host_ip']}:{port['published']}:{port['target']}"
+        assert published.startswith("127.0.0.1:"), port
+
+
+def _strings(node: object) -> Iterator[str]:
+    """Every string value of a parsed compose file: what compose substitutes variables in."""
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for value in node.values():
+            yield from _strings(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _strings(value)
+
+
+def test_compose_requires_only_the_two_stack_secrets(compose):
+    """Compose substitutes variables in every service before it picks the active profiles, so a required
+    ``${VAR:?…}`` in a service of the s3 profile would stop a plain ``docker compose up`` as well."""
+    required = {name for value in _strings(compose) for name in re.findall(r"(?<!\$)\$\{(\w+):?\?", value)}
+    assert required == set(COMPOSE_SECRETS)
+
+
+def test_compose_s3_profile_runs_minio_and_its_setup_only_when_asked(compose):
+    services = compose["services"]
+    assert {name for name, s in services.items() if s.get("profiles")} == S3_SERVICES
+    for name in S3_SERVICES:
+        assert services[name]["profiles"] == ["s3"], name
+    for name, service in services.items():  # nothing outside the profile waits for it
+        if name not in S3_SERVICES:
+            assert not set(service.get("depends_on") or {}) & S3_SERVICES, name
+    minio, setup = services["minio"], services["minio-setup"]
+    release = r"RELEASE\.\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ"  # a pinned release, never latest
+    assert re.fullmatch(r"quay\.io/minio/minio:" + release, minio["image"]), minio["image"]
+    assert re.fullmatch(r"quay\.io/minio/mc:" + release, setup["image"]), setup["image"]
+    assert minio["command"] == ["server", "/data", "--console-address", ":9001"]
+    assert "minio-data:/data" in minio["volumes"] and "minio-data" in compose["volumes"]
+    assert minio["healthcheck"]["test"] == ["CMD", "mc", "ready", "local"]
+    assert minio["restart"] == "unless-stopped"
+    assert setup["depends_on"] == {"minio": {"condition": "service_healthy"}}
+    assert setup["restart"] == "no" and "healthcheck" not in setup and "ports" not in setup
+    assert setup["environment"]["DESRA_BUCKET"] == "${DESRA_BUCKET:-desra}"
+
+
+# HOST_IP:HOST_PORT:CONTAINER_PORT, where the host address or port may be a ${VAR:-default}
+PUBLISHED = re.compile(r"(?P<ip>\$\{[^}]*\}|[^:]+):(?P<port>\$\{[^}]*\}|\d+):(?P<target>\d+)(/tcp)?")
+
+
+def test_compose_publishes_nothing_on_all_interfaces(compose):
+    """Every published port names its host address: 127.0.0.1, or DESRA_BIND for the UI alone. MinIO's API
+    and console have no variable that could move them to 0.0.0.0."""
+    published: dict[str, list[re.Match[str]]] = {}
+    for name, service in compose["services"].items():
+        for port in service.get("ports") or []:
+            match = PUBLISHED.fullmatch(port) if isinstance(port, str) else None
+            assert match, f"service {name} publishes {port!r} without a host address (every interface)"
+            published.setdefault(name, []).append(match)
+    assert set(published) == {"prefect-server", "minio"}
+    assert [m["ip"] for m in published["prefect-server"]] == ["${DESRA_BIND:-127.0.0.1}"]
+    assert {m["target"]: m["ip"] for m in published["minio"]} == {"9000": "127.0.0.1", "9001": "127.0.0.1"}
+
+
+def test_compose_minio_credentials_come_from_the_environment(compose):
+    for name in S3_SERVICES:
+        env = compose["services"][name]["environment"]
+        assert env["MINIO_ROOT_USER"] == "${MINIO_ROOT_USER:-}", name  # no default user, no default secret
+        assert env["MINIO_ROOT_PASSWORD"] == "${MINIO_ROOT_PASSWORD:-}", name
+    assert not any("minioadmin" in value for value in _strings(compose))  # MinIO's well-known default
+    assert not re.search(r"\$\{MINIO_\w+:?-[^}]", COMPOSE.read_text())  # nor any other default, comments included
+
+
+def _entrypoint_script(compose: dict, service: str) -> tuple[str, list[str]]:
+    """The ``sh -c`` script of ``service``'s entrypoint as the container runs it (compose's ``$$`` → ``$``),
+    and the arguments after it."""
+    entrypoint = compose["services"][service]["entrypoint"]
+    assert entrypoint[:2] == ["sh", "-c"], entrypoint
+    raw = entrypoint[2]
+    assert not re.search(r"(?<!\$)\$\{", raw.replace("$$", "")), raw  # compose substitutes nothing in it
+    return raw.replace("$$", "$"), entrypoint[3:]
+
+
+@pytest.mark.parametrize("user, password, starts", [
+    ("", "", False),  # MinIO would start with minioadmin:minioadmin
+    ("desra-0123abcd", "", False),
+    ("desra-0123abcd", "pw-1234", False),  # MinIO's minimum is 8 characters
+    ("ab", "minio-s3cret-for-the-test", False),
+    ("desra-0123abcd", "minio-s3cret-for-the-test", True),
+])
+def test_minio_refuses_to_start_without_its_credentials(compose, tmp_path, user, password, starts):
+    """The minio service's entrypoint, run with sh: it hands over to the image's own entrypoint (a stand-in
+    here) with the service's command only when both credentials are there."""
+    script, args = _entrypoint_script(compose, "minio")
+    assert script.count("exec /usr/bin/docker-entrypoint.sh ") == 1
+    image_entrypoint = tmp_path / "docker-entrypoint.sh"
+    image_entrypoint.write_text('#!/bin/sh\necho "image entrypoint: $*"\n')
+    image_entrypoint.chmod(0o755)
+    script = script.replace("/usr/bin/docker-entrypoint.sh", str(image_entrypoint))
+    result = subprocess.run(["sh", "-c", script, *args, *compose["services"]["minio"]["command"]],
+                            env={"PATH": os.environ["PATH"], "MINIO_ROOT_USER": user, "MINIO_ROOT_PASSWORD": password},
+                            capture_output=True, text=True, timeout=30)
+    if starts:
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == "image entrypoint: server /data --console-address :9001\n"
+    else:
+        assert result.returncode == 64 and result.stdout == "", result
+        assert "MINIO_ROOT_USER" in result.stderr and "MINIO_ROOT_PASSWORD" in result.stderr
+        assert not password or password not in result.stderr  # the message shows no secret
+
+
+def test_minio_setup_creates_each_bucket_and_stops_at_a_failure(compose, tmp_path):
+    """minio-setup's script, run with sh and a stand-in ``mc`` that records its arguments."""
+    script, args = _entrypoint_script(compose, "minio-setup")
+    (tmp_path / "bin").mkdir()
+    mc = tmp_path / "bin" / "mc"
+    mc.write_text('#!/bin/sh\necho "$*" >> "$MC_LOG"\n[ "$*" != "$MC_FAIL" ]\n')  # fails on the MC_FAIL call
+    mc.chmod(0o755)
+    log = tmp_path / "mc.log"
+
+    def run(fail: str = "") -> subprocess.CompletedProcess:
+        log.unlink(missing_ok=True)
+        env = {"PATH": f"{mc.parent}:{os.environ['PATH']}", "MC_LOG": str(log), "MC_FAIL": fail,
+               "DESRA_BUCKET": "desra desra-extra", **S3_SECRETS}
+        return subprocess.run(["sh", "-c", script, *args], env=env, capture_output=True, text=True, timeout=30)
+
+    assert run().returncode == 0
+    user, password = S3_SECRETS["MINIO_ROOT_USER"], S3_SECRETS["MINIO_ROOT_PASSWORD"]
+    assert log.read_text().splitlines() == [f"alias set local http://minio:9000 {user} {password}",
+                                            "mb --ignore-existing local/desra",
+                                            "mb --ignore-existing local/desra-extra"]
+    failed = run(fail="mb --ignore-existing local/desra")
+    assert failed.returncode != 0  # the one-shot service fails, and compose shows it
+    assert log.read_text().splitlines()[-1] == "mb --ignore-existing local/desra"  # nothing after the failure
+
+
+def test_compose_documents_how_the_worker_uses_the_bucket(compose):
+    """The docker-compose.override.yml example at the top of the file is valid YAML that points the worker at
+    minio with credentials from the environment and the drop and output root in the bucket minio-setup makes."""
+    lines = COMPOSE.read_text().splitlines()
+    block = []
+    for line in lines[lines.index("#   services:"):]:
+        if not line.startswith("#   "):
+            break
+        block.append(line.removeprefix("#   "))
+    env = yaml.safe_load("\n".join(block))["services"]["worker"]["environment"]
+    assert env["AWS_ENDPOINT_URL"] == "http://minio:9000"
+    assert _required(env["AWS_ACCESS_KEY_ID"], "MINIO_ROOT_USER")
+    assert _required(env["AWS_SECRET_ACCESS_KEY"], "MINIO_ROOT_PASSWORD")
+    assert env["DESRA_DROP_DIR"] == "s3://desra/drop" and env["DESRA_OUTPUT_DIR"] == "s3://desra/out"
+    assert set(env) == {"AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "DESRA_DROP_DIR",
+                        "DESRA_OUTPUT_DIR"}  # the worker's own settings (pool, auth, heartbeat) stay
+
+
 def test_every_deploy_instruction_says_desra_deploy():
     """The README, the compose file, prefect.yaml and the Dockerfile tell the same working way to deploy."""
     for path in (REPO / "README.md", COMPOSE, PREFECT_FILE):
@@ -215,7 +389,8 @@ def test_dockerfile_installs_the_constrained_builds_and_keeps_no_source():
     assert 'ARG TORCH_INDEX_URL=""' in instructions
     assert "assert torch.version.cuda" in text  # the CUDA-build check stays
     assert "COPY constraints.txt /tmp/constraints.txt" in instructions
-    assert any(c.endswith("pip install -c constraints.txt .") for c in pip_installs), pip_installs  # not -e
+    # not -e; with the s3 extra, so that the worker takes s3:// drops and outputs (the store of the s3 profile)
+    assert any(c.endswith("pip install -c constraints.txt '.[s3]'") for c in pip_installs), pip_installs
     assert "rm -rf /src" in text  # the sources are gone once installed: workers run the package
     assert "DESRA_PROJECT_DIR" not in text and "/app" not in text
 
