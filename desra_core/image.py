@@ -34,9 +34,9 @@ from .errors import ConfigError, InputImageError, LabelMapError, ShapeError
 from .folder import read_bounded
 
 __all__ = ["MAX_BYTES_PER_PIXEL", "MAX_PIXELS", "METADATA_ALLOWANCE", "LoadedImage", "atomic_path",
-           "atomic_write_bytes", "printable_path", "read_image", "read_image_bytes", "read_image_size",
-           "read_image_size_bytes", "read_label_map", "read_label_map_bytes", "read_mask", "to_bit_depth",
-           "to_float32", "write_image"]
+           "atomic_write_bytes", "printable_path", "read_header_size", "read_image", "read_image_bytes",
+           "read_image_size", "read_image_size_bytes", "read_label_map", "read_label_map_bytes", "read_mask",
+           "to_bit_depth", "to_float32", "write_image"]
 
 StrPath = str | os.PathLike[str]
 BytesPath = bytes | os.PathLike[bytes]
@@ -431,6 +431,78 @@ def read_image_size_bytes(data: bytes, path: StrPath, *, max_pixels: int = MAX_P
     """:func:`read_image_size` of a file's bytes as they were read once (see :func:`read_image_bytes`)."""
     _check_max_pixels(max_pixels)
     return _size(_parse(os.fsdecode(path), printable_path(path), data, max_pixels, InputImageError))
+
+
+def read_header_size(head: bytes) -> tuple[int, int] | None:
+    """``(width, height)`` that the first bytes of an image file declare, as :func:`read_image_size` gives it
+    (EXIF orientation applied when the EXIF lies inside ``head``), or ``None`` when ``head`` does not reach the
+    size (e.g. a JPEG whose EXIF block comes first and is larger) or is in no format that is read.
+
+    Nothing is checked or decoded: this is for refusing an image whose result would be too large (a
+    decompression bomb) from a ranged read of the start of a remote file, before the whole file is fetched.
+    The whole file, once read, still gets every check of :func:`read_image_size_bytes`.
+    """
+    declared = _declared_size(head)
+    try:
+        with _pil_open(head) as image:
+            if image.format not in _FORMATS:
+                return None
+            (width, height), orientation = image.size, _orientation(image)
+    except Exception:  # cut short, or over Pillow's own limit: what the PNG/JPEG header says (None: read it whole)
+        return declared
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
+_JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+
+
+def _declared_size(head: bytes) -> tuple[int, int] | None:
+    """``(width, height)`` from a PNG's IHDR, a WebP's first chunk or a JPEG's start-of-frame inside ``head`` (no
+    orientation), or None."""
+    if head.startswith(_PNG_SIGNATURE) and len(head) >= 24 and head[12:16] == b"IHDR":
+        width, height = struct.unpack(">II", head[16:24])
+        return (width, height) if width and height else None
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP" and len(head) >= 30:
+        return _webp_size(head)
+    if not head.startswith(b"\xff\xd8"):
+        return None
+    pos = 2
+    while pos + 4 <= len(head):  # a marker and its length field
+        if head[pos] != 0xFF:
+            return None
+        marker = head[pos + 1]
+        if marker == 0xFF:  # a fill byte
+            pos += 1
+            continue
+        pos += 2
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # no length field
+            continue
+        if marker in (0xD9, 0xDA):  # the end, or a scan, before any frame header
+            return None
+        if marker in _JPEG_SOF:
+            if pos + 7 > len(head):
+                return None
+            height, width = struct.unpack(">HH", head[pos + 3:pos + 7])
+            return (width, height) if width and height else None
+        length = int.from_bytes(head[pos:pos + 2], "big")
+        if length < 2:
+            return None
+        pos += length
+    return None
+
+
+def _webp_size(head: bytes) -> tuple[int, int] | None:
+    """The canvas size of a WebP from its first chunk: VP8X (extended), VP8L (lossless) or VP8 (lossy)."""
+    kind = head[12:16]
+    if kind == b"VP8X":
+        return int.from_bytes(head[24:27], "little") + 1, int.from_bytes(head[27:30], "little") + 1
+    if kind == b"VP8L" and head[20] == 0x2F:
+        bits = int.from_bytes(head[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if kind == b"VP8 " and head[23:26] == b"\x9d\x01\x2a":
+        width, height = int.from_bytes(head[26:28], "little") & 0x3FFF, int.from_bytes(head[28:30], "little") & 0x3FFF
+        return (width, height) if width and height else None
+    return None
 
 
 def _size(src: _Source) -> tuple[int, int]:
