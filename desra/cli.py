@@ -141,6 +141,13 @@ def _options(args: argparse.Namespace, model) -> dict:
     return options_of(model, vars(args))
 
 
+def _location(text: str) -> Path | str:
+    """A folder, or a bucket URL kept as written (``Path`` would fold ``s3://b`` into ``s3:/b``)."""
+    from desra.pipeline.objects import is_url
+
+    return text if is_url(text) else Path(text)
+
+
 def _run_options(args: argparse.Namespace) -> dict:
     """The run's settings as the command line gives them (the flat options of ``Settings.from_options``; with
     label maps given, the segmenter is not used)."""
@@ -186,7 +193,7 @@ def _cmd_detect(args: argparse.Namespace) -> int:
                      "Semantic adjustment": semantic, "Feather (px)": args.feather, "MSE folder": str(args.mse),
                      "GAN folder": str(args.gan)})
     report_path = args.out / "report.parquet"  # this run's rows, as runs/<run>.parquet has them
-    atomic_write_bytes(report_path, runs_path.read_bytes())
+    atomic_write_bytes(report_path, Path(runs_path).read_bytes())  # a local run: a path, not a URL
     failed = [r for r in rows if r.get("status") != "ok"]
     for row in failed:
         print(f"failed: {inert(row['stem'])}: {inert(row.get('error'))}", file=sys.stderr)
@@ -574,8 +581,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("run", help="run the whole pipeline on a folder of low-resolution images (embedded Prefect)")
-    p.add_argument("input_dir", type=Path, help="folder of real-world (low-resolution) images")
-    p.add_argument("--out", type=Path, required=True, help="output root (masks/, pseudo_gt/, sr/, reports/, runs/)")
+    p.add_argument("input_dir", type=_location,
+                   help="folder of real-world (low-resolution) images, or a bucket prefix (s3://bucket/drop)")
+    p.add_argument("--out", type=_location, required=True,
+                   help="output root (masks/, pseudo_gt/, sr/, reports/, runs/), a folder or s3://bucket/prefix")
     _add_options(p, RunOptions)
     p.add_argument("--batch-size", type=int, default=32,
                    help="images per desra-batch run when a deployment scales out; in this process the whole "

@@ -68,11 +68,13 @@ def file_kind(mode: int) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class FileBytes:
-    """A file's whole content as read once: ``data``, its ``sha256`` (hex) and ``shown`` (printable path)."""
+    """A file's whole content as read once: ``data``, its ``sha256`` (hex) and ``shown`` (printable path);
+    ``etag``: for an object in a bucket, the ETag of exactly those bytes (the GET's answer)."""
 
     data: bytes
     sha256: str
     shown: str
+    etag: str | None = None
 
 
 def _too_big(max_bytes: int, got: str) -> str:

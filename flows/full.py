@@ -8,6 +8,7 @@ publishes a table and a summary artifact. Images already in the store cost no mo
 scheduled run over a growing drop processes only the new images. The final state counts failures.
 """
 
+import io
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,8 +21,10 @@ from prefect.runtime import flow_run as runtime_flow_run
 from prefect.states import Completed, Failed
 from pydantic import Field
 
-from desra.pipeline.drop import drop_folder
+from desra.pipeline.drop import drop_folder, scan_drop
+from desra.pipeline.objects import is_url
 from desra.pipeline.options import RunOptions, with_options
+from desra.pipeline.remote import bucket_of
 from desra.pipeline.report import IMAGE_COLUMNS
 from desra.pipeline.settings import Settings
 from desra.pipeline.text import inert
@@ -33,6 +36,7 @@ from desra.tasks.preflight import admit, admit_finetuning, refuse
 from desra.tasks.progress import Progress
 from desra.tasks.report import write_run_report
 from desra_core import DesraError
+from desra_core.errors import MissingObjectError
 from desra_core.finetune.options import FinetuneOptions
 from desra_core.listing import list_image_entries
 
@@ -128,9 +132,16 @@ def _gather(output_dir: str, stems: list[str], run_id: str) -> list[dict]:
     earlier run, perhaps with other settings, means that this run's batch died before it published the
     image, and the image is a failed row, never the old result passed off as this run's."""
     rows: list[dict[str, Any]] = []
+    remote = bucket_of(output_dir)
     for stem in stems:
         path = Path(output_dir) / "reports" / f"{stem}.parquet"
-        first = pd.read_parquet(path).iloc[0] if path.exists() else None
+        if remote is not None:  # the bucket, where every worker published its images
+            try:
+                first = pd.read_parquet(io.BytesIO(remote.read(f"reports/{stem}.parquet"))).iloc[0]
+            except MissingObjectError:
+                first = None
+        else:
+            first = pd.read_parquet(path).iloc[0] if path.exists() else None
         if first is None or first.get("run_id") != run_id:
             rows.append({"stem": stem, "status": "failed", "run_id": run_id,
                          "error": "its batch run ended without a report from this run (see the desra-batch run)"})
@@ -183,7 +194,8 @@ def desra(
     run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{str(runtime_flow_run.id or 'local')[:8]}"
     try:
         # Through the folder that admit() opened and checked: refused entries too, each gets its report row.
-        stems = sorted(list_image_entries(drop_folder(input_dir)))
+        stems = (sorted({item["stem"] for item in scan_drop(input_dir)}) if is_url(input_dir)
+                 else sorted(list_image_entries(drop_folder(input_dir))))
     except DesraError as e:  # no such folder, or not a folder
         return refuse(e)
     batches = [stems[i:i + batch_size] for i in range(0, len(stems), batch_size)]

@@ -33,7 +33,9 @@ from desra.pipeline.drop import admit_folder
 from desra.pipeline.leftovers import LOCK_NAME, attend
 from desra.pipeline.models import SEG_VERSION, SR_VERSION, check_device, check_models, model_digest, segmenter_id
 from desra.pipeline.models import load_segmenter_cached as _segmenter
+from desra.pipeline.objects import Bucket, is_url
 from desra.pipeline.options import FinetuneFields, check_options
+from desra.pipeline.remote import bucket_of, owner, work_root
 from desra.pipeline.roots import (
     PATH_PARAMETERS,
     ROOTS_VARIABLE,
@@ -43,6 +45,7 @@ from desra.pipeline.roots import (
     model_path,
     parse_roots,
     run_paths,
+    shown_url,
 )
 from desra.pipeline.settings import Settings
 from desra.pipeline.store import Store, step_key
@@ -50,14 +53,19 @@ from desra_core import ConfigError
 from desra_core.finetune.options import FinetuneOptions
 from desra_core.models.weights import KNOWN_WEIGHTS, cache_dir
 
-__all__ = ["FINETUNE_PATHS", "FOLDER_PARAMETERS", "Admission", "RootsSource", "admit", "admit_finetuning",
-           "admit_folders", "admit_paths", "allowed_roots", "check_run", "confine", "ensure_output_root"]
+__all__ = ["FINETUNE_PATHS", "FOLDER_PARAMETERS", "MODEL_PARAMETERS", "Admission", "RootsSource", "admit",
+           "admit_finetuning", "admit_folders", "admit_paths", "allowed_roots", "check_run", "confine",
+           "ensure_output_root", "refuse_model_urls"]
 
 FOLDER_PARAMETERS = ("input_dir", "labels_dir", "validate_dir", "validate_labels_dir")
 """The folders of images that a run lists: :func:`admit_folders` opens them once, through checked descriptors."""
 
 FINETUNE_PATHS = ("validate_dir", "validate_labels_dir", "vgg_weights", "discriminator")
 """The paths among the fine-tuning options (:class:`~desra_core.finetune.options.FinetuneOptions`)."""
+
+MODEL_PARAMETERS = ("mse_model", "gan_model", "segmenter", "vgg_weights", "discriminator", "model")
+"""The parameters that name model weights (``model``: the one model of ``desra upscale``): loaded from the worker's
+disk (or a known name, a hub id), never from a URL (:func:`refuse_model_urls`)."""
 
 RootsSource = Callable[[], Roots | None]
 """Where the roots come from when ``DESRA_ALLOWED_ROOTS`` is unset (a deployment's registered paths)."""
@@ -91,15 +99,45 @@ def allowed_roots(deployment_roots: RootsSource | None = None) -> Roots | None:
     return roots
 
 
+def refuse_model_urls(paths: Mapping[str, str | None]) -> None:
+    """Refuse the first model parameter (:data:`MODEL_PARAMETERS`) given as a URL (a segmenter also as
+    ``backend:URL``): the loaders read weights from the worker's disk, so a URL would fail late, or be taken for a
+    relative path. Reads nothing.
+
+    Raises:
+        ConfigError: naming the parameter and the URL.
+    """
+    for name in MODEL_PARAMETERS:
+        value = paths.get(name)
+        if not value:
+            continue
+        target = value.partition(":")[2]  # a segmenter's "backend:ARG"
+        if is_url(value) or (name == "segmenter" and is_url(target)):
+            url = value if is_url(value) else target
+            if name == "segmenter":
+                raise ConfigError(f"expected segmenter as a local folder or a hub id, got the URL {shown_url(url)}; "
+                                  "a segmenter is read from the worker's disk or the Hugging Face hub: copy it "
+                                  "there and pass its folder")
+            if name in ("vgg_weights", "discriminator"):  # no known names, no weights cache
+                raise ConfigError(f"expected {name} as a local file, got the URL {shown_url(url)}; weights files "
+                                  "are read from the worker's disk: copy the file there and pass its path")
+            raise ConfigError(f"expected {name} as a local file or a known name, got the URL {shown_url(url)}; "
+                              "model files are read from the worker's disk: copy the weights there (or into the "
+                              "weights cache) and pass the path")
+
+
 def confine(paths: Mapping[str, str | None], roots: Roots | None) -> None:
     """Refuse the first path (parameter name → path; ``None`` or empty: not given) outside ``roots`` (``None``:
     unconfined). Model files may also lie in the weights cache; known model names and hub ids are not paths.
     Names that are not run parameters (:data:`~desra.pipeline.roots.PATH_PARAMETERS`) are plain paths, but for
-    ``model``, the one model of ``desra upscale`` (a known name is not a path). Reads nothing, creates nothing.
+    ``model``, the one model of ``desra upscale`` (a known name is not a path). Folders may be URLs
+    (``s3://bucket/prefix``), compared with URL roots as URLs; model parameters may not
+    (:func:`refuse_model_urls`, checked even when unconfined). Reads nothing, creates nothing.
 
     Raises:
-        ConfigError: naming the parameter and the roots.
+        ConfigError: naming the parameter and the roots, or a model given as a URL.
     """
+    refuse_model_urls(paths)
     if roots is None:
         return
     other = {name: model_path(value, KNOWN_WEIGHTS) if name == "model" else value  # a command's one model
@@ -110,8 +148,16 @@ def confine(paths: Mapping[str, str | None], roots: Roots | None) -> None:
 
 def ensure_output_root(output_dir: str) -> Path:
     """Create the output root if needed and prove that a file can be written in it (the probe file is
-    removed). Raises :class:`ConfigError` naming the folder and the system's reason."""
-    root = Path(output_dir)
+    removed); returns the local folder the run works in. For a URL that is this worker's copy
+    (:func:`desra.pipeline.remote.work_root`), and the bucket must take an object too (a probe under
+    ``.desra/probes/``, removed). Raises :class:`ConfigError` naming the folder and the system's reason,
+    or :class:`~desra_core.errors.StorageError` naming the URL."""
+    remote = bucket_of(output_dir)
+    if remote is not None:
+        probe_key = f".desra/probes/{owner()}"
+        remote.write(probe_key, b"")
+        remote.delete(probe_key)
+    root = Path(work_root(output_dir))
     try:
         root.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
@@ -157,7 +203,7 @@ def check_run(settings: Settings, output_dir: str, sr: bool = True) -> dict[str,
     models = ({role: model_digest(spec) for role, spec in (("mse", settings.mse_model), ("gan", settings.gan_model))}
               if sr else {})
     remember = bool(models or segmenter)
-    store = Store(output_dir)
+    store = Store(work_root(output_dir))  # this worker's verdict on its own model files
     key = step_key("preflight", f"{SR_VERSION}+{SEG_VERSION}", **{role: d for role, (_, d) in models.items()},
                    segmenter=None if not segmenter else segmenter_id(segmenter))
     verdict = store.read_json("preflight", key) if remember else None
@@ -167,7 +213,7 @@ def check_run(settings: Settings, output_dir: str, sr: bool = True) -> dict[str,
         if segmenter:
             _segmenter(segmenter, resolved)
     ensure_output_root(output_dir)
-    swept = _attend(output_dir)
+    swept = _attend(work_root(output_dir))
     if fresh and remember:
         store.write_json("preflight", key, verdict)
     return {"device": resolved, "swept": len(swept), **verdict}
@@ -179,19 +225,38 @@ def admit_folders(folders: Mapping[str, str | None], roots: Roots | None) -> Non
     (:func:`desra.pipeline.drop.admit_folder`), so a folder swapped for a link after :func:`confine` is refused,
     never listed.
 
+    A folder given as a URL (``s3://bucket/prefix``) has no descriptor and no links: it is checked against
+    ``roots`` as a URL, and its bucket asked once whether it answers (:meth:`Bucket.check_readable`, one cheap
+    request), so a missing bucket or refused credentials end the admission rather than the first listing.
+
     Raises:
-        InputImageError: a folder is missing or unreadable. ConfigError: one lies outside the roots.
+        InputImageError: a folder is missing or unreadable. StorageError: a URL's bucket is missing, or the
+            credentials are missing or refused (naming the URL, never a credential). ConfigError: one lies outside
+            the roots, or names a scheme other than ``s3://``.
     """
     for name, path in folders.items():
-        if path:
+        if not path:
+            continue
+        if is_url(path):
+            _admit_url_folder(path, roots, name)
+        else:
             admit_folder(path, roots, name)
+
+
+def _admit_url_folder(url: str, roots: Roots | None, name: str) -> None:
+    """:func:`admit_folders` for one URL: inside ``roots`` (again: this may be called without :func:`confine`),
+    then one request to its bucket."""
+    if roots is not None and not roots.contain(url):
+        raise ConfigError(f"expected {name} inside the allowed roots, {roots.describe()}, got {shown_url(url)}")
+    Bucket.at(url).check_readable()
 
 
 def admit_paths(output_dir: str, paths: Mapping[str, str | None], roots: Roots | None, *,
                 then: Callable[[], None] = lambda: None) -> None:
     """The path part of an admission, for ``paths`` (parameter name → path) of a run writing to ``output_dir``:
-    :func:`confine` them, refuse an output root that overlaps one of their image folders, run ``then`` (the
-    checks between, e.g. :func:`check_run`), and open their image folders (:func:`admit_folders`).
+    :func:`confine` them (model parameters given as URLs are refused there), refuse an output root that overlaps
+    one of their image folders, run ``then`` (the checks between, e.g. :func:`check_run`), and open their image
+    folders (:func:`admit_folders`; a URL folder's bucket is asked once whether it answers).
 
     On its own (:func:`admit_finetuning`) it admits what fine-tuning adds to a ``desra`` run whose own paths
     :func:`admit` checks: the validation folders and the weights (the run's paths are not checked twice).
@@ -247,6 +312,9 @@ def admit_finetuning(output_dir: str, values: Mapping[str, Any] | None, *,
         ConfigError: an unknown or bad option, a path outside the roots, a validation folder that overlaps
             ``output_dir``. InputImageError: a validation folder that does not exist.
     """
+    if is_url(output_dir):
+        raise ConfigError(f"expected a local output root for fine-tuning, got {output_dir}: fine-tuning trains from "
+                          "the store on the machine that runs it; run it with --out on a local folder")
     options = FinetuneOptions(**check_options(FinetuneFields, values or {}))  # the finetune flow's bounds
     options = options.replace(**{name: getattr(options, name) or None for name in FINETUNE_PATHS})
     options.config()  # bad values fail now, before any image is touched

@@ -11,11 +11,19 @@ image's own step opens once, without following a link, and reads, hashes and dec
 here). A flow admits its folders first (:func:`admit_folder`: opened, and checked against the allowed
 roots on the descriptor), so that its later listings go through the folder it checked, whatever has
 become of the path since.
+
+A drop (or a labels folder) may also be a URL, ``s3://bucket/prefix``: its objects directly under the prefix
+are listed by the same rules (:func:`desra.pipeline.objectfile.list_object_entries`), each item's ``path`` is
+its object's URL, and its ``file`` an :class:`~desra.pipeline.objectfile.ObjectFile` (read like a folder's file).
+``desra detect`` reads local folders only.
 """
 
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
+from desra.pipeline.objectfile import ObjectEntry, ObjectFile, list_object_entries
+from desra.pipeline.objects import Bucket, S3Bucket, is_url
 from desra.pipeline.roots import Roots
 from desra.pipeline.steps import Item
 from desra.pipeline.store import file_sha256
@@ -82,28 +90,57 @@ def scan_drop(input_dir: str | Folder, stems: list[str] | None = None) -> list[d
     with an ``error``; ``path`` is for reports only.
 
     A requested stem that is not safe as a file name is reported under :func:`safe_stem` of it; one requested
-    twice is listed once.
+    twice is listed once. ``input_dir`` may be an ``s3://bucket/prefix`` URL (``file``: an
+    :class:`~desra.pipeline.objectfile.ObjectFile`, ``path``: its URL).
+
+    Raises:
+        InputImageError: a local folder that is missing or unreadable.
+        StorageError: a bucket that cannot be listed, naming its URL.
     """
-    folder = drop_folder(input_dir)
-    entries = list_image_entries(folder)
+    listed, find = _listing(input_dir)
     items = []
     # A stem asked for twice is one image: two copies would publish the same files at once.
-    for stem in sorted(entries) if stems is None else dict.fromkeys(stems):
-        path, file, error = _entry_file(folder, entries, stem, "an image")
+    for stem in listed if stems is None else dict.fromkeys(stems):
+        path, file, error = find(stem, "an image")
         items.append({"stem": safe_stem(stem), "path": path, "file": file, "error": error})
     return items
 
 
 def match_labels(items: list[dict[str, Any]], labels_dir: str | Folder) -> list[dict[str, Any]]:
-    """Precomputed label maps by stem, listed through the labels folder: ``[{"stem", "path", "file",
-    "error"}]`` (``file`` as in :func:`scan_drop`)."""
-    folder = drop_folder(labels_dir)
-    labels = list_image_entries(folder)
+    """Precomputed label maps by stem, listed through the labels folder (or bucket prefix): ``[{"stem", "path",
+    "file", "error"}]`` (``file`` as in :func:`scan_drop`)."""
+    _, find = _listing(labels_dir)
     out = []
     for item in items:
-        path, file, error = _entry_file(folder, labels, item["stem"], "a label map")
+        path, file, error = find(item["stem"], "a label map")
         out.append({"stem": item["stem"], "path": path, "file": file, "error": error})
     return out
+
+
+_Find = Callable[[str, str], tuple[str | None, FolderFile | ObjectFile | None, str | None]]
+
+
+def _listing(source: str | Folder) -> tuple[list[str], _Find]:
+    """The sorted stems of a drop's (or labels folder's) listing, and ``find(stem, what)`` → ``(path, file,
+    error)`` of one stem (``what`` names it in messages, e.g. "a label map"): a folder, or a bucket prefix."""
+    if isinstance(source, str) and is_url(source):
+        bucket = Bucket.at(source)  # refuses a scheme other than s3://, with its reason
+        if not isinstance(bucket, S3Bucket):
+            raise ConfigError(f"expected an s3:// URL or a local folder, got {source!r}")
+        objects = list_object_entries(bucket)
+        return list(objects), lambda stem, what: _object_file(bucket, objects, stem, what)
+    folder = drop_folder(source)
+    entries = list_image_entries(folder)
+    return list(entries), lambda stem, what: _entry_file(folder, entries, stem, what)
+
+
+def _object_file(bucket: S3Bucket, entries: dict[str, ObjectEntry], stem: str,
+                 what: str) -> tuple[str | None, ObjectFile | None, str | None]:
+    """``(URL, file, error)`` of the entry ``stem`` of a bucket prefix's listing; the URL is printable."""
+    entry = entries.get(stem)
+    if entry is None:
+        return None, None, f"expected {what} with stem {printable_path(stem)!r} in {bucket.url}, found none"
+    return entry.shown, entry.file, entry.problem
 
 
 def _entry_file(folder: Folder, entries: dict[str, ImageEntry], stem: str,
@@ -155,7 +192,15 @@ def result_items(mse_dir: str, gan_dir: str, labels_dir: str | None = None) -> l
     """Pairs of SR results that exist already (``desra detect``), by stem: every stem of either folder.
 
     The SR results are hashed here and decoded later by path (they are the user's own results, often
-    larger than ``DESRA_MAX_INPUT_MB``); label maps are read once by the image's step, as for a drop."""
+    larger than ``DESRA_MAX_INPUT_MB``); label maps are read once by the image's step, as for a drop.
+
+    Raises:
+        ConfigError: a folder given as a URL (``desra detect`` reads local folders).
+    """
+    for name, value in (("mse_dir", mse_dir), ("gan_dir", gan_dir), ("labels_dir", labels_dir)):
+        if is_url(value):
+            raise ConfigError(f"expected {name} as a local folder (desra detect reads local folders), got the URL "
+                              f"{value!r}")
     mse_entries, gan_entries = list_image_entries(mse_dir), list_image_entries(gan_dir)
     label_folder = drop_folder(labels_dir) if labels_dir else None
     label_entries = list_image_entries(label_folder) if label_folder is not None else {}

@@ -53,12 +53,19 @@ else:
     import fcntl
 
 __all__ = ["MAX_KEY_BYTES", "Bucket", "Claim", "Claims", "LocalBucket", "ObjectInfo", "S3Bucket", "check_key",
-           "retry_config"]
+           "is_url", "retry_config"]
 
 MAX_KEY_BYTES = 1024  # S3's limit on a key, the root prefix included
 _BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _TEMP_NAME = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp")  # desra_core.image.atomic_path's temporary files
 _T = TypeVar("_T")
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def is_url(value: object) -> bool:
+    """Whether ``value`` names an object-store location (``s3://…``, or another ``scheme://``, which
+    :meth:`Bucket.at` refuses with its reason) rather than a local path; ``file://…`` counts as a local path."""
+    return isinstance(value, str) and _URL.match(value) is not None and not value.startswith("file://")
 
 
 class ObjectInfo(NamedTuple):
@@ -154,6 +161,11 @@ class Bucket(ABC):
         """At most ``length`` bytes from ``start`` (fewer at the end of the object), fetching only those."""
 
     @abstractmethod
+    def read_head(self, key: str, length: int) -> tuple[bytes, str]:
+        """At most the first ``length`` bytes (one GET) and the ETag of the object they were read from: what a
+        reader records as "this content", so that an object replaced between a listing and the read is seen."""
+
+    @abstractmethod
     def info(self, key: str) -> ObjectInfo:
         """Size and ETag of one object, without reading it."""
 
@@ -191,6 +203,11 @@ class Bucket(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r})"
+
+    @abstractmethod
+    def check_readable(self) -> None:
+        """Prove, with one cheap request, that the root can be listed (an admission's check of an input folder
+        given as a URL); an empty root passes. Raises StorageError naming the URL (AccessDeniedError: denied)."""
 
 
 def _check_range(start: int, length: int) -> None:
@@ -351,6 +368,47 @@ class S3Bucket(Bucket):
                 return b""
             raise
 
+    def read_head(self, key: str, length: int) -> tuple[bytes, str]:
+        key = self._key(key)
+        _check_range(0, length)
+        if length == 0:
+            return b"", self.info(key).etag
+
+        async def get(client: Any) -> tuple[bytes, str]:
+            response = await client.get_object(Bucket=self.name, Key=self._full(key), Range=f"bytes=0-{length - 1}")
+            async with response["Body"] as body:
+                data: bytes = await body.read()
+            return data, _etag(response["ETag"])  # a ranged GET answers with the whole object's ETag
+
+        try:
+            return self._run(get, key, answers=frozenset({"InvalidRange"}))
+        except Exception as exc:
+            if self._code(exc) == "InvalidRange":  # an empty object
+                return b"", self.info(key).etag
+            raise
+
+    def list_level(self) -> tuple[list[tuple[str, int, str]], list[str]]:
+        """``([(name, size, etag)], [folder name])``: the objects and the "folders" directly under the root, as
+        LIST requests with a ``/`` delimiter give them (1 000 names each). Unlike :meth:`list`, names that
+        :func:`check_key` refuses are kept, for the caller to report; they are names, not keys to request."""
+
+        async def walk(client: Any) -> tuple[list[tuple[str, int, str]], list[str]]:
+            objects: list[tuple[str, int, str]] = []
+            folders: list[str] = []
+            paginator = client.get_paginator("list_objects_v2")
+            async for page in paginator.paginate(Bucket=self.name, Prefix=self.prefix, Delimiter="/"):
+                for item in page.get("Contents", []):
+                    name = str(item["Key"])[len(self.prefix):]
+                    if name:  # not the root's own "folder" marker
+                        objects.append((name, int(item["Size"]), _etag(str(item.get("ETag", "")))))
+                for common in page.get("CommonPrefixes", []):
+                    name = str(common["Prefix"])[len(self.prefix):].rstrip("/")
+                    if name:
+                        folders.append(name)
+            return objects, folders
+
+        return self._run(walk, "")
+
     def info(self, key: str) -> ObjectInfo:
         key = self._key(key)
 
@@ -437,6 +495,14 @@ class S3Bucket(Bucket):
 
         self._run(remove, key)
 
+    def check_readable(self) -> None:
+        """One ``ListObjectsV2`` of at most one key under the prefix: the bucket exists, the credentials are
+        accepted and may list there."""
+        async def probe(client: Any) -> None:
+            await client.list_objects_v2(Bucket=self.name, Prefix=self.prefix, MaxKeys=1)
+
+        self._run(probe, "")
+
 
 # --- a local folder ----------------------------------------------------------------------------------------
 
@@ -508,6 +574,20 @@ class LocalBucket(Bucket):
                 return fh.read(length)
         except OSError as exc:
             raise self._fail(exc, key) from exc
+
+    def read_head(self, key: str, length: int) -> tuple[bytes, str]:
+        key = self._key(key)
+        _check_range(0, length)
+        digest = hashlib.md5(usedforsecurity=False)
+        try:  # one open file: the digest is of the file whose first bytes were read (objects are replaced by rename)
+            with open(self._path(key), "rb") as fh:
+                data = fh.read(length)
+                digest.update(data)
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+        except OSError as exc:
+            raise self._fail(exc, key) from exc
+        return data, digest.hexdigest()
 
     def info(self, key: str) -> ObjectInfo:
         key = self._key(key)
@@ -595,6 +675,19 @@ class LocalBucket(Bucket):
                 path.unlink(missing_ok=True)
         except OSError as exc:
             raise self._fail(exc, key) from exc
+
+    def check_readable(self) -> None:
+        """The folder exists and can be listed."""
+        try:
+            with os.scandir(self.root) as entries:
+                next(entries, None)
+        except (FileNotFoundError, NotADirectoryError):
+            raise StorageError(f"expected an existing folder for {self.url}, got none", url=self.url) from None
+        except PermissionError:
+            raise AccessDeniedError(f"expected access to {self.url}, got access denied", url=self.url) from None
+        except OSError as exc:
+            raise StorageError(f"expected {self.url} to be readable, got {type(exc).__name__} (errno {exc.errno})",
+                               url=self.url) from None
 
 
 # --- claims ------------------------------------------------------------------------------------------------

@@ -17,9 +17,10 @@ the store.
 """
 
 import functools
+import hashlib
 import json
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from desra.pipeline import pixels
-from desra.pipeline.review import write_review_page
+from desra.pipeline.objects import Bucket
+from desra.pipeline.review import PICTURE_FOLDER, write_review_page
+from desra_core.errors import MissingObjectError
 from desra_core.image import atomic_path, atomic_write_bytes
 
 __all__ = ["IMAGE_COLUMNS", "REGION_COLUMNS", "STEPS", "TIMELINE_COLUMNS", "frame", "is_published",
@@ -97,32 +100,64 @@ def _marker(output_dir: str, stem: str) -> Path:
     return Path(output_dir) / ".desra" / "published" / f"{stem}.json"
 
 
-def is_published(output_dir: str, stem: str, keys: Mapping[str, object]) -> bool:
-    """True when ``stem``'s outputs and report were published from exactly these store keys."""
+def _marker_key(stem: str) -> str:
+    return f".desra/published/{stem}.json"
+
+
+def is_published(output_dir: str, stem: str, keys: Mapping[str, object], remote: Bucket | None = None) -> bool:
+    """True when ``stem``'s outputs and report were published from exactly these store keys (with ``remote``,
+    in that bucket, whatever this worker's local copy says: another worker may have published it since)."""
+    if remote is not None:
+        try:
+            return bool(json.loads(remote.read(_marker_key(stem))) == keys)
+        except MissingObjectError:
+            return False
+        except ValueError:  # not a record of this module: publish again
+            return False
     marker = _marker(output_dir, stem)
     return marker.is_file() and json.loads(marker.read_text()) == keys
 
 
 
 def publish_image(row: dict[str, Any], files: dict[str, str], regions: list[dict[str, Any]], output_dir: str,
-                  keys: Mapping[str, object] | None = None) -> dict[str, Any]:
+                  keys: Mapping[str, object] | None = None, remote: Bucket | None = None, *,
+                  refer: Callable[[str, str, str], None] | None = None) -> dict[str, Any]:
     """Copy the image's store entries to ``masks/``, ``pseudo_gt/``, ``sr/…``, ``labels/`` and write
     ``reports/<stem>.parquet``. ``files`` maps a folder (e.g. ``"masks"``, ``"sr/mse"``) to a store path.
     ``keys`` (the store keys it came from) are recorded last, so a later run can skip an image whose
-    published outputs are current."""
+    published outputs are current.
+
+    With ``remote`` (the output root's bucket; ``output_dir`` is this worker's copy of it), each file is also
+    written to the bucket under the same name, each object whole, then ``refer(folder, object key, sha256)``
+    records it as its store entry's bytes, and the publication record goes last (or, for a failed image, is
+    removed first), so no lister sees a record whose outputs are not all there."""
     out = Path(output_dir)
     stem = row["stem"]
+    if remote is not None and keys is None:
+        remote.delete(_marker_key(stem))
     for folder, src in files.items():
         _publish(src, out / folder / f"{stem}.png")
+        if remote is not None:
+            data = (out / folder / f"{stem}.png").read_bytes()
+            obj = f"{folder}/{stem}.png"
+            remote.write(obj, data)
+            if refer is not None:
+                refer(folder, obj, hashlib.sha256(data).hexdigest())
     image = {k: row.get(k) for k in IMAGE_COLUMNS}
     rows = [{**image, "region_id": r["id"], **{k: r[k] for k in REGION_COLUMNS[1:]}} for r in regions]
-    _write_parquet(rows or [image], IMAGE_COLUMNS + REGION_COLUMNS, out / "reports" / f"{stem}.parquet")
+    report = out / "reports" / f"{stem}.parquet"
+    _write_parquet(rows or [image], IMAGE_COLUMNS + REGION_COLUMNS, report)
+    if remote is not None:
+        remote.write(f"reports/{stem}.parquet", report.read_bytes())
     marker = _marker(output_dir, stem)
     if keys is None:
         marker.unlink(missing_ok=True)
     else:
+        record = json.dumps(keys, sort_keys=True).encode()
         marker.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(marker, json.dumps(keys, sort_keys=True).encode())
+        atomic_write_bytes(marker, record)
+        if remote is not None:
+            remote.write(_marker_key(stem), record)
     return row
 
 
@@ -132,17 +167,35 @@ def review_fragments(output_dir: str) -> Path:
 
 
 def write_run_files(rows: list[dict[str, Any]], output_dir: str, run_id: str, *, title: str,
-                    run_numbers: dict[str, Any] | None = None) -> tuple[Path, Path | str]:
+                    run_numbers: dict[str, Any] | None = None,
+                    remote: Bucket | None = None) -> tuple[Path | str, Path | str]:
     """``runs/<run_id>.parquet`` (one row per image) and ``report.html`` (the review page, worst first).
 
     Returns the Parquet path and the page's path, or, when the page could not be written (e.g. a full
-    disk), the reason: the reports are written by then, and the page is only a view of them."""
+    disk), the reason: the reports are written by then, and the page is only a view of them. With
+    ``remote`` (``output_dir`` being this worker's copy of a bucket output root) both are written to the
+    bucket too, the page's pictures first; the Parquet report is then returned as its URL, and the page as
+    the local copy that was uploaded."""
     path = Path(output_dir) / "runs" / f"{run_id}.parquet"
     _write_parquet(rows, IMAGE_COLUMNS, path)
+    runs: Path | str = path
+    if remote is not None:
+        remote.write(f"runs/{run_id}.parquet", path.read_bytes())
+        runs = remote.url_of(f"runs/{run_id}.parquet")
     try:
         page = write_review_page(rows, output_dir, title=title, fragments=review_fragments(output_dir),
                                  read_pixels=pixels.read_pixels, read_mask_file=pixels.read_mask,
                                  run_numbers=run_numbers or {})
     except OSError as e:
-        return path, f"{type(e).__name__}: {e}"
-    return path, page
+        return runs, f"{type(e).__name__}: {e}"
+    if remote is None:
+        return runs, page
+    pictures = Path(output_dir) / PICTURE_FOLDER
+    known = {info.key for info in remote.list(PICTURE_FOLDER)}
+    for picture in sorted(pictures.iterdir()) if pictures.is_dir() else []:
+        name = f"{PICTURE_FOLDER}/{picture.name}"  # named by their content: one already there is the same
+        if picture.is_file() and not picture.name.startswith(".") and name not in known:
+            remote.write(name, picture.read_bytes())
+    for page_file in sorted(Path(page).parent.glob("report*.html")):
+        remote.write(page_file.name, page_file.read_bytes())
+    return runs, page

@@ -35,12 +35,14 @@ import numpy as np
 from desra.pipeline import pixels
 from desra.pipeline.leftovers import attend
 from desra.pipeline.models import SEG_VERSION, SR_VERSION
+from desra.pipeline.objects import Bucket
+from desra.pipeline.remote import owner
 from desra.pipeline.report import is_published, publish_image, review_fragments
 from desra.pipeline.review import prepare_pictures
 from desra.pipeline.settings import Settings
 from desra.pipeline.store import Store, step_key
 from desra_core import DesraError, InputImageError, LabelMapError, __version__, build_pseudo_gt, detect_artifacts
-from desra_core.folder import FileBytes, FolderFile, max_input_bytes
+from desra_core.folder import FileBytes, max_input_bytes
 from desra_core.image import (
     read_image_bytes,
     read_image_size_bytes,
@@ -58,6 +60,16 @@ PSEUDO_VERSION = f"pseudo-2/{__version__}"  # 2: 16-bit pairs give a 16-bit pseu
 ROLES = ("mse", "gan")
 
 
+class SourceFile(Protocol):
+    """What an item reads its input (or label map) from: a :class:`~desra_core.folder.FolderFile` of a drop
+    folder, or a :class:`~desra.pipeline.objectfile.ObjectFile` of a drop in a bucket."""
+
+    @property
+    def shown(self) -> str: ...
+
+    def read(self, max_bytes: int | None, error: type[InputImageError] = ...) -> FileBytes: ...
+
+
 @dataclass(frozen=True, kw_only=True)
 class Item:
     """One image of a run: a low-resolution input (``path``, printable, for reports; ``file``, what to read),
@@ -72,8 +84,8 @@ class Item:
     error: str | None = None
     given: dict[str, tuple[str | None, str | None]] | None = None  # (None, None) for a missing result
     labels: tuple[str | None, str | None, str | None] | None = None
-    file: FolderFile | None = None
-    labels_file: FolderFile | None = None
+    file: SourceFile | None = None
+    labels_file: SourceFile | None = None
 
     def given_file(self, role: str) -> tuple[str, str]:
         """``(path, sha256)`` of the given ``role`` result of an item without ``error``."""
@@ -104,12 +116,16 @@ class ModelCalls(Protocol):
 class Run:
     """What every image of a run shares: the settings, the output root and the models (``None`` when
     every SR result is given and no segmenter runs). Creating one creates the output root and attends it
-    (:func:`desra.pipeline.leftovers.attend`: temporary files that killed runs left there are removed first)."""
+    (:func:`desra.pipeline.leftovers.attend`: temporary files that killed runs left there are removed first).
+
+    ``remote``: the bucket of an output root that is a URL; ``output_dir`` is then this worker's local copy of
+    it (:func:`desra.pipeline.remote.work_root`), and the store and the published outputs go to the bucket."""
 
     settings: Settings
     output_dir: str
     run_id: str
     models: ModelCalls | None = None  # desra.pipeline.models.Models, or a stand-in with the same methods
+    remote: Bucket | None = None
 
     def __post_init__(self) -> None:
         os.makedirs(self.output_dir, exist_ok=True)
@@ -117,7 +133,7 @@ class Run:
 
     @property
     def store(self) -> Store:
-        return Store(self.output_dir)
+        return Store(self.output_dir, self.remote, owner=owner() if self.remote is not None else None)
 
 
 @dataclass
@@ -217,7 +233,7 @@ def published_row(run: Run, item: Item) -> dict[str, Any] | None:
     store = run.store
     keys = _keys(run, item)
     record = store.read_json("detect", keys["detect"])
-    if record is None or not is_published(run.output_dir, item.stem, keys):
+    if record is None or not is_published(run.output_dir, item.stem, keys, run.remote):
         return None
     row = _record_row(base_row(run, item), record)
     row.update(cached=True, sr_seconds=0.0)
@@ -312,13 +328,23 @@ class ImageJob:
         """Open the input (and its label map) once, without following a link, and read it whole (at most
         ``DESRA_MAX_INPUT_MB``): the bytes that are hashed here are the ones :meth:`read` decodes, and the
         item's ``sha256`` (its store keys, its row) becomes their digest. A failure is kept for
-        :meth:`plan` (``load_error``), so that the image still gets its row and its task run."""
+        :meth:`plan` (``load_error``), so that the image still gets its row and its task run.
+
+        A file that can read its header alone (an object in a bucket: ``header_size``, one small ranged GET)
+        is refused from it, in a run with models, when its result would be too large (a decompression bomb
+        costs no download); when the header does not say, the file is read whole and checked as any other."""
         item = self.item
         try:
             if item.error is not None:
                 return
             limit = max_input_bytes()
             if item.file is not None:
+                header_size = getattr(item.file, "header_size", None)
+                if header_size is not None and self.run.models is not None:
+                    size = header_size()
+                    if size is not None:
+                        check_output_size(size[0], size[1], self.run.models.scale, max_output_pixels(),
+                                          item.path or item.file.shown)
                 self.src = item.file.read(limit)
                 item = replace(item, sha256=self.src.sha256)
             if item.labels_file is not None and item.labels is not None and item.labels[2] is None:
@@ -328,6 +354,55 @@ class ImageJob:
             self.load_error = e
         finally:
             self.item = item
+
+    def _seen(self) -> list[tuple[str, str | None]] | None:
+        """``(store key, digest or None)`` of "seen" records for the input and its label map when both are
+        objects whose listing gave an ETag (see :meth:`recall`); ``None`` when either is not."""
+        item = self.item
+        files = [item.file]
+        if item.labels_file is not None and item.labels is not None and item.labels[2] is None:
+            files.append(item.labels_file)
+        keys = []
+        for file in files:
+            etag, size = getattr(file, "etag", None), getattr(file, "size", None)
+            if file is None or not etag or size is None:
+                return None
+            keys.append(step_key("seen", "1", url=file.shown, etag=etag, size=size))
+        digests = [item.sha256, item.labels[1] if item.labels is not None else None]
+        return list(zip(keys, digests[:len(keys)], strict=True))
+
+    def recall(self) -> bool:
+        """For an input (and label map) in a bucket whose listed ETag and size this output root has read before,
+        take the digests of those reads without reading it again: a drop of objects that are all known costs a
+        listing and one small record per image, no download. ``True`` when the digests were set; :meth:`load`
+        still reads the input when a step needs it (and its digest is then that of the bytes it reads)."""
+        if self.item.error is not None or self.item.file is None:
+            return False
+        seen = self._seen()
+        if seen is None:
+            return False
+        digests = []
+        for key, _ in seen:
+            record = self.run.store.read_json("seen", key)
+            if record is None or not isinstance(record.get("sha256"), str):
+                return False
+            digests.append(record["sha256"])
+        item = replace(self.item, sha256=digests[0])
+        if len(digests) > 1 and item.labels is not None:
+            item = replace(item, labels=(item.labels[0], digests[1], None))
+        self.item = item
+        return True
+
+    def remember(self) -> None:
+        """After :meth:`load` read objects whose listing gave an ETag: record their digests for :meth:`recall`
+        (only when the read saw the listed ETag: an object replaced in between is not recorded)."""
+        seen = self._seen()
+        if seen is None or self.load_error is not None:
+            return
+        reads = [(self.src, self.item.file), (self.labels_src, self.item.labels_file)]
+        for (key, digest), (src, file) in zip(seen, reads, strict=False):
+            if digest is not None and src is not None and getattr(src, "etag", None) == getattr(file, "etag", None):
+                self.run.store.write_json("seen", key, {"sha256": digest})
 
     # --- bookkeeping -------------------------------------------------------------------------------------
 
@@ -467,7 +542,7 @@ class ImageJob:
         key = _pseudo_key(self.run, self.sr["mse"].key, self.sr["gan"].key, detection["key"])
         path = store.path("pseudo_gt", key, ".png")
         with store.claim("pseudo_gt", key, blocking=True):
-            if path.is_file():
+            if store.has("pseudo_gt", key, ".png"):
                 self.pseudo = _Entry(key, str(path), cached=True)
                 return
             started = _now()
@@ -496,10 +571,13 @@ class ImageJob:
         started = _now()
         detection, pseudo = _needed(self.detection, "the detection"), _needed(self.pseudo, "the pseudo-GT")
         files = {"masks": detection["mask_path"], "pseudo_gt": pseudo.path}
+        entries = {"masks": ("detect", detection["key"]), "pseudo_gt": ("pseudo_gt", pseudo.key)}
         if self.item.given is None:
             files.update({"sr/mse": self.sr["mse"].path, "sr/gan": self.sr["gan"].path})
+            entries.update({"sr/mse": ("sr", self.sr["mse"].key), "sr/gan": ("sr", self.sr["gan"].key)})
         if self.labels is not None and not self.run.settings.labels_dir:
             files["labels"] = self.labels.path
+            entries["labels"] = ("segment", self.labels.key)
         keys = {"mse": self.sr["mse"].key, "gan": self.sr["gan"].key,
                 "labels": None if self.labels is None else self.labels.key, "detect": detection["key"],
                 "pseudo_gt": pseudo.key}
@@ -508,7 +586,9 @@ class ImageJob:
         self.times["publish"] = [started, None]
         self._stamp(row)
         row["publish_finished_at"] = None
-        publish_image(row, files, detection["regions"], self.run.output_dir, keys)
+        store = self.run.store
+        publish_image(row, files, detection["regions"], self.run.output_dir, keys, self.run.remote,
+                      refer=lambda folder, obj, digest: store.refer(*entries[folder], ".png", obj, digest))
         self.review_assets(row)
         row["publish_finished_at"] = self.times["publish"][1] = _now()
         return row
@@ -525,7 +605,7 @@ class ImageJob:
     def publish_failure(self, row: dict[str, Any]) -> dict[str, Any]:
         """Write the failed image's report (its row, no outputs); a stale publication record goes."""
         self._stamp(row)
-        publish_image(row, {}, [], self.run.output_dir, None)
+        publish_image(row, {}, [], self.run.output_dir, None, self.run.remote)
         return row
 
     def _stamp(self, row: dict[str, Any]) -> None:

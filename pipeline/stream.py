@@ -176,9 +176,9 @@ def process_image(job: ImageJob, cpu: contextlib.AbstractContextManager[object],
                 job.detect()
             with cpu:
                 job.pseudo_gt()
-        row = job.finish_row()
-        with cpu:
-            return job.publish(row)
+            row = job.finish_row()
+            with cpu:  # still holding the claims: in a bucket, the entries become visible as they are published
+                return job.publish(row)
     except Exception as e:  # reported in the image's row; the others go on
         for future in queued:  # model calls of this image still waiting: not worth the device's time
             future.cancel()
@@ -220,8 +220,13 @@ def process_images(items: Iterable[Item], run: Run, *, device: Device | None = N
             for i, item in enumerate(items):
                 def work(i: int = i, item: Item = item) -> dict[str, Any]:
                     job = ImageJob(run, item, order=i)
+                    if job.recall():  # objects read before, unchanged: their digests without a download
+                        row = published_row(run, job.item)
+                        if row is not None:
+                            return row
                     with gate:
                         job.load()  # the one read of its files: their digests give the store keys
+                    job.remember()
                     if on_load is not None:
                         on_load(i, job.item)
                     if job.load_error is None:

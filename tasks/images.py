@@ -22,6 +22,7 @@ from prefect.states import Failed
 
 from desra.pipeline.drop import drop_items
 from desra.pipeline.models import Models
+from desra.pipeline.remote import bucket_of, read_through_limit, trim, work_root
 from desra.pipeline.settings import Settings
 from desra.pipeline.steps import Item, Run
 from desra.pipeline.stream import Device, process_images
@@ -92,11 +93,14 @@ def _as_task(item: Item, work: Callable[[], dict]) -> dict:
 def process(settings: Settings, input_dir: str, output_dir: str, run_id: str, stems: list[str] | None = None,
             progress: Progress | None = None) -> list[dict]:
     """Every image of ``input_dir`` (or only ``stems``), streamed through the pipeline; one row per image.
-    ``progress`` moves from 0 to 100 percent as images finish."""
+    ``progress`` moves from 0 to 100 percent as images finish. Either folder may be a bucket URL: an output
+    URL is worked on in this worker's local copy (:mod:`desra.pipeline.remote`), trimmed to
+    ``DESRA_OUTPUT_CACHE_MB`` when the run is done."""
     logger = get_run_logger()
     items = drop_items(input_dir, stems, settings.labels_dir)
     models = Models(settings)
-    run = Run(settings=settings, output_dir=output_dir, run_id=run_id, models=models)
+    remote = bucket_of(output_dir)
+    run = Run(settings=settings, output_dir=work_root(output_dir), run_id=run_id, models=models, remote=remote)
     finished = [0]
 
     def on_row(row: dict) -> None:
@@ -115,6 +119,8 @@ def process(settings: Settings, input_dir: str, output_dir: str, run_id: str, st
         rows = process_images(items, run, device=device, wrap=_as_task, on_row=on_row)
     finally:
         device.close()
+        if remote is not None:
+            trim(run.output_dir, read_through_limit())
     cached = sum(bool(r.get("cached")) for r in rows)
     logger.info("%d image(s): %d from the store, model calls %d (device busy %.1f s)", len(rows), cached,
                 device.calls, device.busy_seconds)

@@ -12,6 +12,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from desra.pipeline.remote import bucket_of, work_root
 from desra.pipeline.report import IMAGE_COLUMNS, frame, write_run_files
 from desra.pipeline.text import inert
 
@@ -21,7 +22,9 @@ __all__ = ["write_run_report"]
 @task(name="run-report", cache_policy=NO_CACHE, persist_result=False)
 def write_run_report(rows: list[dict], output_dir: str, run_id: str, run_numbers: dict | None = None) -> str:
     """The run's Parquet report and review page, and its table and summary artifacts; returns the Parquet path."""
-    path, page = write_run_files(rows, output_dir, run_id, title=f"desra run {run_id}", run_numbers=run_numbers)
+    remote = bucket_of(output_dir)
+    path, page = write_run_files(rows, work_root(output_dir), run_id, title=f"desra run {run_id}",
+                                 run_numbers=run_numbers, remote=remote)
     table = frame(rows, IMAGE_COLUMNS)
     ranked = table.assign(_failed=table["status"] != "ok").sort_values(
         ["_failed", "artifact_fraction"], ascending=[False, False], na_position="last")
@@ -39,9 +42,12 @@ def write_run_report(rows: list[dict], output_dir: str, run_id: str, run_numbers
              f"* images: {len(table)} ({ok} ok, {failed} failed)",
              f"* with artifacts: {flagged}",
              f"* from the store (no model work): {int(table['cached'].fillna(False).sum())}",
-             f"* output: {inert(Path(output_dir).resolve())} (`masks/`, `pseudo_gt/`, `sr/`, `reports/`)",
-             f"* run report: {inert(path.resolve())}"]
-    if isinstance(page, Path):  # as_uri() percent-encodes every character that could end the link
+             f"* output: {inert(output_dir if remote else Path(output_dir).resolve())} (`masks/`, `pseudo_gt/`, "
+             "`sr/`, `reports/`)",
+             f"* run report: {inert(path if isinstance(path, str) else path.resolve())}"]
+    if isinstance(page, Path) and remote is not None:  # no link: the browser cannot open a bucket URL
+        lines.append(f"* review page: {inert(remote.url_of(page.name))}")
+    elif isinstance(page, Path):  # as_uri() percent-encodes every character that could end the link
         lines.append(f"* review page: [report.html]({page.resolve().as_uri()}) ({inert(page.resolve())})")
     else:  # e.g. a full disk: the reports above are written; the page is a view of them
         get_run_logger().warning("could not write the review page: %s", inert(page))
