@@ -4,6 +4,7 @@ an oversize object refused from the listing's size, a failing object failing alo
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 import time
@@ -315,3 +316,29 @@ def test_names_that_only_a_bucket_can_hold(s3_client: Any, s3_bucket_name: str) 
     assert str(items["bell%07"].error).startswith("expected a file name usable for output files and reports, got a "
                                                   "name containing '\\x07'; rename the file")
     assert items["sub"].error == f"expected an image file, got a folder of objects (file: {url}/sub.png/)"
+
+
+def test_an_object_replaced_after_the_listing_is_recorded_as_read_and_not_remembered(
+        s3_client: Any, s3_bucket_name: str, tmp_path: Path) -> None:
+    """The row's digest is that of the bytes processed; the "seen" record that lets a later run skip the download
+    is written only when the read saw the listed content, so the replaced object is read again next time."""
+    images = _images()
+    _put(s3_client, s3_bucket_name, "drop", {"a.png": images["a.png"]})
+    url = f"s3://{s3_bucket_name}/drop"
+    run = _run(tmp_path, FourTimes())
+    (item,) = drop_items(url)
+    replacement = images["b16.png"]
+    s3_client.put_object(Bucket=s3_bucket_name, Key="drop/a.png", Body=replacement)
+    job = ImageJob(run, item)
+    job.load()
+    job.remember()
+    assert job.item.sha256 == hashlib.sha256(replacement).hexdigest()  # what was processed
+    assert not list((Path(run.output_dir) / ".desra" / "store").glob("seen/*/*.json"))
+    assert not ImageJob(run, drop_items(url)[0]).recall()  # listed anew: not known yet
+
+    (item,) = drop_items(url)  # listed after the replacement: the read sees the listed content
+    job = ImageJob(run, item)
+    job.load()
+    job.remember()
+    again = ImageJob(run, drop_items(url)[0])
+    assert again.recall() and again.item.sha256 == hashlib.sha256(replacement).hexdigest()
