@@ -9,10 +9,12 @@ task run; a refusal logged once and returned as the run's ``Failed`` state). In 
 2. confines the run's paths to the allowed roots (:func:`allowed_roots`, :mod:`desra.pipeline.roots`) and
    refuses an output root that overlaps a folder the run reads (:func:`~desra.pipeline.roots.check_apart`);
 3. checks the device and resolves it (``auto``: CUDA when available, else the CPU), loads and checks both SR
-   models and the segmenter, makes sure that the output root can be created and written, and removes the
-   temporary files that killed runs left there (:func:`check_run`; the verdict on the models is remembered
-   in the output root's store);
-4. opens the input folders and checks each open descriptor against the roots (:func:`admit_folders`).
+   models and the segmenter, makes sure that the output root can be created and written (for an ``s3://``
+   output root: this worker's local copy, and one probe object in the bucket), and removes the temporary
+   files that killed runs left there (:func:`check_run`; the verdict on the models is remembered in this
+   worker's copy of the output root's store);
+4. opens the input folders and checks each open descriptor against the roots (:func:`admit_folders`); an
+   ``s3://`` input is checked against the roots as a URL and must answer one small listing.
 
 Every refusal is a :class:`~desra_core.DesraError` of one sentence; nothing has been read from a forbidden
 folder or created before steps 1-2 pass. The admitted :class:`Settings` carry the resolved device, and every
