@@ -743,6 +743,11 @@ class Claims:
             return None, etag  # not a claim of this module: treated as expired, so it can be taken over
         return claim, etag
 
+    def create(self, name: str) -> bool:
+        """Take the claim on ``name`` only where no claim on it was ever taken (claim objects are never deleted):
+        ``True`` when this call created it. One request; :meth:`claim` does the rest."""
+        return self.bucket.write_if_absent(self._key(name), self._record())
+
     def claim(self, name: str) -> bool:
         """Take the claim on ``name``: ``True`` when this owner holds it now (taken, taken over, or renewed)."""
         key = self._key(name)

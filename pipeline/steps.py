@@ -441,7 +441,8 @@ class ImageJob:
         if store.has(step, key, suffix):
             return _Entry(key, str(path), cached=True)
         self.claims.enter_context(store.claim(step, key, blocking=True))
-        return _Entry(key, str(path), cached=store.has(step, key, suffix))  # another run may have finished it
+        return _Entry(key, str(path), cached=store.has_after_claim(step, key, suffix))  # another run may have
+        # finished it
 
     @property
     def sr_needed(self) -> list[str]:
@@ -498,7 +499,7 @@ class ImageJob:
         labels_key = None if self.labels is None else self.labels.key
         key = _detect_key(self.run, self.sr["mse"].key, self.sr["gan"].key, labels_key)
         with store.claim("detect", key, blocking=True):  # another run may be detecting this very image
-            cached = store.read_json("detect", key)
+            cached = None if store.first else store.read_json("detect", key)
             if cached is not None and store.has("detect", key, ".png"):
                 self.detection = {**cached, "cached": True}
                 self.labels_src = None
@@ -542,7 +543,7 @@ class ImageJob:
         key = _pseudo_key(self.run, self.sr["mse"].key, self.sr["gan"].key, detection["key"])
         path = store.path("pseudo_gt", key, ".png")
         with store.claim("pseudo_gt", key, blocking=True):
-            if store.has("pseudo_gt", key, ".png"):
+            if store.has_after_claim("pseudo_gt", key, ".png"):
                 self.pseudo = _Entry(key, str(path), cached=True)
                 return
             started = _now()

@@ -92,6 +92,7 @@ class Store:
         self.locks = self.root / ".desra" / "locks"
         self.remote = remote
         self.owner = owner
+        self.first = False  # the last claim in a bucket was the first ever taken on its entry
 
     def path(self, step: str, key: str, suffix: str) -> Path:
         return self.base / step / key[:2] / f"{key}{suffix}"
@@ -104,6 +105,11 @@ class Store:
     def has(self, step: str, key: str, suffix: str) -> bool:
         """Whether the entry exists: in this worker's copy, or in the bucket (then fetched into the copy)."""
         return self.path(step, key, suffix).is_file() or self._fetch(step, key, suffix)
+
+    def has_after_claim(self, step: str, key: str, suffix: str) -> bool:
+        """:meth:`has`, for a holder that has just taken the entry's claim: without asking the bucket when that
+        claim was the first ever taken on the entry (every writer claims before computing, so nobody has)."""
+        return self.path(step, key, suffix).is_file() or (not self.first and self._fetch(step, key, suffix))
 
     def _fetch(self, step: str, key: str, suffix: str) -> bool:
         """Copy an entry from the bucket into the local root; ``False`` when the bucket has none, or its
@@ -204,7 +210,8 @@ class Store:
         lease = claim_lease()
         claims = Claims(self.remote, ".desra/claims", self.owner, lease)
         name = f"{step}/{key}"
-        while not claims.claim(name):
+        self.first = claims.create(name)
+        while not self.first and not claims.claim(name):
             if not blocking:
                 yield False
                 return

@@ -144,6 +144,10 @@ def process_image(job: ImageJob, cpu: contextlib.AbstractContextManager[object],
     try:
         with job.claims:  # released when the image is done (or failed)
             job.plan()
+            if not job.sr_needed and not job.segment_needed:  # e.g. another worker published it while this one
+                row = published_row(run, job.item)            # waited for the claims: nothing to write again
+                if row is not None:
+                    return row
             with cpu:
                 job.read()
             # Both SR passes queue at once: the MSE result is encoded while the GAN model runs, the GAN

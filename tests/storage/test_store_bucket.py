@@ -114,3 +114,15 @@ def test_the_lease_setting_is_checked():
     for bad in ("0", "-3", "abc", "7200"):
         with pytest.raises(ConfigError, match="DESRA_CLAIM_LEASE_S"):
             claim_lease({"DESRA_CLAIM_LEASE_S": bad})
+
+
+def test_only_the_first_claim_ever_on_an_entry_skips_asking_the_bucket_again(tmp_path, bucket):
+    a, b = _store(tmp_path, bucket, "worker-a"), _store(tmp_path, bucket, "worker-b")
+    with a.claim(STEP, KEY, blocking=True):
+        assert a.first  # nobody ever claimed it, so nobody computed it
+        assert not a.has_after_claim(STEP, KEY, ".png")
+        bucket.write("sr/gan/im.png", b"bytes")
+        a.refer(STEP, KEY, ".png", "sr/gan/im.png", hashlib.sha256(b"bytes").hexdigest())
+    with b.claim(STEP, KEY, blocking=True):
+        assert not b.first  # claimed before: the entry may exist, and it does
+        assert b.has_after_claim(STEP, KEY, ".png")
