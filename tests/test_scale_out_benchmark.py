@@ -1,0 +1,52 @@
+"""``benchmarks/scale_out.py --quick`` runs end to end: worker processes on a local root and on a moto S3 bucket,
+and a markdown table with every column and numbers that make sense (not the issue's goals: 2 images on a busy
+test machine say nothing about scaling)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("moto.moto_server.threaded_moto_server", reason="needs the dev extra (moto[server])")
+pytest.importorskip("s3fs", reason="needs the s3 extra (s3fs)")
+
+REPO = Path(__file__).resolve().parents[1]
+COLUMNS = ["storage", "split", "workers", "images", "wall s", "images/s", "× one worker", "CPU core-s/image",
+           "server CPU core-s/image", "model calls", "requests/image", "ok"]
+
+
+def _table(output: str) -> list[dict[str, str]]:
+    lines = [line for line in output.splitlines() if line.startswith("|")]
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    assert header == COLUMNS, output
+    return [dict(zip(header, (cell.strip() for cell in line.strip("|").split("|")), strict=True))
+            for line in lines[2:]]
+
+
+@pytest.mark.slow
+def test_quick_mode_prints_the_table_for_both_storages(needs_parity, tmp_path):
+    env = {**os.environ, "DESRA_SHARED": str(needs_parity.parent), "TMPDIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "scale_out.py"), "--quick"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    rows = _table(done.stdout)
+    assert [(r["storage"], r["split"], r["workers"]) for r in rows] == [
+        ("local", "batch", "1"), ("local", "batch", "2"), ("s3", "batch", "1"), ("s3", "batch", "2")]
+    for r in rows:
+        assert r["images"] == "2" and r["ok"] == "2/2", r
+        assert r["model calls"] == "6", r  # MSE-SR, GAN-SR, segmentation of each image, once across the workers
+        wall, ips = float(r["wall s"]), float(r["images/s"])
+        assert 0 < wall < 120 and ips == pytest.approx(2 / wall, rel=0.02), r
+        assert 0 < float(r["CPU core-s/image"]) < 30, r
+        assert float(r["× one worker"]) > 0, r
+        requests = float(r["requests/image"])
+        assert (requests > 5) if r["storage"] == "s3" else (requests == 0), r
+    assert [r["× one worker"] for r in rows if r["workers"] == "1"] == ["1.00", "1.00"]
+    assert float(rows[2]["server CPU core-s/image"]) > 0  # the moto server did the S3 run's requests
+    assert "PASS  every entry computed once" in done.stdout
+    for goal in ("one worker on S3 ≥ 0.9× its local throughput", "CPU per image on S3 within +15 % of local"):
+        assert goal in done.stdout  # printed with PASS or FAIL; 2 images decide nothing
