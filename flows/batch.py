@@ -11,6 +11,7 @@ from typing import Any
 
 from prefect import flow
 from prefect.client.schemas.objects import State
+from prefect.runtime import flow_run as runtime_flow_run
 
 from desra.pipeline.options import RunOptions, with_options
 from desra.tasks.images import process
@@ -44,6 +45,7 @@ def desra_batch(
     if isinstance(settings, State):  # refused
         return settings
     progress = Progress(f"desra-batch: {len(stems) if stems is not None else 'all'} image(s)")
-    rows = process(settings, input_dir, output_dir, run_id, stems, progress)
+    rows = process(settings, input_dir, output_dir, run_id, stems, progress,
+                   batch=str(runtime_flow_run.id or "adhoc"))
     progress.done()
     return rows

@@ -24,8 +24,8 @@ from pydantic import Field
 from desra.pipeline.drop import drop_folder, scan_drop
 from desra.pipeline.objects import is_url
 from desra.pipeline.options import RunOptions, with_options
-from desra.pipeline.remote import bucket_of
-from desra.pipeline.report import IMAGE_COLUMNS
+from desra.pipeline.remote import bucket_of, work_root
+from desra.pipeline.report import IMAGE_COLUMNS, read_batch_rows
 from desra.pipeline.settings import Settings
 from desra.pipeline.text import inert
 from desra.tasks.finetune import finetune_generator
@@ -112,7 +112,7 @@ def _run_batches_on_workers(batches: list[list[str]], parameters: dict, progress
                     try:
                         with heartbeats(run_of[run_id], BATCH_DEPLOYMENT.split("/")[0]):
                             process(settings, parameters["input_dir"], parameters["output_dir"],
-                                    parameters["run_id"], stems_of[run_id])
+                                    parameters["run_id"], stems_of[run_id], batch=str(run_id))
                     except Exception as e:  # the parent run goes on; _gather reports the missing images
                         client.set_flow_run_state(run_id, Failed(message=f"processed in parent run {parent}, "
                                                                          f"which failed on it: {inert(e)}"), force=True)
@@ -128,11 +128,14 @@ def _run_batches_on_workers(batches: list[list[str]], parameters: dict, progress
 def _gather(output_dir: str, stems: list[str], run_id: str) -> list[dict]:
     """Image-level rows from ``reports/<stem>.parquet`` (written by whichever worker ran the batch).
 
-    Only a report that this run wrote counts (its ``run_id`` column is ``run_id``): a report left by an
-    earlier run, perhaps with other settings, means that this run's batch died before it published the
-    image, and the image is a failed row, never the old result passed off as this run's."""
+    Only a report that this run wrote counts (its ``run_id`` column is ``run_id``), or the row that this run's
+    batch recorded for the image (:func:`~desra.pipeline.report.read_batch_rows`: an image taken whole from the
+    store publishes no new report). A report left by an earlier run, with no row from this run's batches, means
+    that the batch died before it got to the image, and the image is a failed row, never the old result passed
+    off as this run's."""
     rows: list[dict[str, Any]] = []
     remote = bucket_of(output_dir)
+    recorded = read_batch_rows(work_root(output_dir), run_id, remote)
     for stem in stems:
         path = Path(output_dir) / "reports" / f"{stem}.parquet"
         if remote is not None:  # the bucket, where every worker published its images
@@ -142,6 +145,9 @@ def _gather(output_dir: str, stems: list[str], run_id: str) -> list[dict]:
                 first = None
         else:
             first = pd.read_parquet(path).iloc[0] if path.exists() else None
+        if (first is None or first.get("run_id") != run_id) and stem in recorded:
+            rows.append(recorded[stem])
+            continue
         if first is None or first.get("run_id") != run_id:
             rows.append({"stem": stem, "status": "failed", "run_id": run_id,
                          "error": "its batch run ended without a report from this run (see the desra-batch run)"})

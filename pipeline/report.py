@@ -18,7 +18,9 @@ the store.
 
 import functools
 import hashlib
+import io
 import json
+import re
 import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -31,11 +33,11 @@ import pyarrow.parquet as pq
 from desra.pipeline import pixels
 from desra.pipeline.objects import Bucket
 from desra.pipeline.review import PICTURE_FOLDER, write_review_page
-from desra_core.errors import MissingObjectError
+from desra_core.errors import ConfigError, MissingObjectError
 from desra_core.image import atomic_path, atomic_write_bytes
 
-__all__ = ["IMAGE_COLUMNS", "REGION_COLUMNS", "STEPS", "TIMELINE_COLUMNS", "frame", "is_published",
-           "publish_image", "review_fragments", "write_run_files"]
+__all__ = ["IMAGE_COLUMNS", "REGION_COLUMNS", "STEPS", "TIMELINE_COLUMNS", "batch_rows_key", "frame", "is_published",
+           "publish_image", "read_batch_rows", "review_fragments", "write_batch_rows", "write_run_files"]
 
 STEPS = ("sr_mse", "sr_gan", "segment", "detect", "pseudo_gt", "publish")
 TIMELINE_COLUMNS = [f"{step}_{edge}" for step in STEPS for edge in ("started_at", "finished_at")]
@@ -159,6 +161,51 @@ def publish_image(row: dict[str, Any], files: dict[str, str], regions: list[dict
         if remote is not None:
             remote.write(_marker_key(stem), record)
     return row
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def batch_rows_key(run_id: str, batch: str) -> str:
+    """Where a batch's rows go; ConfigError for names that could leave ``.desra/batches``."""
+    for what, value in (("run_id", run_id), ("batch", batch)):
+        if not isinstance(value, str) or not _NAME.fullmatch(value) or ".." in value:
+            raise ConfigError(f"expected {what} of letters, digits, '.', '_' and '-' (at most 128), got {value!r}")
+    return f".desra/batches/{run_id}/{batch}.parquet"
+
+
+def write_batch_rows(rows: list[dict[str, Any]], output_dir: str, run_id: str, batch: str,
+                     remote: Bucket | None = None) -> None:
+    """One batch's image rows (``.desra/batches/<run_id>/<batch>.parquet``, also in ``remote``), for the run that
+    split its drop into batches (:func:`read_batch_rows`): an image taken whole from the store publishes no new
+    report, so its report still names the run that computed it."""
+    key = batch_rows_key(run_id, batch)
+    path = Path(output_dir) / key
+    _write_parquet(rows, IMAGE_COLUMNS, path)
+    if remote is not None:
+        remote.write(key, path.read_bytes())
+
+
+def read_batch_rows(output_dir: str, run_id: str, remote: Bucket | None = None) -> dict[str, dict[str, Any]]:
+    """The image rows that the batches of run ``run_id`` wrote (:func:`write_batch_rows`), by stem."""
+    prefix = batch_rows_key(run_id, "x").rsplit("/", 1)[0]
+    if remote is not None:
+        blobs = [remote.read(info.key) for info in remote.list(prefix) if info.key.endswith(".parquet")]
+    else:
+        blobs = [p.read_bytes() for p in sorted((Path(output_dir) / prefix).glob("*.parquet"))]
+    rows: dict[str, dict[str, Any]] = {}
+    for blob in blobs:
+        for record in pd.read_parquet(io.BytesIO(blob)).to_dict("records"):
+            rows[str(record["stem"])] = {k: None if k not in record or _missing(record[k]) else record[k]
+                                         for k in IMAGE_COLUMNS}
+    return rows
+
+
+def _missing(value: Any) -> bool:
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):  # not a scalar
+        return False
 
 
 def review_fragments(output_dir: str) -> Path:

@@ -23,6 +23,7 @@ from prefect.states import Failed
 from desra.pipeline.drop import drop_items
 from desra.pipeline.models import Models
 from desra.pipeline.remote import bucket_of, read_through_limit, trim, work_root
+from desra.pipeline.report import batch_rows_key, write_batch_rows
 from desra.pipeline.settings import Settings
 from desra.pipeline.steps import Item, Run
 from desra.pipeline.stream import Device, process_images
@@ -91,12 +92,15 @@ def _as_task(item: Item, work: Callable[[], dict]) -> dict:
 
 
 def process(settings: Settings, input_dir: str, output_dir: str, run_id: str, stems: list[str] | None = None,
-            progress: Progress | None = None) -> list[dict]:
+            progress: Progress | None = None, batch: str | None = None) -> list[dict]:
     """Every image of ``input_dir`` (or only ``stems``), streamed through the pipeline; one row per image.
     ``progress`` moves from 0 to 100 percent as images finish. Either folder may be a bucket URL: an output
     URL is worked on in this worker's local copy (:mod:`desra.pipeline.remote`), trimmed to
-    ``DESRA_OUTPUT_CACHE_MB`` when the run is done."""
+    ``DESRA_OUTPUT_CACHE_MB`` when the run is done. ``batch``: this is one batch of run ``run_id``, named so;
+    its rows are kept for that run (:func:`desra.pipeline.report.write_batch_rows`)."""
     logger = get_run_logger()
+    if batch is not None:
+        batch_rows_key(run_id, batch)  # names that cannot leave the output root, refused before any work
     items = drop_items(input_dir, stems, settings.labels_dir)
     models = Models(settings)
     remote = bucket_of(output_dir)
@@ -121,6 +125,8 @@ def process(settings: Settings, input_dir: str, output_dir: str, run_id: str, st
         device.close()
         if remote is not None:
             trim(run.output_dir, read_through_limit())
+    if batch is not None:
+        write_batch_rows(rows, run.output_dir, run_id, batch, remote)
     cached = sum(bool(r.get("cached")) for r in rows)
     logger.info("%d image(s): %d from the store, model calls %d (device busy %.1f s)", len(rows), cached,
                 device.calls, device.busy_seconds)

@@ -1,8 +1,9 @@
-"""A scaled-out `desra` run gathers only the per-image reports that its own batch runs wrote.
+"""A scaled-out `desra` run gathers only the per-image rows that its own batch runs wrote.
 
-`_gather` reads `reports/<stem>.parquet`, which any run over the same output folder rewrites. When this
-run's batch run dies before publishing an image, the file still holds an earlier run's row, perhaps
-computed with another threshold: reporting it as this run's `ok` would be a lie.
+`_gather` reads `reports/<stem>.parquet`, which a run rewrites for every image it publishes, and the rows its
+batches recorded (an image taken whole from the store is not published again, so its report still names the
+run that computed it). When this run's batch run dies before it gets to an image, the report holds an earlier
+run's row, perhaps computed with another threshold: reporting it as this run's `ok` would be a lie.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import pandas as pd
 
 from desra.flows.full import _gather, desra
+from desra.pipeline.report import write_batch_rows
 from tests.flows.conftest import write_lr
 
 
@@ -34,3 +36,26 @@ def test_gather_reports_only_rows_this_run_wrote(tmp_path, tiny_models):
     assert all(r["run_id"] == "20261207T000000-deadbeef" for r in rows)
     assert all("without a report from this run" in r["error"] for r in rows)
     assert all(r.get("artifact_fraction") is None for r in rows)
+
+    # A later run whose batch took both images from the store: its batch recorded their rows, so they count,
+    # with this run's id, though the reports still name the earlier run; an image of a dead batch does not.
+    later = "20261207T000001-cafef00d"
+    first = earlier[earlier["stem"] == "img0"]
+    recorded = [{**row, "run_id": later, "cached": True, "computed": ""}
+                for row in first.astype(object).where(first.notna(), None).to_dict("records")]
+    write_batch_rows(recorded, str(out), later, "batch-1")
+    rows = _gather(str(out), ["img0", "img1"], later)
+    assert [r["status"] for r in rows] == ["ok", "failed"]
+    assert rows[0]["run_id"] == later and rows[0]["cached"]
+    assert rows[0]["artifact_fraction"] == earlier[earlier["stem"] == "img0"]["artifact_fraction"].iloc[0]
+
+
+def test_batch_rows_names_cannot_leave_the_output_root(tmp_path):
+    import pytest
+
+    from desra_core.errors import ConfigError
+
+    for run_id, batch in (("../x", "b"), ("r", "../../etc"), ("r/s", "b"), (".hidden", "b"), ("r", "")):
+        with pytest.raises(ConfigError, match="expected"):
+            write_batch_rows([], str(tmp_path), run_id, batch)
+    assert not any(tmp_path.iterdir())
