@@ -66,6 +66,10 @@ def _run_batches_on_workers(batches: list[list[str]], parameters: dict, progress
     holding its slot, for ever: the automation watches only runs that send heartbeats). The batch run stays
     Pending meanwhile, not Running: its work runs in this run's process, which already counts as the pool's
     running flow run.
+
+    A batch run that ends ``Crashed`` (its worker died; the zombie automation marks it) is finished here too,
+    once: the images that the dead worker published are taken from the store, and the entries it had claimed
+    are computed once their claims' lease has run out.
     """
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.objects import FlowRun, StateType
@@ -101,6 +105,15 @@ def _run_batches_on_workers(batches: list[list[str]], parameters: dict, progress
                     last_pickup = time.monotonic()
                 if state.is_final():
                     pending.discard(run_id)
+                if state.is_crashed() and stems_of[run_id]:  # its worker died: finish its batch here, once
+                    logger.warning("batch run %s crashed: processing its %d image(s) here; entries its worker had "
+                                   "claimed wait for their lease to run out", run_id, len(stems_of[run_id]))
+                    try:
+                        process(settings, parameters["input_dir"], parameters["output_dir"], parameters["run_id"],
+                                stems_of[run_id], batch=f"{run_id}-again")
+                    except Exception as e:  # the parent run goes on; _gather reports the missing images
+                        logger.error("could not finish crashed batch run %s here: %s", run_id, inert(e))
+                    stems_of[run_id] = []
             if scheduled and time.monotonic() - last_pickup >= takeover_after:
                 run_id = scheduled.pop()  # workers take the oldest first: take the newest
                 parent = f"{runtime_flow_run.id} ({runtime_flow_run.name})"
