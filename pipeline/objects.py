@@ -11,9 +11,9 @@ from a parameter) or a local folder, with one API. Every key is relative to that
   :meth:`Bucket.replace_if` replaces one only while its ETag is still the given one (S3 ``If-Match``). On a
   local folder the same conditions are checked and applied under an exclusive ``flock`` on the object's
   folder, which every mutation of this module takes (a local disk; on NFS use a bucket).
-- Transient failures (5xx, throttling, dropped connections) are retried with exponential backoff by the
-  SDK (its ``standard`` retry mode, 5 attempts, unless ``AWS_RETRY_MODE``/``AWS_MAX_ATTEMPTS`` say
-  otherwise); what still fails raises :class:`~desra_core.errors.StorageError`.
+- Transient failures (5xx, throttling, dropped connections) are retried with exponential backoff and
+  jitter by the client (5 attempts, unless the standard ``AWS_MAX_ATTEMPTS`` says otherwise); what still
+  fails raises :class:`~desra_core.errors.StorageError`.
 
 Every failure a user can cause raises a :class:`~desra_core.errors.StorageError` whose one-sentence message
 names the URL (never a credential): a missing bucket or folder, missing or refused credentials, access
@@ -40,7 +40,7 @@ import threading
 import time
 import unicodedata
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
@@ -52,8 +52,8 @@ if sys.platform == "win32":  # not POSIX (Windows is not a target): local condit
 else:
     import fcntl
 
-__all__ = ["MAX_KEY_BYTES", "Bucket", "Claim", "Claims", "LocalBucket", "ObjectInfo", "S3Bucket", "check_key",
-           "is_url", "retry_config"]
+__all__ = ["MAX_KEY_BYTES", "Bucket", "Claim", "Claims", "LocalBucket", "ObjectInfo", "S3Bucket", "botocore_retries",
+           "check_key", "is_url", "retry_attempts", "retry_config"]
 
 MAX_KEY_BYTES = 1024  # S3's limit on a key, the root prefix included
 _BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
@@ -101,7 +101,14 @@ def check_key(key: object, *, where: str = "", allow_empty: bool = False) -> str
     return key
 
 
+_PLAIN_KEY = re.compile(r"[\x20-\x5b\x5d-\x7e]+")  # printable ASCII but the backslash: most keys, checked at once
+
+
 def _key_problem(key: str) -> str:
+    if _PLAIN_KEY.fullmatch(key) and len(key) <= MAX_KEY_BYTES:
+        parts = key.split("/")
+        if "" not in parts and "." not in parts and ".." not in parts:
+            return ""
     try:
         encoded = key.encode("utf-8")  # lone surrogates (undecodable bytes of a file name) fail here
     except UnicodeEncodeError:
@@ -197,6 +204,14 @@ class Bucket(ABC):
     def replace_if(self, key: str, data: bytes, etag: str) -> bool:
         """Replace the object only while its ETag is ``etag``; ``False`` when it changed or is gone."""
 
+    def create(self, key: str, data: bytes) -> str | None:
+        """:meth:`write_if_absent` that gives the new object's ETag (``None``: an object existed)."""
+        return self.info(key).etag if self.write_if_absent(key, data) else None
+
+    def replace_versioned(self, key: str, data: bytes, etag: str) -> str | None:
+        """:meth:`replace_if` that gives the new object's ETag (``None``: it changed or is gone)."""
+        return self.info(key).etag if self.replace_if(key, data, etag) else None
+
     @abstractmethod
     def delete(self, key: str) -> None:
         """Remove the object (nothing happens when it is absent)."""
@@ -220,25 +235,73 @@ def _check_range(start: int, length: int) -> None:
 # --- S3 ----------------------------------------------------------------------------------------------------
 
 _NO_BUCKET = {"NoSuchBucket"}
-_NO_OBJECT = {"NoSuchKey", "404", "NotFound"}
+_NO_OBJECT = {"NoSuchKey", "NotFound"}
 _BAD_CREDENTIALS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
                     "TokenRefreshRequired", "InvalidClientTokenId", "AuthorizationHeaderMalformed",
                     "UnrecognizedClientException"}
-_DENIED = {"AccessDenied", "403", "Forbidden", "AllAccessDisabled", "AccountProblem"}
-_PRECONDITION = {"PreconditionFailed", "412"}
-_CONFLICT = {"ConditionalRequestConflict", "409"}  # a concurrent conditional write is in flight: try again
+_DENIED = {"AccessDenied", "AllAccessDisabled", "AccountProblem"}
+_CONFLICT = {"ConditionalRequestConflict"}  # a concurrent conditional write is in flight: try again
+_CODE = re.compile(r"<Code>([A-Za-z0-9.]+)</Code>")
+_STATUS = re.compile(r"status code: (\d{3})")
+_CONNECT = re.compile(r"error sending request|[Cc]onnect|timed out|[Tt]imeout|dns error")
+
+
+def retry_attempts() -> int:
+    """Attempts per request (the first one included, as the AWS SDKs count them): 5, or what the standard
+    variable ``AWS_MAX_ATTEMPTS`` says."""
+    attempts = os.environ.get("AWS_MAX_ATTEMPTS", "").strip()
+    try:
+        total = int(attempts) if attempts else 5
+    except ValueError:
+        raise ConfigError(f"expected AWS_MAX_ATTEMPTS as a whole number of attempts, got {attempts!r}") from None
+    if total < 1:
+        raise ConfigError(f"expected AWS_MAX_ATTEMPTS of at least 1, got {total}")
+    return total
 
 
 def retry_config() -> dict[str, Any]:
-    """The SDK's retries: its standard mode (exponential backoff with jitter on 5xx, throttling and dropped
-    connections), unless the standard variables AWS_RETRY_MODE / AWS_MAX_ATTEMPTS choose otherwise."""
-    if os.environ.get("AWS_RETRY_MODE") or os.environ.get("AWS_MAX_ATTEMPTS"):
-        return {}
-    return {"retries": {"mode": "standard", "max_attempts": 5}}
+    """obstore's retries: exponential backoff with jitter on 5xx, throttling and dropped connections, for
+    :func:`retry_attempts` attempts."""
+    from datetime import timedelta
+
+    return {"max_retries": retry_attempts() - 1, "retry_timeout": timedelta(seconds=120),
+            "backoff": {"init_backoff": timedelta(milliseconds=100), "max_backoff": timedelta(seconds=15),
+                        "base": 2}}
+
+
+def botocore_retries() -> dict[str, Any]:
+    """The same retries for a botocore client's ``Config`` (listings, SQS): its ``standard`` mode."""
+    return {"retries": {"mode": "standard", "max_attempts": retry_attempts()}}
+
+
+class _StandardCredentials:
+    """The AWS SDK's standard credential chain (environment, shared config and credentials files, SSO, web
+    identity, container and instance roles) through botocore, as obstore's credential provider; the chain's
+    own caching and refreshing apply, and obstore asks again a little before the credentials expire."""
+
+    def __init__(self, session: Any) -> None:
+        self._session = session
+
+    def resolve(self) -> Any:
+        return self._session.get_credentials()
+
+    def __call__(self) -> dict[str, Any]:
+        from datetime import UTC, datetime, timedelta
+
+        credentials = self.resolve()
+        if credentials is None:
+            raise PermissionError("no credentials in the standard chain")
+        frozen = credentials.get_frozen_credentials()
+        expiry = getattr(credentials, "_expiry_time", None)  # refreshable credentials (roles, SSO) expire
+        expires_at = expiry if isinstance(expiry, datetime) else datetime.now(UTC) + timedelta(minutes=30)
+        return {"access_key_id": frozen.access_key, "secret_access_key": frozen.secret_key,
+                "token": frozen.token, "expires_at": expires_at}
 
 
 class S3Bucket(Bucket):
-    """``s3://bucket/prefix`` through s3fs's client (the ``s3`` extra: ``pip install 'desra[s3]'``)."""
+    """``s3://bucket/prefix`` through obstore's S3 client (the ``s3`` extra: ``pip install 'desra[s3]'``):
+    each request is made and signed in compiled code, which costs a tenth of the CPU that the Python SDKs
+    spend per request (``benchmarks/scale_out.py``); credentials come from botocore's standard chain."""
 
     def __init__(self, url: str) -> None:
         if not url.startswith("s3://"):
@@ -252,98 +315,154 @@ class S3Bucket(Bucket):
         self.name = name
         self.prefix = f"{prefix}/" if prefix else ""
         self.url = f"s3://{name}/{prefix}".rstrip("/")
-        self._fs: Any = None
-        self._fs_lock = threading.Lock()
+        self._client: Any = None
+        self._lister: Any = None
+        self._client_lock = threading.Lock()
 
     # The client is made on first use, so that a Bucket can be made (and pickled) before the environment that
-    # holds the credentials is set; s3fs's instance cache is skipped, so that credentials are never shared
-    # between buckets made under different environments.
-    def _filesystem(self) -> Any:
-        with self._fs_lock:
-            if self._fs is None:
+    # holds the credentials and the endpoint is set; each Bucket has its own, so that credentials are never
+    # shared between buckets made under different environments.
+    def _store(self, key: str) -> Any:
+        with self._client_lock:
+            if self._client is None:
                 try:
-                    import s3fs  # the optional `s3` extra
+                    import botocore.session
+                    from obstore.store import S3Store  # the optional `s3` extra
                 except ImportError:
                     raise ConfigError(f"expected the s3 extra for {self.url} (pip install 'desra[s3]'), "
-                                      "got no s3fs") from None
-                self._fs = s3fs.S3FileSystem(skip_instance_cache=True, config_kwargs=retry_config())
-            return self._fs
+                                      "got no obstore or botocore") from None
+                session = botocore.session.get_session()
+                credentials = _StandardCredentials(session)
+                if credentials.resolve() is None:
+                    where = f"{self.url}/{key}" if key else self.url
+                    raise StorageError(f"expected credentials for {where} in the environment or the standard AWS "
+                                       "chain, got none", url=where)
+                region = (os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+                          or session.get_config_variable("region") or "us-east-1")
+                endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+                self._region = region
+                options: dict[str, Any] = {"region": region}
+                if endpoint:
+                    options["endpoint"] = endpoint
+                http = bool(endpoint and endpoint.startswith("http:"))  # a server on loopback, MinIO in compose
+                make: Any = S3Store  # its config types are TypedDicts that plain dicts stand for here
+                self._client = make(self.name, config=options, credential_provider=credentials,
+                                    client_options={"allow_http": http}, retry_config=retry_config())
+            return self._client
+
+    # Listings go through botocore's client: obstore refuses a whole listing page when one key in it is not a
+    # path it accepts (a control character, a "." component), and a drop may hold such names, which the caller
+    # reports one by one. A listing is one request per 1 000 objects, so the SDK's CPU per request is no cost.
+    def _listing_client(self, key: str) -> Any:
+        self._store(key)  # the same checks of the extra and the credentials
+        with self._client_lock:
+            if self._lister is None:
+                import botocore.config
+                import botocore.session
+
+                endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+                self._lister = botocore.session.get_session().create_client(
+                    "s3", region_name=self._region, endpoint_url=endpoint or None,
+                    config=botocore.config.Config(**botocore_retries()))
+            return self._lister
+
+    def _pages(self, key: str, prefix: str, delimiter: str | None) -> Iterator[dict[str, Any]]:
+        """The pages of ``ListObjectsV2`` under ``prefix`` (whole keys), as botocore gives them."""
+        options = {"Bucket": self.name, "Prefix": prefix, **({"Delimiter": delimiter} if delimiter else {})}
+        try:
+            yield from self._listing_client(key).get_paginator("list_objects_v2").paginate(**options)
+        except (StorageError, ConfigError):
+            raise
+        except Exception as exc:
+            raise self._error(exc, key) from None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {key: value for key, value in self.__dict__.items() if key not in ("_fs", "_fs_lock")}
+        return {key: value for key, value in self.__dict__.items()
+                if key not in ("_client", "_lister", "_client_lock")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state, _fs=None, _fs_lock=threading.Lock())
+        self.__dict__.update(state, _client=None, _lister=None, _client_lock=threading.Lock())
 
-    def _run(self, make: Callable[[Any], Awaitable[_T]], key: str, *, answers: frozenset[str] = frozenset()) -> _T:
-        """Run one request (``make(client)``) on s3fs's event loop, mapping its failures to desra's errors;
-        a ``ClientError`` whose code is in ``answers`` is the caller's to handle and propagates as it is."""
-        from fsspec.asyn import sync
-
-        fs = self._filesystem()
-
-        async def call() -> _T:
-            await fs.set_session()
-            client = await fs.get_s3()
-            return await make(client)
-
+    def _run(self, request: Callable[[Any], _T], key: str) -> _T:
+        """Run one request (``request(store)``), mapping its failures to desra's errors (which never carry the
+        client's own message: it can hold request details, never shown)."""
+        store = self._store(key)
         try:
-            result: _T = sync(fs.loop, call)
-            return result
+            return request(store)
         except Exception as exc:
-            error = self._error(exc, key)
-            if error is exc or self._code(exc) in answers:
-                raise
-            raise error from exc
+            raise self._error(exc, key) from None
 
     def _full(self, key: str) -> str:
         return f"{self.prefix}{key}"
 
-    def _error(self, exc: Exception, key: str) -> Exception:
-        """The desra error for one failed request (``exc`` itself when it is no error of the store's)."""
-        from botocore import exceptions as boto
+    @staticmethod
+    def _code(exc: BaseException) -> str:
+        """The S3 error code of a failed request (``NoSuchKey``, ``PreconditionFailed``…), else its HTTP status
+        as text, else ``""``."""
+        response = getattr(exc, "response", None)  # botocore's ClientError (listings)
+        if isinstance(response, dict):
+            error = response.get("Error", {})
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode", "")
+            return str(error.get("Code") or status or "")
+        text = str(exc)
+        code = _CODE.search(text)
+        if code:
+            return code.group(1)
+        status = _STATUS.search(text)
+        return status.group(1) if status else ""
 
+    def _error(self, exc: Exception, key: str) -> Exception:
+        """The desra error for one failed request."""
+        if isinstance(exc, (StorageError, ConfigError)):
+            return exc
         where = f"{self.url}/{key}" if key else self.url
-        if isinstance(exc, (boto.NoCredentialsError, boto.PartialCredentialsError)):
+        text = str(exc)
+        code = self._code(exc)
+        if "no credentials in the standard chain" in text:
             return StorageError(f"expected credentials for {where} in the environment or the standard AWS "
                                 "chain, got none", url=where)
-        if isinstance(exc, boto.EndpointConnectionError | boto.ConnectTimeoutError | boto.ReadTimeoutError
-                      | boto.ConnectionClosedError):
-            return StorageError(f"expected to reach the S3 endpoint for {where}, got no answer after retries "
-                                f"({type(exc).__name__})", url=where)
-        if not isinstance(exc, boto.ClientError):
-            return exc
-        error = exc.response.get("Error", {})
-        code = str(error.get("Code", ""))
-        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
         if code in _NO_BUCKET:
             return StorageError(f"expected an existing bucket for {where}, got no bucket {self.name!r}", url=where)
         if code in _BAD_CREDENTIALS:
             return StorageError(f"expected valid credentials for {where}, got credentials that the server "
                                 f"refused ({code})", url=where)
-        if code in _DENIED:
+        if code in _DENIED or (code == "403" and key):
             return AccessDeniedError(f"expected access to {where}, got access denied", url=where)
-        if code in _NO_OBJECT or (status == 404 and key):
+        if code in _NO_OBJECT or (code == "404" and key):
             return MissingObjectError(f"expected an object at {where}, got none", url=where)
-        return StorageError(f"expected {where} to be served, got {code or status or 'an error'} after retries",
+        if not code and _CONNECT.search(text):
+            return StorageError(f"expected to reach the S3 endpoint for {where}, got no answer after retries",
+                                url=where)
+        return StorageError(f"expected {where} to be served, got {code or type(exc).__name__} after retries",
                             url=where)
-
-    @staticmethod
-    def _code(exc: BaseException) -> str:
-        response = getattr(exc, "response", None) or {}
-        return str(response.get("Error", {}).get("Code", ""))
 
     def read(self, key: str) -> bytes:
         return self.read_versioned(key)[0]
 
     def read_versioned(self, key: str) -> tuple[bytes, str]:
+        import obstore
+
         key = self._key(key)
 
-        async def get(client: Any) -> tuple[bytes, str]:
-            response = await client.get_object(Bucket=self.name, Key=self._full(key))
-            async with response["Body"] as body:
-                data: bytes = await body.read()
-            return data, _etag(response["ETag"])
+        def get(store: Any) -> tuple[bytes, str]:
+            result = obstore.get(store, self._full(key))
+            return bytes(result.bytes()), _etag(result.meta["e_tag"] or "")
+
+        return self._run(get, key)
+
+    def _ranged(self, key: str, start: int, length: int) -> tuple[bytes, str] | None:
+        """One ranged GET: the bytes and the whole object's ETag, or ``None`` when ``start`` is at or past the
+        end of an existing object (416)."""
+        import obstore
+
+        def get(store: Any) -> tuple[bytes, str] | None:
+            try:
+                result = obstore.get(store, self._full(key), options={"range": (start, start + length)})
+            except Exception as exc:
+                if self._code(exc) == "InvalidRange":
+                    return None
+                raise
+            return bytes(result.bytes()), _etag(result.meta["e_tag"] or "")
 
         return self._run(get, key)
 
@@ -353,155 +472,131 @@ class S3Bucket(Bucket):
         if length == 0:
             self.info(key)  # a missing object is still an error
             return b""
-
-        async def get(client: Any) -> bytes:
-            response = await client.get_object(Bucket=self.name, Key=self._full(key),
-                                               Range=f"bytes={start}-{start + length - 1}")
-            async with response["Body"] as body:
-                data: bytes = await body.read()
-            return data
-
-        try:
-            return self._run(get, key, answers=frozenset({"InvalidRange"}))
-        except Exception as exc:
-            if self._code(exc) == "InvalidRange":  # start at or past the end (only for an existing object)
-                return b""
-            raise
+        found = self._ranged(key, start, length)
+        return b"" if found is None else found[0]
 
     def read_head(self, key: str, length: int) -> tuple[bytes, str]:
         key = self._key(key)
         _check_range(0, length)
         if length == 0:
             return b"", self.info(key).etag
-
-        async def get(client: Any) -> tuple[bytes, str]:
-            response = await client.get_object(Bucket=self.name, Key=self._full(key), Range=f"bytes=0-{length - 1}")
-            async with response["Body"] as body:
-                data: bytes = await body.read()
-            return data, _etag(response["ETag"])  # a ranged GET answers with the whole object's ETag
-
-        try:
-            return self._run(get, key, answers=frozenset({"InvalidRange"}))
-        except Exception as exc:
-            if self._code(exc) == "InvalidRange":  # an empty object
-                return b"", self.info(key).etag
-            raise
+        found = self._ranged(key, 0, length)
+        return (b"", self.info(key).etag) if found is None else found  # None: an empty object
 
     def list_level(self) -> tuple[list[tuple[str, int, str]], list[str]]:
         """``([(name, size, etag)], [folder name])``: the objects and the "folders" directly under the root, as
         LIST requests with a ``/`` delimiter give them (1 000 names each). Unlike :meth:`list`, names that
         :func:`check_key` refuses are kept, for the caller to report; they are names, not keys to request."""
-
-        async def walk(client: Any) -> tuple[list[tuple[str, int, str]], list[str]]:
-            objects: list[tuple[str, int, str]] = []
-            folders: list[str] = []
-            paginator = client.get_paginator("list_objects_v2")
-            async for page in paginator.paginate(Bucket=self.name, Prefix=self.prefix, Delimiter="/"):
-                for item in page.get("Contents", []):
-                    name = str(item["Key"])[len(self.prefix):]
-                    if name:  # not the root's own "folder" marker
-                        objects.append((name, int(item["Size"]), _etag(str(item.get("ETag", "")))))
-                for common in page.get("CommonPrefixes", []):
-                    name = str(common["Prefix"])[len(self.prefix):].rstrip("/")
-                    if name:
-                        folders.append(name)
-            return objects, folders
-
-        return self._run(walk, "")
+        objects: list[tuple[str, int, str]] = []
+        folders: list[str] = []
+        for page in self._pages("", self.prefix, "/"):
+            for item in page.get("Contents", []):
+                name = str(item["Key"])[len(self.prefix):]
+                if name:  # not the root's own "folder" marker
+                    objects.append((name, int(item["Size"]), _etag(str(item.get("ETag", "")))))
+            for common in page.get("CommonPrefixes", []):
+                name = str(common["Prefix"])[len(self.prefix):].rstrip("/")
+                if name:
+                    folders.append(name)
+        return objects, folders
 
     def info(self, key: str) -> ObjectInfo:
+        import obstore
+
         key = self._key(key)
 
-        async def head(client: Any) -> ObjectInfo:
-            response = await client.head_object(Bucket=self.name, Key=self._full(key))
-            return ObjectInfo(key, int(response["ContentLength"]), _etag(response["ETag"]))
-
-        async def head_bucket(client: Any) -> None:
-            await client.head_bucket(Bucket=self.name)
+        def head(store: Any) -> ObjectInfo:
+            meta = obstore.head(store, self._full(key))
+            return ObjectInfo(key, int(meta["size"]), _etag(meta["e_tag"] or ""))
 
         try:
             return self._run(head, key)
-        except MissingObjectError as missing:
-            # A HEAD answer has no body, so a missing bucket is a bare 404 too: tell the two apart.
-            try:
-                self._run(head_bucket, key, answers=frozenset({"404", "NoSuchBucket"}))
-            except Exception as exc:
-                if self._code(exc) in ("404", "NoSuchBucket"):
-                    where = f"{self.url}/{key}"
-                    raise StorageError(f"expected an existing bucket for {where}, got no bucket {self.name!r}",
-                                       url=where) from exc
-                raise
-            raise missing
+        except MissingObjectError:
+            # A HEAD answer has no body, so a missing bucket is a bare 404 too: a GET's answer tells them apart
+            # (NoSuchBucket raises here; NoSuchKey is the missing object).
+            self._ranged(key, 0, 1)
+            raise
 
     def list(self, prefix: str = "") -> list[ObjectInfo]:
         prefix = check_key(prefix.rstrip("/"), where=self.url, allow_empty=True)
-        under = self._full(f"{prefix}/") if prefix else self.prefix
+        under = self._full(prefix) if prefix else self.prefix.rstrip("/")
 
-        async def walk(client: Any) -> list[ObjectInfo]:
-            found: list[ObjectInfo] = []
-            paginator = client.get_paginator("list_objects_v2")
-            async for page in paginator.paginate(Bucket=self.name, Prefix=under):
-                for item in page.get("Contents", []):
-                    key = str(item["Key"])[len(self.prefix):]
-                    if not _key_problem(key):  # objects that other tools wrote with unsafe keys are not seen
-                        found.append(ObjectInfo(key, int(item["Size"]), _etag(item["ETag"])))
-            return sorted(found)
-
-        return self._run(walk, prefix)
+        found: list[ObjectInfo] = []
+        for page in self._pages(prefix, f"{under}/" if under else "", None):
+            for item in page.get("Contents", []):
+                key = str(item["Key"])[len(self.prefix):]
+                if not _key_problem(key):  # objects that other tools wrote with unsafe keys are not seen
+                    found.append(ObjectInfo(key, int(item["Size"]), _etag(str(item["ETag"]))))
+        return sorted(found)
 
     def write(self, key: str, data: bytes) -> str:
+        import obstore
+
         key = self._key(key)
 
-        async def put(client: Any) -> str:
-            response = await client.put_object(Bucket=self.name, Key=self._full(key), Body=bytes(data))
-            return _etag(response["ETag"])
+        def put(store: Any) -> str:
+            return _etag(obstore.put(store, self._full(key), bytes(data), use_multipart=False)["e_tag"] or "")
 
         return self._run(put, key)
 
-    def _conditional_put(self, key: str, data: bytes, condition: dict[str, str]) -> bool:
-        async def put(client: Any) -> bool:
-            await client.put_object(Bucket=self.name, Key=self._full(key), Body=bytes(data), **condition)
-            return True
+    def _conditional_put(self, key: str, data: bytes, mode: Any) -> str | None:
+        """The new ETag when the write went through; ``None`` when its condition did not hold."""
+        import obstore
+        from obstore.exceptions import AlreadyExistsError, PreconditionError
+
+        def put(store: Any) -> str | bool | None:
+            try:
+                result = obstore.put(store, self._full(key), bytes(data), mode=mode, use_multipart=False)
+            except (AlreadyExistsError, PreconditionError) as exc:
+                if self._code(exc) in _CONFLICT or self._code(exc) == "409":
+                    return False  # undecided: try again
+                return None  # the object exists (create), or changed or is gone (update)
+            except Exception as exc:
+                if self._code(exc) in _CONFLICT or self._code(exc) == "409":
+                    return False
+                raise
+            return _etag(result["e_tag"] or "")
 
         # 409 ConditionalRequestConflict: another conditional write to the key was in flight; S3 asks to
         # retry, and the retry sees the winner's object (then 412) or none (then this write goes through).
-        answers = frozenset(_PRECONDITION | _CONFLICT | (_NO_OBJECT if "IfMatch" in condition else set()))
         for attempt in range(6):
-            try:
-                return self._run(put, key, answers=answers)
-            except StorageError:
-                raise
-            except Exception as exc:
-                code = self._code(exc)
-                if code in _PRECONDITION or code in _NO_OBJECT:
-                    return False  # the object exists (If-None-Match), or changed or is gone (If-Match)
-                if code not in _CONFLICT:
-                    raise
+            outcome = self._run(put, key)
+            if outcome is not False:
+                return outcome if isinstance(outcome, str) else None
             time.sleep(min(0.05 * 2**attempt, 1.0))
         raise StorageError(f"expected a conditional write to {self.url}/{key} to be decided, got conflicts "
                            "after retries", url=f"{self.url}/{key}")
 
     def write_if_absent(self, key: str, data: bytes) -> bool:
-        return self._conditional_put(self._key(key), data, {"IfNoneMatch": "*"})
+        return self.create(key, data) is not None
+
+    def create(self, key: str, data: bytes) -> str | None:
+        """:meth:`write_if_absent` that gives the new object's ETag, ``None`` when one existed."""
+        return self._conditional_put(self._key(key), data, "create")
 
     def replace_if(self, key: str, data: bytes, etag: str) -> bool:
-        return self._conditional_put(self._key(key), data, {"IfMatch": f'"{_etag(etag)}"'})
+        return self.replace_versioned(key, data, etag) is not None
+
+    def replace_versioned(self, key: str, data: bytes, etag: str) -> str | None:
+        """:meth:`replace_if` that gives the new object's ETag, ``None`` when it changed or is gone."""
+        return self._conditional_put(self._key(key), data, {"e_tag": f'"{_etag(etag)}"'})
 
     def delete(self, key: str) -> None:
+        import obstore
+
         key = self._key(key)
-
-        async def remove(client: Any) -> None:
-            await client.delete_object(Bucket=self.name, Key=self._full(key))
-
-        self._run(remove, key)
+        self._run(lambda store: obstore.delete(store, self._full(key)), key)
 
     def check_readable(self) -> None:
         """One ``ListObjectsV2`` of at most one key under the prefix: the bucket exists, the credentials are
         accepted and may list there."""
-        async def probe(client: Any) -> None:
-            await client.list_objects_v2(Bucket=self.name, Prefix=self.prefix, MaxKeys=1)
-
-        self._run(probe, "")
+        options = {"Bucket": self.name, "Prefix": self.prefix, "MaxKeys": 1}
+        try:
+            self._listing_client("").list_objects_v2(**options)
+        except (StorageError, ConfigError):
+            raise
+        except Exception as exc:
+            raise self._error(exc, "") from None
 
 
 # --- a local folder ----------------------------------------------------------------------------------------
@@ -720,6 +815,7 @@ class Claims:
         self.owner = owner
         self.lease_s = float(lease_s)
         self.clock = clock
+        self._written: dict[str, str] = {}  # key -> ETag of the claim object this owner last wrote there
 
     def _key(self, name: str) -> str:
         key = check_key(name, where=self.bucket.url)
@@ -743,16 +839,33 @@ class Claims:
             return None, etag  # not a claim of this module: treated as expired, so it can be taken over
         return claim, etag
 
+    def _wrote(self, key: str, etag: str | None) -> bool:
+        if etag is None:
+            self._written.pop(key, None)
+            return False
+        self._written[key] = etag
+        return True
+
+    def _update(self, key: str, expires: float | None = None) -> bool | None:
+        """Rewrite this owner's claim at ``key`` with ``If-Match`` on the ETag of what it last wrote there (no
+        read): ``True`` when done, ``None`` when it wrote nothing there yet or the object changed since (then
+        the caller reads it)."""
+        etag = self._written.get(key)
+        if etag is None:
+            return None
+        return self._wrote(key, self.bucket.replace_versioned(key, self._record(expires), etag)) or None
+
     def create(self, name: str) -> bool:
         """Take the claim on ``name`` only where no claim on it was ever taken (claim objects are never deleted):
         ``True`` when this call created it. One request; :meth:`claim` does the rest."""
-        return self.bucket.write_if_absent(self._key(name), self._record())
+        key = self._key(name)
+        return self._wrote(key, self.bucket.create(key, self._record()))
 
     def claim(self, name: str) -> bool:
         """Take the claim on ``name``: ``True`` when this owner holds it now (taken, taken over, or renewed)."""
         key = self._key(name)
         for _ in range(8):  # a released-and-deleted claim between our reads: look again
-            if self.bucket.write_if_absent(key, self._record()):
+            if self._wrote(key, self.bucket.create(key, self._record())):
                 return True
             current = self._read(key)
             if current is None:
@@ -760,17 +873,19 @@ class Claims:
             claim, etag = current
             if claim is not None and claim.owner != self.owner and claim.expires > self.clock():
                 return False  # held, and the lease runs
-            return self.bucket.replace_if(key, self._record(), etag)
+            return self._wrote(key, self.bucket.replace_versioned(key, self._record(), etag))
         return False
 
     def renew(self, name: str) -> bool:
         """Extend this owner's lease on ``name`` by ``lease_s`` from now; ``False`` when it is not held by it
         (never taken, released, or taken over by another after the lease ran out)."""
         key = self._key(name)
+        if self._update(key):
+            return True  # one request: nobody wrote the claim since this owner did
         current = self._read(key)
         if current is None or current[0] is None or current[0].owner != self.owner:
             return False
-        return self.bucket.replace_if(key, self._record(), current[1])
+        return self._wrote(key, self.bucket.replace_versioned(key, self._record(), current[1]))
 
     def release(self, name: str) -> bool:
         """Give up this owner's claim on ``name``; ``False`` (and nothing changes) when another holds it.
@@ -779,10 +894,14 @@ class Claims:
         claim that another worker took over in the meantime.
         """
         key = self._key(name)
-        current = self._read(key)
-        if current is None or current[0] is None or current[0].owner != self.owner:
-            return False
-        return self.bucket.replace_if(key, self._record(expires=0.0), current[1])
+        released = self._update(key, expires=0.0)  # one request while nobody wrote the claim since this owner
+        if not released:
+            current = self._read(key)
+            if current is None or current[0] is None or current[0].owner != self.owner:
+                return False
+            released = self.bucket.replace_if(key, self._record(expires=0.0), current[1])
+        self._written.pop(key, None)
+        return released
 
     def holder(self, name: str) -> str | None:
         """Who holds ``name`` now (its lease still running), or ``None``."""

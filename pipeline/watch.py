@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 from urllib.parse import unquote_plus
 
-from desra.pipeline.objects import Bucket, S3Bucket, check_key, retry_config
+from desra.pipeline.objects import Bucket, S3Bucket, botocore_retries, check_key
 from desra.pipeline.text import inert, visible
 from desra_core.errors import AccessDeniedError, ConfigError, StorageError
 
@@ -474,7 +474,7 @@ class SQSQueue:
                 match = _REGION_IN_URL.match(self.url)
                 region = session.get_config_variable("region") or (match.group(1) if match else "us-east-1")
                 self._client = session.create_client("sqs", region_name=region,
-                                                     config=config.Config(**retry_config()))
+                                                     config=config.Config(**botocore_retries()))
             return self._client
 
     def _error(self, exc: Exception, action: str) -> Exception:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("moto.moto_server.threaded_moto_server", reason="needs the dev extra (moto[server])")
-pytest.importorskip("s3fs", reason="needs the s3 extra (s3fs)")
+pytest.importorskip("obstore", reason="needs the s3 extra (obstore)")
 
 REPO = Path(__file__).resolve().parents[1]
 COLUMNS = ["storage", "split", "workers", "images", "wall s", "images/s", "× one worker", "CPU core-s/image",

@@ -27,7 +27,7 @@ import pandas as pd
 import pytest
 
 from tests.integration.conftest import POOL, Proc, Stack, make_drop
-from tests.storage.conftest import ACCESS_KEY, SECRET, RecordingMotoServer, Served  # skips without moto or s3fs
+from tests.storage.conftest import ACCESS_KEY, SECRET, RecordingMotoServer, Served  # skips without moto or obstore
 
 pytestmark = pytest.mark.integration
 

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 moto_server = pytest.importorskip("moto.moto_server.threaded_moto_server", reason="needs the dev extra (moto[server])")
-pytest.importorskip("s3fs", reason="needs the s3 extra (s3fs)")
+pytest.importorskip("obstore", reason="needs the s3 extra (obstore)")
 
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app  # noqa: E402
 from werkzeug.serving import make_server  # noqa: E402

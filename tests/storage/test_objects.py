@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from desra.pipeline.objects import Bucket, Claims, LocalBucket, S3Bucket, check_key
 from desra_core.errors import AccessDeniedError, ConfigError, MissingObjectError, StorageError
@@ -219,6 +221,20 @@ def test_good_keys_pass_the_check() -> None:
         assert check_key(key) == (key.decode() if isinstance(key, bytes) else key)
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(max_codepoint=0x7F), max_size=24))
+def test_ascii_keys_are_judged_by_the_rule(key: str) -> None:
+    """Printable ASCII keys are checked by a shortcut; it must say what the rule says, character by character."""
+    parts = key.split("/")
+    good = (key != "" and all(0x20 <= ord(ch) < 0x7F for ch in key) and "\\" not in key
+            and not any(part in ("", ".", "..") for part in parts))
+    if good:
+        assert check_key(key) == key
+    else:
+        with pytest.raises(ConfigError):
+            check_key(key)
+
+
 # --- errors --------------------------------------------------------------------------------------------------
 
 def test_missing_bucket(s3_env: RecordingMotoServer) -> None:
@@ -374,6 +390,34 @@ def test_claim_renew_release(root_url: str) -> None:
     assert theirs.claim("img1") is True
     assert mine.holder("img1") == "worker-b"
     assert mine.release("img1") is False
+
+
+def test_a_holder_renews_and_releases_with_one_request_each(s3_env: RecordingMotoServer, s3_bucket_name: str) -> None:
+    """The holder rewrites its claim with If-Match on the ETag its own last write returned, without reading it
+    first; when another owner took the claim over in between, that write is refused and nothing changes."""
+    bucket = Bucket.at(f"s3://{s3_bucket_name}/out")
+    clock = Clock(1000.0)
+    mine = Claims(bucket, ".desra/claims", "worker-a", 30, clock=clock)
+    theirs = Claims(bucket, ".desra/claims", "worker-b", 30, clock=clock)
+
+    def requests(action: Any) -> list[str]:
+        start = len(s3_env.app.log)
+        action()
+        return [r.method for r in s3_env.app.log[start:]]
+
+    assert requests(lambda: mine.create("sr/k1")) == ["PUT"]
+    clock.now = 1020.0
+    assert requests(lambda: mine.renew("sr/k1")) == ["PUT"]
+    assert json.loads(bucket.read(".desra/claims/sr/k1"))["expires"] == 1050.0
+    assert requests(lambda: mine.release("sr/k1")) == ["PUT"]
+    assert mine.holder("sr/k1") is None
+
+    assert mine.claim("sr/k2") is True
+    clock.now = 1100.0  # mine stopped renewing: its lease ran out, and worker-b takes the claim over
+    assert theirs.claim("sr/k2") is True
+    assert mine.renew("sr/k2") is False and mine.release("sr/k2") is False
+    assert theirs.holder("sr/k2") == "worker-b"
+    assert theirs.release("sr/k2") is True and theirs.holder("sr/k2") is None
 
 
 def test_claim_from_eight_threads_has_one_winner(root_url: str) -> None:
