@@ -5,11 +5,11 @@
 
 **Workers.** Each worker is a separate OS process (this script with ``--worker``), with its own
 ``DESRA_CACHE`` and ``HOME``, so its local copy of a bucket output root
-(:func:`desra.pipeline.remote.work_root`) is its own. It runs what :func:`desra.tasks.images.process` runs
-for a ``desra-batch`` flow run, without the Prefect task wrapping: :func:`desra.pipeline.drop.drop_items`
-over the drop, a :class:`~desra.pipeline.steps.Run` on ``work_root(output)`` with
-``remote=bucket_of(output)``, :func:`desra.pipeline.stream.process_images` with a
-:class:`~desra.pipeline.stream.Device`, then :func:`~desra.pipeline.remote.trim` of the local copy. No
+(:func:`desra.pipeline.remote.work_root`) is its own. It runs the same function as
+:func:`desra.tasks.images.process` does for a ``desra-batch`` flow run, without the Prefect task wrapping:
+:func:`desra.pipeline.drop.drop_items` over the drop, then :func:`desra.pipeline.stream.process_into` (a
+:class:`~desra.pipeline.steps.Run` on the worker's local copy of the output root, the images streamed through
+a :class:`~desra.pipeline.stream.Device`, the copy trimmed at the end). No
 Prefect server runs: the workers share nothing but the drop and the output root (in S3 mode, the bucket:
 the store, its claims, the published outputs), so whatever coordinates them goes through the store's claims.
 
@@ -140,14 +140,13 @@ def worker(spec_path: str) -> int:
     """One worker: set up and warm up, say it is ready, wait for the start, run its part of the drop as
     ``desra-batch`` does (without Prefect), print its result as one JSON line."""
     from desra.pipeline.drop import drop_items
-    from desra.pipeline.remote import bucket_of, read_through_limit, trim, work_root
     from desra.pipeline.steps import Run
-    from desra.pipeline.stream import Device, process_images
+    from desra.pipeline.stream import Device, process_images, process_into
 
     spec = json.loads(Path(spec_path).read_text())
     models = load_models(Path(spec["results"]), spec["g"])
     if spec["output"].startswith("s3://"):
-        import s3fs  # noqa: F401  (imported before the start, as the flow's process has it by then)
+        import obstore  # noqa: F401  (imported before the start, as the flow's process has it by then)
     warm = Run(settings=settings(), output_dir=spec["scratch"], run_id="warm", models=models)
     warm_rows = process_images(drop_items(spec["warm"]), warm)
     if [r["status"] for r in warm_rows] != ["ok"]:
@@ -159,16 +158,12 @@ def worker(spec_path: str) -> int:
     start, cpu0, clock0 = time.time(), cpu_seconds(), time.perf_counter()
     timed = Timed(models)
     items = drop_items(spec["input"], spec["stems"])
-    remote = bucket_of(spec["output"])
-    run = Run(settings=settings(), output_dir=work_root(spec["output"]), run_id=spec["run_id"], models=timed,
-              remote=remote)
     device = Device()
     try:
-        rows = process_images(items, run, device=device)
+        rows, _ = process_into(spec["output"], items, settings=settings(), run_id=spec["run_id"], models=timed,
+                               device=device)
     finally:
         device.close()
-        if remote is not None:
-            trim(run.output_dir, read_through_limit())
     end, cpu = time.time(), cpu_seconds() - cpu0
     computed = [step for r in rows for step in (r.get("computed") or "").split(",") if step]
     calls = sorted(timed.intervals)

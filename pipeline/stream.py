@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from desra.pipeline.remote import bucket_of, read_through_limit, trim, work_root
 from desra.pipeline.steps import ImageJob, Item, Run, failed_row, published_row
 
 __all__ = ["Device", "default_workers", "process_image", "process_images"]
@@ -254,3 +255,20 @@ def process_images(items: Iterable[Item], run: Run, *, device: Device | None = N
         if own_device:
             device.close()
     return [rows[i] for i in range(len(items))]
+
+
+def process_into(output_dir: str, items: Iterable[Item], *, settings: Any, run_id: str, models: Any,
+                 device: Device, wrap: Callable[[Item, Callable[[], dict[str, Any]]], dict[str, Any]] | None = None,
+                 on_row: Callable[[dict[str, Any]], None] | None = None) -> tuple[list[dict[str, Any]], Run]:
+    """:func:`process_images` of ``items`` into the output root ``output_dir``, a folder or a bucket URL (then
+    worked on in this worker's local copy, :func:`~desra.pipeline.remote.work_root`, trimmed to
+    ``DESRA_OUTPUT_CACHE_MB`` at the end): what one ``desra-batch`` run does with its images, without Prefect
+    (``wrap`` makes each image a task run there). The rows, and the run (its ``output_dir`` is the local copy)."""
+    remote = bucket_of(output_dir)
+    run = Run(settings=settings, output_dir=work_root(output_dir), run_id=run_id, models=models, remote=remote)
+    try:
+        rows = process_images(items, run, device=device, wrap=wrap, on_row=on_row)
+    finally:
+        if remote is not None:
+            trim(run.output_dir, read_through_limit())
+    return rows, run

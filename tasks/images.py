@@ -22,11 +22,10 @@ from prefect.states import Failed
 
 from desra.pipeline.drop import drop_items
 from desra.pipeline.models import Models
-from desra.pipeline.remote import bucket_of, read_through_limit, trim, work_root
 from desra.pipeline.report import batch_rows_key, write_batch_rows
 from desra.pipeline.settings import Settings
-from desra.pipeline.steps import Item, Run
-from desra.pipeline.stream import Device, process_images
+from desra.pipeline.steps import Item
+from desra.pipeline.stream import Device, process_into
 from desra.pipeline.text import inert
 from desra.tasks.models import gpu_slot
 from desra.tasks.progress import Progress
@@ -103,8 +102,6 @@ def process(settings: Settings, input_dir: str, output_dir: str, run_id: str, st
         batch_rows_key(run_id, batch)  # names that cannot leave the output root, refused before any work
     items = drop_items(input_dir, stems, settings.labels_dir)
     models = Models(settings)
-    remote = bucket_of(output_dir)
-    run = Run(settings=settings, output_dir=work_root(output_dir), run_id=run_id, models=models, remote=remote)
     finished = [0]
 
     def on_row(row: dict) -> None:
@@ -120,13 +117,12 @@ def process(settings: Settings, input_dir: str, output_dir: str, run_id: str, st
 
     device = Device(slot=lambda: gpu_slot(models.device))
     try:
-        rows = process_images(items, run, device=device, wrap=_as_task, on_row=on_row)
+        rows, run = process_into(output_dir, items, settings=settings, run_id=run_id, models=models, device=device,
+                                 wrap=_as_task, on_row=on_row)
     finally:
         device.close()
-        if remote is not None:
-            trim(run.output_dir, read_through_limit())
     if batch is not None:
-        write_batch_rows(rows, run.output_dir, run_id, batch, remote)
+        write_batch_rows(rows, run.output_dir, run_id, batch, run.remote)
     cached = sum(bool(r.get("cached")) for r in rows)
     logger.info("%d image(s): %d from the store, model calls %d (device busy %.1f s)", len(rows), cached,
                 device.calls, device.busy_seconds)
