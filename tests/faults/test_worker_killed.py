@@ -5,8 +5,6 @@ the pool's only slot, and a new worker's run completes every image without redoi
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 
 import pytest
@@ -14,7 +12,7 @@ import pytest
 from desra.automations import HEARTBEAT_MULTIPLE, HEARTBEAT_SECONDS, crash_message, ensure_zombie_automation
 from tests.faults.conftest import latest_run, store_files, untrustworthy_files
 from tests.flows.conftest import write_lr
-from tests.integration.conftest import POOL, Stack, _descendants
+from tests.integration.conftest import POOL, Stack, sigkill_tree
 
 pytestmark = pytest.mark.integration
 
@@ -28,20 +26,6 @@ CRASH_WITHIN = 120.0  # from the kill until the run's Crashed state: at most the
 
 def _start_worker(stack: Stack, name: str):
     return stack.start(name, "worker", "start", "--pool", POOL, "--type", "process", "--name", name, "--limit", "1")
-
-
-def _sigkill_tree(stack: Stack, proc) -> list[int]:
-    """SIGKILL ``proc``'s process group and every descendant (the flow-run process has its own session)."""
-    victims = _descendants(proc.popen.pid)
-    os.killpg(proc.popen.pid, signal.SIGKILL)
-    for pid in victims:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    proc.stop(grace=0)  # reaps it and closes its log
-    stack.procs.remove(proc)  # a dead process that wait_for should not complain about
-    return victims
 
 
 def _check_zombie_automation(stack: Stack) -> None:
@@ -88,7 +72,7 @@ def test_worker_killed_mid_task_then_a_new_worker_finishes_the_drop(server_stack
                    RUN_TIMEOUT, interval=0.1)
     with stack.client() as client:
         assert client.read_flow_run(killed_run).state.is_running(), "the run is not inside its tasks"
-    victims = _sigkill_tree(stack, worker)
+    victims = sigkill_tree(stack, worker)
     killed_at, crash_deadline = time.time(), time.monotonic() + CRASH_WITHIN
     assert victims, "the worker had no flow-run process to kill"
 
@@ -170,7 +154,7 @@ def test_worker_killed_while_its_run_processes_a_batch_itself_never_wedges_the_p
         return claimed if claimed and any((out / ".desra" / "store" / "detect").rglob("*.json")) else None
 
     stack.wait_for("the desra/full run to process a batch run itself", taken_over, RUN_TIMEOUT, interval=0.1)
-    victims = _sigkill_tree(stack, worker)
+    victims = sigkill_tree(stack, worker)
     killed_at, crash_deadline = time.time(), time.monotonic() + CRASH_WITHIN
     assert victims, "the worker had no flow-run process to kill"
 

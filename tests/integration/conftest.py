@@ -137,6 +137,21 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
+def sigkill_tree(stack: Stack, proc: Proc) -> list[int]:
+    """SIGKILL ``proc``'s process group and every descendant (a flow-run process has its own session); the pids
+    killed besides the group. ``proc`` is reaped and no longer one of the stack's processes."""
+    victims = _descendants(proc.popen.pid)
+    os.killpg(proc.popen.pid, signal.SIGKILL)
+    for pid in victims:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.stop(grace=0)  # reaps it and closes its log
+    stack.procs.remove(proc)  # a dead process that wait_for should not complain about
+    return victims
+
+
 class Stack:
     """The running server and workers, the environment to reach them, and helpers that wait on them."""
 

@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -40,7 +38,16 @@ import pandas as pd
 import pytest
 
 from desra.automations import HEARTBEAT_MULTIPLE, HEARTBEAT_SECONDS, crash_message
-from tests.integration.conftest import POOL, Proc, Stack, _descendants, _online_workers, _prefect_cli, write_lr
+from tests.integration.conftest import (
+    POOL,
+    Proc,
+    Stack,
+    _descendants,
+    _online_workers,
+    _prefect_cli,
+    sigkill_tree,
+    write_lr,
+)
 from tests.storage.conftest import ACCESS_KEY, SECRET, s3_server  # noqa: F401  (fixture)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -170,20 +177,6 @@ def _start_worker(stack: Stack, root: Path, name: str, endpoint: str) -> Proc:
                 env, home / "worker.log", cwd=folders["work"])
     stack.procs.append(proc)
     return proc
-
-
-def _sigkill_tree(stack: Stack, proc: Proc) -> list[int]:
-    """SIGKILL ``proc``'s process group and every descendant (the flow-run process has its own session)."""
-    victims = _descendants(proc.popen.pid)
-    os.killpg(proc.popen.pid, signal.SIGKILL)
-    for pid in victims:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    proc.stop(grace=0)
-    stack.procs.remove(proc)
-    return victims
 
 
 def _run_pid(run: Any) -> int | None:
@@ -319,7 +312,7 @@ def test_three_workers_share_a_bucket_drop_and_survive_one_killed(cluster: Clust
 
         name = stack.wait_for("a batch worker's flow run to hold claims", victim, RUN_TIMEOUT, interval=0.2)
         batches_before = _batch_runs(stack, parent)
-        victims = _sigkill_tree(stack, workers.pop(name))
+        victims = sigkill_tree(stack, workers.pop(name))
         killed_at = time.monotonic()
         assert victims, "the worker had no flow-run process to kill"
         dead_claims = {}
