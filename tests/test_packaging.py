@@ -44,8 +44,8 @@ def test_runtime_dependencies_are_ranges():
 
 
 # Pins of packages that pyproject.toml names nowhere: what a pinned package needs, named so that pip's resolver
-# lands on a consistent set at once (none today).
-RESOLVER_PINS: set[str] = set()
+# lands on a consistent set at once (s3fs's aiobotocore accepts only a narrow range of botocore).
+RESOLVER_PINS = {"aiobotocore"}
 
 
 def test_constraints_pin_exactly_the_torch_builds_within_the_ranges():
