@@ -146,7 +146,8 @@ def worker(spec_path: str) -> int:
     spec = json.loads(Path(spec_path).read_text())
     models = load_models(Path(spec["results"]), spec["g"])
     if spec["output"].startswith("s3://"):
-        import obstore  # noqa: F401  (imported before the start, as the flow's process has it by then)
+        import botocore.session  # noqa: F401  (the S3 client's libraries are imported before the start, as
+        import obstore  # noqa: F401  the flow's process has them by then: admission has probed the bucket)
     warm = Run(settings=settings(), output_dir=spec["scratch"], run_id="warm", models=models)
     warm_rows = process_images(drop_items(spec["warm"]), warm)
     if [r["status"] for r in warm_rows] != ["ok"]:

@@ -172,6 +172,14 @@ class Bucket(ABC):
         """At most the first ``length`` bytes (one GET) and the ETag of the object they were read from: what a
         reader records as "this content", so that an object replaced between a listing and the read is seen."""
 
+    def download(self, key: str, path: str | os.PathLike[str]) -> ObjectInfo:
+        """The object written to the local file ``path`` (whole or not at all: a temporary file beside it, renamed
+        into place); its size and the ETag of the bytes written."""
+        data, etag = self.read_versioned(key)
+        with atomic_path(Path(path)) as temp:
+            Path(temp).write_bytes(data)
+        return ObjectInfo(self._key(key), len(data), etag)
+
     @abstractmethod
     def info(self, key: str) -> ObjectInfo:
         """Size and ETag of one object, without reading it."""
@@ -350,9 +358,10 @@ class S3Bucket(Bucket):
                                     client_options={"allow_http": http}, retry_config=retry_config())
             return self._client
 
-    # Listings go through botocore's client: obstore refuses a whole listing page when one key in it is not a
-    # path it accepts (a control character, a "." component), and a drop may hold such names, which the caller
-    # reports one by one. A listing is one request per 1 000 objects, so the SDK's CPU per request is no cost.
+    # A listing that obstore refuses, and an admission's probe, go through botocore's client (made then, once
+    # per bucket: making it costs about 80 ms of CPU). obstore refuses a whole listing page when one key in it
+    # is not a path it accepts (a control character, a "." component), and a drop may hold such names, which
+    # the caller reports one by one; and it cannot ask for a page of one key.
     def _listing_client(self, key: str) -> Any:
         self._store(key)  # the same checks of the extra and the credentials
         with self._client_lock:
@@ -450,6 +459,26 @@ class S3Bucket(Bucket):
 
         return self._run(get, key)
 
+    def download(self, key: str, path: str | os.PathLike[str]) -> ObjectInfo:
+        """Streamed (10 MB at a time), so that a model file of any size never sits in memory whole."""
+        import obstore
+
+        key = self._key(key)
+
+        def get(store: Any) -> ObjectInfo:
+            result = obstore.get(store, self._full(key))
+            size = 0
+            with atomic_path(Path(path)) as temp, open(temp, "wb") as out:
+                for chunk in result.stream():
+                    out.write(chunk)
+                    size += len(chunk)
+                if size != int(result.meta["size"]):
+                    raise StorageError(f"expected {result.meta['size']} bytes from {self.url}/{key}, got {size}",
+                                       url=f"{self.url}/{key}")
+            return ObjectInfo(key, size, _etag(result.meta["e_tag"] or ""))
+
+        return self._run(get, key)
+
     def _ranged(self, key: str, start: int, length: int) -> tuple[bytes, str] | None:
         """One ranged GET: the bytes and the whole object's ETag, or ``None`` when ``start`` is at or past the
         end of an existing object (416)."""
@@ -483,22 +512,46 @@ class S3Bucket(Bucket):
         found = self._ranged(key, 0, length)
         return (b"", self.info(key).etag) if found is None else found  # None: an empty object
 
+    def _listed(self, key: str, under: str, *, delimited: bool) -> tuple[list[tuple[str, int, str]], list[str]]:
+        """The objects under the folder ``under`` (a full key without its ``/``; ``""``: the whole bucket) as
+        ``(full key, size, ETag)``; with ``delimited``, only those directly under it, and its "folders" (full
+        keys, without the ``/``). LIST requests of 1 000 names each, through obstore; through botocore when
+        obstore refuses a name on the page (a control character, a ``.`` component): a drop may hold such
+        names, which the caller reports one by one."""
+        import obstore
+        from obstore.exceptions import InvalidPathError
+
+        def fast(store: Any) -> tuple[list[tuple[str, int, str]], list[str]] | None:
+            try:
+                if delimited:
+                    level = obstore.list_with_delimiter(store, under or None)
+                    items, folders = level["objects"], [str(name) for name in level["common_prefixes"]]
+                else:
+                    items = [item for chunk in obstore.list(store, under or None, chunk_size=1000) for item in chunk]
+                    folders = []
+            except InvalidPathError:
+                return None
+            return [(str(i["path"]), int(i["size"]), _etag(i["e_tag"] or "")) for i in items], folders
+
+        found = self._run(fast, key)
+        if found is not None:
+            return found
+        objects: list[tuple[str, int, str]] = []
+        folders: list[str] = []
+        for page in self._pages(key, f"{under}/" if under else "", "/" if delimited else None):
+            objects.extend((str(item["Key"]), int(item["Size"]), _etag(str(item.get("ETag", ""))))
+                           for item in page.get("Contents", []))
+            folders.extend(str(common["Prefix"]).rstrip("/") for common in page.get("CommonPrefixes", []))
+        return objects, folders
+
     def list_level(self) -> tuple[list[tuple[str, int, str]], list[str]]:
         """``([(name, size, etag)], [folder name])``: the objects and the "folders" directly under the root, as
         LIST requests with a ``/`` delimiter give them (1 000 names each). Unlike :meth:`list`, names that
         :func:`check_key` refuses are kept, for the caller to report; they are names, not keys to request."""
-        objects: list[tuple[str, int, str]] = []
-        folders: list[str] = []
-        for page in self._pages("", self.prefix, "/"):
-            for item in page.get("Contents", []):
-                name = str(item["Key"])[len(self.prefix):]
-                if name:  # not the root's own "folder" marker
-                    objects.append((name, int(item["Size"]), _etag(str(item.get("ETag", "")))))
-            for common in page.get("CommonPrefixes", []):
-                name = str(common["Prefix"])[len(self.prefix):].rstrip("/")
-                if name:
-                    folders.append(name)
-        return objects, folders
+        objects, folders = self._listed("", self.prefix.rstrip("/"), delimited=True)
+        start = len(self.prefix)
+        return ([(full[start:], size, etag) for full, size, etag in objects if full[start:]],  # not the root's
+                [name[start:] for name in folders if name[start:]])  # own "folder" marker
 
     def info(self, key: str) -> ObjectInfo:
         import obstore
@@ -520,14 +573,10 @@ class S3Bucket(Bucket):
     def list(self, prefix: str = "") -> list[ObjectInfo]:
         prefix = check_key(prefix.rstrip("/"), where=self.url, allow_empty=True)
         under = self._full(prefix) if prefix else self.prefix.rstrip("/")
-
-        found: list[ObjectInfo] = []
-        for page in self._pages(prefix, f"{under}/" if under else "", None):
-            for item in page.get("Contents", []):
-                key = str(item["Key"])[len(self.prefix):]
-                if not _key_problem(key):  # objects that other tools wrote with unsafe keys are not seen
-                    found.append(ObjectInfo(key, int(item["Size"]), _etag(str(item["ETag"]))))
-        return sorted(found)
+        objects, _ = self._listed(prefix, under, delimited=False)
+        start = len(self.prefix)
+        return sorted(ObjectInfo(full[start:], size, etag) for full, size, etag in objects
+                      if not _key_problem(full[start:]))  # objects that other tools wrote with unsafe keys are not seen
 
     def write(self, key: str, data: bytes) -> str:
         import obstore
@@ -588,8 +637,8 @@ class S3Bucket(Bucket):
         self._run(lambda store: obstore.delete(store, self._full(key)), key)
 
     def check_readable(self) -> None:
-        """One ``ListObjectsV2`` of at most one key under the prefix: the bucket exists, the credentials are
-        accepted and may list there."""
+        """One ``ListObjectsV2`` of at most one key under the prefix (through botocore: obstore cannot ask for
+        fewer than a page of 1 000): the bucket exists, the credentials are accepted and may list there."""
         options = {"Bucket": self.name, "Prefix": self.prefix, "MaxKeys": 1}
         try:
             self._listing_client("").list_objects_v2(**options)

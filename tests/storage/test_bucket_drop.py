@@ -18,6 +18,7 @@ import pytest
 
 from desra.pipeline.drop import drop_items, match_labels, result_items, scan_drop
 from desra.pipeline.objectfile import HEADER_BYTES, ObjectFile
+from desra.pipeline.objects import Bucket
 from desra.pipeline.settings import Settings
 from desra.pipeline.steps import ImageJob, Run
 from desra_core import ConfigError, InputImageError
@@ -298,6 +299,11 @@ def test_listing_two_thousand_objects_is_list_requests_only(s3_env: RecordingMot
     assert len(items) == 2000 and all(i.error is None for i in items)
     assert [(r.method, r.path, "list-type=2" in r.query) for r in requests] == [("GET", f"/{s3_bucket_name}", True)] * 2
     print(f"listing 2000 objects: {len(requests)} LIST requests, {took:.2f} s")
+    start = len(s3_env.app.log)
+    bucket = Bucket.at(f"s3://{s3_bucket_name}/big-drop")
+    assert len(bucket.list_level()[0]) == 2000
+    assert bucket._lister is None  # names obstore takes as they are: no botocore client was made
+    assert [(r.method, "list-type=2" in r.query) for r in s3_env.app.log[start:]] == [("GET", True)] * 2
 
 
 def test_names_that_only_a_bucket_can_hold(s3_client: Any, s3_bucket_name: str) -> None:
@@ -307,6 +313,10 @@ def test_names_that_only_a_bucket_can_hold(s3_client: Any, s3_bucket_name: str) 
                                             "ok.png": png})
     url = f"s3://{s3_bucket_name}/drop"
     items = {i.stem: i for i in drop_items(url)}
+    bucket = Bucket.at(url)
+    assert sorted(name for name, _, _ in bucket.list_level()[0]) == sorted(["rtl\u202egnp.png", "bell\x07.png",
+                                                                         "ok.png"])
+    assert bucket._lister is not None  # obstore refused the page (the bell character): botocore listed it
     assert set(items) == {"rtl\u202egnp", "bell%07", "sub", "ok"}
     assert items["ok"].error is None
     assert items["rtl\u202egnp"].file is None and items["rtl\u202egnp"].path == f"{url}/rtl\\u202egnp.png"
