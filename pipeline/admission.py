@@ -9,7 +9,8 @@ task run; a refusal logged once and returned as the run's ``Failed`` state). In 
 2. confines the run's paths to the allowed roots (:func:`allowed_roots`, :mod:`desra.pipeline.roots`) and
    refuses an output root that overlaps a folder the run reads (:func:`~desra.pipeline.roots.check_apart`);
 3. checks the device and resolves it (``auto``: CUDA when available, else the CPU), loads and checks both SR
-   models and the segmenter, makes sure that the output root can be created and written (for an ``s3://``
+   models (those given as ``s3://`` URLs first fetched into this worker's cache, :func:`fetch_models`) and the
+   segmenter, makes sure that the output root can be created and written (for an ``s3://``
    output root: this worker's local copy, and one probe object in the bucket), and removes the temporary
    files that killed runs left there (:func:`check_run`; the verdict on the models is remembered in this
    worker's copy of the output root's store);
@@ -37,7 +38,7 @@ from desra.pipeline.models import SEG_VERSION, SR_VERSION, check_device, check_m
 from desra.pipeline.models import load_segmenter_cached as _segmenter
 from desra.pipeline.objects import Bucket, is_url
 from desra.pipeline.options import FinetuneFields, check_options
-from desra.pipeline.remote import bucket_of, owner, work_root
+from desra.pipeline.remote import bucket_of, model_copy, owner, work_root
 from desra.pipeline.roots import (
     PATH_PARAMETERS,
     ROOTS_VARIABLE,
@@ -48,6 +49,7 @@ from desra.pipeline.roots import (
     parse_roots,
     run_paths,
     shown_url,
+    url_parts,
 )
 from desra.pipeline.settings import Settings
 from desra.pipeline.store import Store, step_key
@@ -55,9 +57,9 @@ from desra_core import ConfigError
 from desra_core.finetune.options import FinetuneOptions
 from desra_core.models.weights import KNOWN_WEIGHTS, cache_dir
 
-__all__ = ["FINETUNE_PATHS", "FOLDER_PARAMETERS", "MODEL_PARAMETERS", "Admission", "RootsSource", "admit",
-           "admit_finetuning", "admit_folders", "admit_paths", "allowed_roots", "check_run", "confine",
-           "ensure_output_root", "refuse_model_urls"]
+__all__ = ["FINETUNE_PATHS", "FOLDER_PARAMETERS", "MODEL_PARAMETERS", "MODEL_URL_PARAMETERS", "Admission",
+           "RootsSource", "admit", "admit_finetuning", "admit_folders", "admit_paths", "allowed_roots", "check_run",
+           "confine", "ensure_output_root", "fetch_models", "refuse_model_urls"]
 
 FOLDER_PARAMETERS = ("input_dir", "labels_dir", "validate_dir", "validate_labels_dir")
 """The folders of images that a run lists: :func:`admit_folders` opens them once, through checked descriptors."""
@@ -67,7 +69,10 @@ FINETUNE_PATHS = ("validate_dir", "validate_labels_dir", "vgg_weights", "discrim
 
 MODEL_PARAMETERS = ("mse_model", "gan_model", "segmenter", "vgg_weights", "discriminator", "model")
 """The parameters that name model weights (``model``: the one model of ``desra upscale``): loaded from the worker's
-disk (or a known name, a hub id), never from a URL (:func:`refuse_model_urls`)."""
+disk (or a known name, a hub id), from a URL only for :data:`MODEL_URL_PARAMETERS` (:func:`refuse_model_urls`)."""
+
+MODEL_URL_PARAMETERS = ("mse_model", "gan_model")
+"""The model parameters that may be ``s3://`` URLs: a run's two SR models, fetched into each worker's cache."""
 
 RootsSource = Callable[[], Roots | None]
 """Where the roots come from when ``DESRA_ALLOWED_ROOTS`` is unset (a deployment's registered paths)."""
@@ -103,8 +108,9 @@ def allowed_roots(deployment_roots: RootsSource | None = None) -> Roots | None:
 
 def refuse_model_urls(paths: Mapping[str, str | None]) -> None:
     """Refuse the first model parameter (:data:`MODEL_PARAMETERS`) given as a URL (a segmenter also as
-    ``backend:URL``): the loaders read weights from the worker's disk, so a URL would fail late, or be taken for a
-    relative path. Reads nothing.
+    ``backend:URL``), but the run's two SR models as ``s3://`` URLs (:data:`MODEL_URL_PARAMETERS`, fetched into
+    the worker's cache by :func:`fetch_models`): the loaders read weights from the worker's disk, so another URL
+    would fail late, or be taken for a relative path. Reads nothing.
 
     Raises:
         ConfigError: naming the parameter and the URL.
@@ -114,6 +120,9 @@ def refuse_model_urls(paths: Mapping[str, str | None]) -> None:
         if not value:
             continue
         target = value.partition(":")[2]  # a segmenter's "backend:ARG"
+        if name in MODEL_URL_PARAMETERS and value.startswith("s3://"):
+            url_parts(value, name)  # a well-formed URL (no credentials in it), even where runs are unconfined
+            continue
         if is_url(value) or (name == "segmenter" and is_url(target)):
             url = value if is_url(value) else target
             if name == "segmenter":
@@ -126,6 +135,19 @@ def refuse_model_urls(paths: Mapping[str, str | None]) -> None:
             raise ConfigError(f"expected {name} as a local file or a known name, got the URL {shown_url(url)}; "
                               "model files are read from the worker's disk: copy the weights there (or into the "
                               "weights cache) and pass the path")
+
+
+def fetch_models(settings: Settings) -> Settings:
+    """``settings`` with each SR model given as an ``s3://`` URL replaced by this worker's copy of it
+    (:func:`~desra.pipeline.remote.model_copy`: one HEAD request when the copy is current). Run after
+    :func:`confine` has admitted the URLs, before the models are loaded.
+
+    Raises:
+        StorageError: a model object that cannot be read, naming its URL.
+    """
+    local = {name: model_copy(value) for name in MODEL_URL_PARAMETERS
+             if isinstance(value := getattr(settings, name), str) and value.startswith("s3://")}
+    return settings.replace(**local) if local else settings
 
 
 def confine(paths: Mapping[str, str | None], roots: Roots | None) -> None:
@@ -295,6 +317,8 @@ def admit(input_dir: str | None, output_dir: str, options: Mapping[str, Any] | S
     verdict: dict[str, Any] = {}
 
     def checks() -> None:
+        nonlocal settings
+        settings = fetch_models(settings) if sr else settings
         verdict.update(check(settings, output_dir, sr))
 
     admit_paths(output_dir, paths, roots, then=checks)

@@ -20,13 +20,15 @@ as they do for a local output root, and :class:`~desra.pipeline.store.Store` and
   while their holder works, taken over by another worker once a dead holder's lease has run out.
 
 Nothing in this module lists a bucket or reads an image: it maps an output URL to its bucket and its
-local root, and names this process as a claim owner.
+local root, names this process as a claim owner, and fetches model files given as URLs (:func:`model_copy`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import re
 import socket
 import uuid
 from pathlib import Path
@@ -35,7 +37,8 @@ from desra.pipeline.objects import Bucket, is_url
 from desra_core.errors import ConfigError
 from desra_core.models.weights import cache_dir
 
-__all__ = ["CACHE_VARIABLE", "bucket_of", "owner", "read_through_limit", "trim", "work_root"]
+__all__ = ["CACHE_VARIABLE", "bucket_of", "model_copy", "model_origin", "owner", "read_through_limit", "trim",
+           "work_root"]
 
 CACHE_VARIABLE = "DESRA_OUTPUT_CACHE_MB"  # the bound on each worker's local copy of a bucket output root
 _DEFAULT_CACHE_MB = 20_000
@@ -117,3 +120,55 @@ def trim(root: str | os.PathLike[str], limit: int) -> int:
         except FileNotFoundError:
             continue
     return removed
+
+
+_ETAG_NAME = re.compile(r"[A-Za-z0-9-]{1,80}")
+_ORIGINS: dict[str, str] = {}  # local copy -> the URL it was fetched from, in this process
+
+
+def model_origin(path: str | None) -> str | None:
+    """The URL that :func:`model_copy` fetched ``path`` from in this process (what reports name: one model is one
+    URL on every worker, wherever each keeps its copy), else ``path`` itself."""
+    return _ORIGINS.get(path, path) if path is not None else None
+
+
+def model_copy(url: str) -> str:
+    """The local copy of a model file given as a URL (``s3://bucket/models/x.safetensors``), for the loaders,
+    which read files: ``models/<sha256 of the URL>/<ETag>/<file name>`` beside the weights cache. A copy that is
+    there is used after one HEAD request; otherwise (first use, or the object was replaced: a new ETag) the
+    object is streamed into place, whole or not at all. Two workers fetching at once each write their own
+    temporary file and the last rename wins with the same bytes.
+
+    Raises:
+        ConfigError: a URL that names no file in a bucket.
+        StorageError: the object cannot be read (missing, access denied…), naming the URL.
+    """
+    text = url.rstrip("/")
+    scheme, _, rest = text.partition("://")
+    parent, _, name = text.rpartition("/")
+    if not rest or "/" not in rest or not name:
+        raise ConfigError(f"expected a model file's URL as {scheme or 's3'}://bucket/path/file, got {url!r}")
+    bucket = Bucket.at(parent)
+    folder = cache_dir().parent / "models" / hashlib.sha256(text.encode()).hexdigest()[:32]
+
+    def place(etag: str) -> Path:
+        label = etag if _ETAG_NAME.fullmatch(etag) else hashlib.sha256(etag.encode()).hexdigest()[:32]
+        return folder / label / name
+
+    info = bucket.info(name)
+    target = place(info.etag)
+    if target.is_file() and target.stat().st_size == info.size:
+        _ORIGINS[str(target)] = text
+        return str(target)
+    folder.mkdir(parents=True, exist_ok=True)
+    staging = folder / f".{uuid.uuid4().hex[:12]}.{name}"
+    try:
+        got = bucket.download(name, staging)  # its ETag is that of the bytes read, whatever HEAD said
+        target = place(got.etag)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging, target)
+    finally:
+        with contextlib.suppress(OSError):
+            staging.unlink(missing_ok=True)
+    _ORIGINS[str(target)] = text
+    return str(target)

@@ -36,7 +36,7 @@ from desra.pipeline import pixels
 from desra.pipeline.leftovers import attend
 from desra.pipeline.models import SEG_VERSION, SR_VERSION
 from desra.pipeline.objects import Bucket
-from desra.pipeline.remote import owner
+from desra.pipeline.remote import model_origin, owner
 from desra.pipeline.report import is_published, publish_image, review_fragments
 from desra.pipeline.review import prepare_pictures
 from desra.pipeline.settings import Settings
@@ -209,13 +209,13 @@ def base_row(run: Run, item: Item) -> dict[str, Any]:
     """The columns every row of an image has, whatever happens to it."""
     s, models, given = run.settings, run.models, item.given
     digests = getattr(models, "digests", {}) if given is None else {}
+    mse, gan = (None, None) if given is not None else (model_origin(s.mse_model), model_origin(s.gan_model))
     return {"stem": item.stem, "input_path": item.path if given is None else given["gan"][0] or given["mse"][0],
             "input_sha256": item.sha256 if given is None else given["gan"][1],
-            "mse_model": None if given is not None else s.mse_model,
-            "gan_model": None if given is not None else s.gan_model,
+            "mse_model": mse, "gan_model": gan,  # a model fetched from a bucket: its URL, not this worker's copy
             "mse_model_sha256": digests.get("mse"), "gan_model_sha256": digests.get("gan"),
-            "segmenter": s.segmenter_in_use, "config_hash": s.config_hash(mse=None if given is None else "given",
-                                                                          gan=None if given is None else "given"),
+            "segmenter": s.segmenter_in_use, "config_hash": s.config_hash(mse="given" if given is not None else mse,
+                                                                          gan="given" if given is not None else gan),
             "run_id": run.run_id, "status": "failed", "error": None, "cached": False, "computed": ""}
 
 

@@ -43,7 +43,7 @@ def _upload(client: Any, bucket: str, prefix: str, files: dict[str, bytes]) -> N
         client.put_object(Bucket=bucket, Key=f"{prefix}/{name}", Body=data)
 
 
-def _run(input_dir: str, output_dir: str, models: tuple[Path, Path]) -> Any:
+def _run(input_dir: str, output_dir: str, models: tuple[str, str]) -> Any:
     from desra.flows.full import run_in_process
 
     mse, gan = models
@@ -157,3 +157,31 @@ def test_a_changed_object_is_computed_again(tmp_path, s3_env, s3_client, s3_buck
     assert counted["upscale"] == before + 2  # img0 only, both models
     new = s3_client.get_object(Bucket=s3_bucket_name, Key="out3/sr/gan/img0.png")["Body"].read()
     assert new != old  # published again, from the new content
+
+
+def test_models_given_as_bucket_urls_are_the_same_models(tmp_path, s3_env, s3_client, s3_bucket_name, tiny_models,
+                                                         cache, counted):
+    """A worker that shares nothing with the others takes its SR models from the bucket too: the run with model
+    URLs finds every entry that the same files given as paths computed (the store keys hold the files' digests),
+    so it does no model work, and a worker with an empty cache fetches each model once."""
+    files = _drop(tmp_path / "drop")
+    del files["broken.png"]
+    _upload(s3_client, s3_bucket_name, "drops/four", files)
+    mse, gan = (Path(p) for p in tiny_models)
+    for path in (mse, gan):
+        s3_client.put_object(Bucket=s3_bucket_name, Key=f"models/{path.name}", Body=path.read_bytes())
+    drop, out = f"s3://{s3_bucket_name}/drops/four", f"s3://{s3_bucket_name}/out4"
+    assert _run(drop, out, tiny_models).name == "Completed"
+    first = counted["upscale"]
+    urls = (f"s3://{s3_bucket_name}/models/{mse.name}", f"s3://{s3_bucket_name}/models/{gan.name}")
+    start = len(s3_env.app.log)
+    assert _run(drop, out, urls).name == "Completed"
+    assert counted["upscale"] == first  # the same models: every entry came from the store
+    fetched = [r for r in s3_env.app.log[start:] if r.method == "GET" and "/models/" in r.path]
+    assert sorted(r.path.rsplit("/", 1)[1] for r in fetched) == sorted([mse.name, gan.name])
+    copies = sorted(p.name for p in (cache / "models").rglob("*") if p.is_file())
+    assert copies == sorted([mse.name, gan.name])
+    objects = _objects(s3_client, s3_bucket_name, "out4")
+    (last,) = [k for k in sorted(objects) if k.startswith("runs/")][-1:]
+    frame = pd.read_parquet(io.BytesIO(objects[last]))
+    assert set(frame["mse_model"]) == {urls[0]} and set(frame["gan_model"]) == {urls[1]}  # not the local copies

@@ -189,12 +189,21 @@ def test_a_segmenter_url_is_named_as_the_url() -> None:
 
 # --- model parameters given as URLs -------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["mse_model", "gan_model", "model"])
-def test_an_sr_model_given_as_a_url_is_refused_even_unconfined(name: str) -> None:
-    sentence = _refusal(ConfigError, confine, {name: "s3://models/net_g.pth"}, None)
-    assert sentence == (f"expected {name} as a local file or a known name, got the URL s3://models/net_g.pth; model "
+@pytest.mark.parametrize(("name", "url"), [("model", "s3://models/net_g.pth"), ("mse_model", "gs://models/net_g.pth"),
+                                         ("gan_model", "https://example.org/net_g.pth")])
+def test_a_model_url_other_than_an_sr_model_in_s3_is_refused_even_unconfined(name: str, url: str) -> None:
+    sentence = _refusal(ConfigError, confine, {name: url}, None)
+    assert sentence == (f"expected {name} as a local file or a known name, got the URL {url}; model "
                         "files are read from the worker's disk: copy the weights there (or into the weights cache) "
                         "and pass the path")
+
+
+def test_sr_models_in_s3_are_confined_as_urls() -> None:
+    roots = Roots(["s3://models/released"], ROOTS_VARIABLE)
+    confine({"mse_model": "s3://models/released/mse.pth", "gan_model": "s3://models/released/gan.pth"}, roots)
+    confine({"mse_model": "s3://models/released/mse.pth"}, None)  # unconfined: allowed
+    sentence = _refusal(ConfigError, confine, {"gan_model": "s3://models/releasedx/gan.pth"}, roots)
+    assert "gan_model" in sentence and "s3://models/releasedx/gan.pth" in sentence
 
 
 @pytest.mark.parametrize("spec", ["s3://models/segformer", "segformer:s3://models/segformer"])
@@ -216,7 +225,7 @@ def test_a_run_with_a_model_url_is_refused_before_its_checks(tmp_path: Path, mon
     monkeypatch.delenv(ROOTS_VARIABLE, raising=False)
     calls: list[str] = []
     sentence = _refusal(ConfigError, admit, str(tmp_path), str(tmp_path / "out"),
-                        {**OPTIONS, "gan_model": "s3://models/net_g.pth"}, check=_recorder(calls))
+                        {**OPTIONS, "gan_model": "gs://models/net_g.pth"}, check=_recorder(calls))
     assert sentence.startswith("expected gan_model as a local file or a known name, got the URL")
     assert calls == [] and list(tmp_path.iterdir()) == []
 
@@ -333,3 +342,71 @@ def test_a_local_bucket_is_readable_when_its_folder_exists(tmp_path: Path) -> No
     missing = LocalBucket(tmp_path / "none")
     with pytest.raises(StorageError, match="expected an existing folder for"):
         missing.check_readable()
+
+
+# --- SR models fetched from a bucket ------------------------------------------------------------------------
+
+def _checked(seen: list[tuple[str, str]]) -> Any:
+    """A ``check`` for :func:`admit` that records the model files it was given, and their bytes' first byte."""
+    def check(settings: Any, output_dir: str, sr: bool) -> dict[str, Any]:
+        for name in ("mse_model", "gan_model"):
+            path = getattr(settings, name)
+            seen.append((name, Path(path).read_bytes()[:1].decode()))
+            assert os.path.isabs(path) and Path(path).is_file()
+        return {"device": "cpu", "swept": 0, "models": {}}
+
+    return check
+
+
+def test_sr_models_in_a_bucket_are_fetched_once_per_content(
+        tmp_path: Path, s3_env: RecordingMotoServer, s3_client: Any, s3_bucket_name: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DESRA_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv(ROOTS_VARIABLE, f"{tmp_path}:s3://{s3_bucket_name}/models")
+    big = b"M" + os.urandom(12 << 20)  # more than one 10 MB chunk of the streamed download
+    s3_client.put_object(Bucket=s3_bucket_name, Key="models/mse.pth", Body=big)
+    s3_client.put_object(Bucket=s3_bucket_name, Key="models/gan v2.pth", Body=b"G-weights")
+    urls = {"mse_model": f"s3://{s3_bucket_name}/models/mse.pth",
+            "gan_model": f"s3://{s3_bucket_name}/models/gan v2.pth"}
+    (tmp_path / "in").mkdir()
+    seen: list[tuple[str, str]] = []
+    admitted = admit(str(tmp_path / "in"), str(tmp_path / "out"), {**OPTIONS, **urls}, check=_checked(seen))
+    assert seen == [("mse_model", "M"), ("gan_model", "G")]
+    mse, gan = Path(admitted.settings.mse_model), Path(admitted.settings.gan_model)
+    assert mse.read_bytes() == big and gan.read_bytes() == b"G-weights" and gan.name == "gan v2.pth"
+    assert str(tmp_path / "cache") in str(mse) and not list(mse.parent.parent.glob(".*"))  # no staging file left
+
+    start = len(s3_env.app.log)  # a second run on this worker: one HEAD per model, nothing downloaded
+    again = admit(str(tmp_path / "in"), str(tmp_path / "out"), {**OPTIONS, **urls}, check=_checked(seen))
+    assert again.settings.mse_model == str(mse)
+    assert sorted(r.method for r in s3_env.app.log[start:] if "/models/" in r.path) == ["HEAD", "HEAD"]
+
+    s3_client.put_object(Bucket=s3_bucket_name, Key="models/gan v2.pth", Body=b"H-weights")  # replaced
+    third = admit(str(tmp_path / "in"), str(tmp_path / "out"), {**OPTIONS, **urls}, check=_checked(seen))
+    assert Path(third.settings.gan_model).read_bytes() == b"H-weights" and third.settings.gan_model != str(gan)
+    assert seen[-1] == ("gan_model", "H")
+
+
+def test_a_missing_model_object_is_named_before_the_checks(
+        tmp_path: Path, s3_env: RecordingMotoServer, s3_bucket_name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DESRA_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv(ROOTS_VARIABLE, raising=False)
+    (tmp_path / "in").mkdir()
+    calls: list[str] = []
+    url = f"s3://{s3_bucket_name}/models/none.pth"
+    with pytest.raises(StorageError) as raised:
+        admit(str(tmp_path / "in"), str(tmp_path / "out"), {**OPTIONS, "gan_model": url}, check=_recorder(calls))
+    assert str(raised.value) == f"expected an object at {url}, got none"
+    assert calls == []
+    _hides_secret(raised.value)
+
+
+def test_a_model_url_outside_the_roots_is_refused_before_any_request(
+        tmp_path: Path, s3_env: RecordingMotoServer, s3_bucket_name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ROOTS_VARIABLE, f"{tmp_path}:s3://{s3_bucket_name}/models")
+    (tmp_path / "in").mkdir()
+    start = len(s3_env.app.log)
+    sentence = _refusal(ConfigError, admit, str(tmp_path / "in"), str(tmp_path / "out"),
+                        {**OPTIONS, "mse_model": f"s3://{s3_bucket_name}/modelsx/mse.pth"}, check=_recorder([]))
+    assert "mse_model" in sentence and "modelsx" in sentence
+    assert s3_env.app.log[start:] == []
