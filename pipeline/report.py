@@ -16,6 +16,7 @@ Every entry point writes these with the same columns and types (:data:`IMAGE_COL
 the store.
 """
 
+import contextlib
 import functools
 import hashlib
 import io
@@ -213,6 +214,25 @@ def review_fragments(output_dir: str) -> Path:
     return Path(output_dir) / ".desra" / "review"
 
 
+def _read_through(read: Callable[[Path], Any], output_dir: str, remote: Bucket) -> Callable[[Path], Any]:
+    """``read`` of a file of the local copy ``output_dir``, fetched first from ``remote`` (the same key) when this
+    copy lacks it: a scaled-out run's page shows the images that other workers published."""
+    root = Path(output_dir)
+
+    def reader(path: Path) -> Any:
+        path = Path(path)
+        if not path.is_file():
+            try:
+                key = path.relative_to(root).as_posix()
+            except ValueError:  # not an output of this root (e.g. a given SR result): read as it is
+                return read(path)
+            with contextlib.suppress(MissingObjectError, ConfigError):  # then the page says what is missing
+                remote.download(key, path)
+        return read(path)
+
+    return reader
+
+
 def write_run_files(rows: list[dict[str, Any]], output_dir: str, run_id: str, *, title: str,
                     run_numbers: dict[str, Any] | None = None,
                     remote: Bucket | None = None) -> tuple[Path | str, Path | str]:
@@ -229,19 +249,22 @@ def write_run_files(rows: list[dict[str, Any]], output_dir: str, run_id: str, *,
     if remote is not None:
         remote.write(f"runs/{run_id}.parquet", path.read_bytes())
         runs = remote.url_of(f"runs/{run_id}.parquet")
+    read_pixels: Callable[[Path], Any] = pixels.read_pixels
+    read_mask: Callable[[Path], Any] = pixels.read_mask
+    if remote is not None:  # images that other workers published are in the bucket, not in this local copy
+        read_pixels, read_mask = (_read_through(read, output_dir, remote) for read in (read_pixels, read_mask))
     try:
         page = write_review_page(rows, output_dir, title=title, fragments=review_fragments(output_dir),
-                                 read_pixels=pixels.read_pixels, read_mask_file=pixels.read_mask,
-                                 run_numbers=run_numbers or {})
+                                 read_pixels=read_pixels, read_mask_file=read_mask, run_numbers=run_numbers or {})
     except OSError as e:
         return runs, f"{type(e).__name__}: {e}"
     if remote is None:
         return runs, page
     pictures = Path(output_dir) / PICTURE_FOLDER
     known = {info.key for info in remote.list(PICTURE_FOLDER)}
-    for picture in sorted(pictures.iterdir()) if pictures.is_dir() else []:
-        name = f"{PICTURE_FOLDER}/{picture.name}"  # named by their content: one already there is the same
-        if picture.is_file() and not picture.name.startswith(".") and name not in known:
+    for picture in sorted(pictures.rglob("*")) if pictures.is_dir() else []:  # report-files/<2 hex>/<digest>.jpg
+        name = f"{PICTURE_FOLDER}/{picture.relative_to(pictures).as_posix()}"  # named by their content: one
+        if picture.is_file() and not picture.name.startswith(".") and name not in known:  # already there is it
             remote.write(name, picture.read_bytes())
     for page_file in sorted(Path(page).parent.glob("report*.html")):
         remote.write(page_file.name, page_file.read_bytes())

@@ -12,7 +12,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from desra.pipeline.remote import bucket_of, work_root
+from desra.pipeline.remote import bucket_of, read_through_limit, trim, work_root
 from desra.pipeline.report import IMAGE_COLUMNS, frame, write_run_files
 from desra.pipeline.text import inert
 
@@ -25,6 +25,8 @@ def write_run_report(rows: list[dict], output_dir: str, run_id: str, run_numbers
     remote = bucket_of(output_dir)
     path, page = write_run_files(rows, work_root(output_dir), run_id, title=f"desra run {run_id}",
                                  run_numbers=run_numbers, remote=remote)
+    if remote is not None:  # the page may have fetched other workers' images into this worker's copy
+        trim(work_root(output_dir), read_through_limit())
     table = frame(rows, IMAGE_COLUMNS)
     ranked = table.assign(_failed=table["status"] != "ok").sort_values(
         ["_failed", "artifact_fraction"], ascending=[False, False], na_position="last")

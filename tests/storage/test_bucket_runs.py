@@ -10,6 +10,7 @@ another one whose local copy is empty.
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 from typing import Any
 
@@ -185,3 +186,33 @@ def test_models_given_as_bucket_urls_are_the_same_models(tmp_path, s3_env, s3_cl
     (last,) = [k for k in sorted(objects) if k.startswith("runs/")][-1:]
     frame = pd.read_parquet(io.BytesIO(objects[last]))
     assert set(frame["mse_model"]) == {urls[0]} and set(frame["gan_model"]) == {urls[1]}  # not the local copies
+
+
+def test_the_review_page_shows_images_that_other_workers_published(tmp_path, s3_env, s3_client, s3_bucket_name,
+                                                                   tiny_models, cache, monkeypatch):
+    """In a scaled-out run the parent writes the page from its own local copy, which holds none of the images that
+    other workers published: it fetches what it lacks from the bucket, so no picture is missing."""
+    from desra.pipeline.objects import Bucket
+    from desra.pipeline.remote import work_root
+    from desra.pipeline.report import write_run_files
+
+    files = _drop(tmp_path / "drop")
+    del files["broken.png"]
+    _upload(s3_client, s3_bucket_name, "drops/five", files)
+    out = f"s3://{s3_bucket_name}/out5"
+    assert _run(f"s3://{s3_bucket_name}/drops/five", out, tiny_models).name == "Completed"  # "another worker"
+    objects = _objects(s3_client, s3_bucket_name, "out5")
+    (runs,) = [k for k in objects if k.startswith("runs/")]
+    table = pd.read_parquet(io.BytesIO(objects[runs]))
+    rows = table.astype(object).where(table.notna(), None).to_dict("records")
+    assert len(rows) == 6 and all(r["status"] == "ok" for r in rows)
+
+    monkeypatch.setenv("DESRA_CACHE", str(tmp_path / "parent-cache"))  # the parent: an empty local copy
+    local = work_root(out)
+    Path(local).mkdir(parents=True)
+    _, page = write_run_files(rows, local, "parent-run", title="parent", remote=Bucket.at(out))
+    html = Path(page).read_text()
+    assert 'class="missing"' not in html
+    pictures = {k for k in _objects(s3_client, s3_bucket_name, "out5") if k.startswith("report-files/")}
+    shown = {f"report-files/{name}" for name in re.findall(r'src="report-files/([^"]+)"', html)}
+    assert len(shown) >= 6 * 4 and shown <= pictures  # every image's panels, each in the bucket beside the page
