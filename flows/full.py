@@ -224,9 +224,11 @@ def desra(
     if scale_out and batches:
         logger.info("%d images in %d batches: running them as %s deployment runs", len(stems), len(batches),
                     BATCH_DEPLOYMENT)
-        # the device as asked: each batch run is admitted on its own worker, which resolves it there
+        # the device and the SR models as asked: each batch run is admitted on its own worker, which resolves
+        # them there (a model given as a URL is fetched into that worker's cache, not this one's)
+        asked = {name: options[name] for name in ("device", "mse_model", "gan_model")}
         parameters = dict(input_dir=input_dir, output_dir=output_dir, run_id=run_id,
-                          **settings.replace(device=options["device"]).options())
+                          **settings.replace(**asked).options())
         _run_batches_on_workers(batches, parameters, progress, settings)
         rows = _gather(output_dir, stems, run_id)
     else:  # in this process: one stream over the whole drop (batches only divide work between workers)
