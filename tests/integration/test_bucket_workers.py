@@ -3,10 +3,10 @@
 
 One authenticated Prefect server, ``desra deploy`` registered with ``s3://`` drop and output roots, a moto S3
 server on loopback and three ``prefect worker start --limit 1`` processes, each with its own ``HOME``,
-``PREFECT_HOME``, working folder, ``DESRA_CACHE`` and ``TMPDIR`` (the tiny model files are the one path they
-read in common; nothing is written there). The drop (8-bit PNGs, 16-bit PNGs and a file that is not an image)
-is split into ``desra-batch`` runs; one batch worker is SIGKILLed, with its flow-run process, while that
-process holds store claims in the bucket. Then:
+``PREFECT_HOME``, working folder, ``DESRA_CACHE`` and ``TMPDIR``: no path is shared between them (the deployment
+names the tiny models by their ``s3://`` URLs; each worker fetches its own copy). The drop (8-bit PNGs, 16-bit
+PNGs and a file that is not an image) is split into ``desra-batch`` runs; one batch worker is SIGKILLed, with its
+flow-run process, while that process holds store claims in the bucket. Then:
 
 * the ``desra/full`` run still completes every image: once the zombie automation has marked the dead batch run
   Crashed, the parent run finishes that batch itself (``flows/full.py``), taking over the dead process's claims
@@ -253,9 +253,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, s3_server: Any, tiny_model
     files = _drop(root / "drop")
     for name, data in files.items():
         client.put_object(Bucket=bucket, Key=f"drop/{name}", Body=data)
+    models = {}  # the workers take the models from the bucket too: no path is shared between the "machines"
+    for role in ("mse", "gan"):
+        name = Path(tiny_models[role]).name
+        client.put_object(Bucket=bucket, Key=f"models/{name}", Body=Path(tiny_models[role]).read_bytes())
+        models[role] = f"s3://{bucket}/models/{name}"
     stack.env.update({**aws, "DESRA_DROP_DIR": f"s3://{bucket}/drop", "DESRA_OUTPUT_DIR": f"s3://{bucket}/out",
-                      "DESRA_MSE_MODEL": tiny_models["mse"], "DESRA_GAN_MODEL": tiny_models["gan"],
-                      "DESRA_SEGMENTER": ""})
+                      "DESRA_MSE_MODEL": models["mse"], "DESRA_GAN_MODEL": models["gan"], "DESRA_SEGMENTER": ""})
     try:
         server = stack.start("server", "server", "start", "--host", "127.0.0.1", "--port", str(stack.port),
                              "--no-scheduler", "--no-ui", "--analytics-off")
@@ -266,10 +270,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, s3_server: Any, tiny_model
 
         from desra.flows.full import run_in_process
 
-        with stack.settings():
+        # The local run takes the same model URLs (its rows name the models, and the config hash covers them);
+        # its drop and output root are local folders.
+        with stack.settings(), pytest.MonkeyPatch.context() as env:
+            for name, value in {**aws, "DESRA_CACHE": str(root / "local-cache")}.items():
+                env.setenv(name, value)
             local = run_in_process(input_dir=str(root / "drop"), output_dir=str(root / "local"),
-                                   mse_model=tiny_models["mse"], gan_model=tiny_models["gan"], segmenter=None,
-                                   **PARAMS)
+                                   mse_model=models["mse"], gan_model=models["gan"], segmenter=None, **PARAMS)
         stems = sorted(Path(n).stem for n in files)
         assert local.name == "Failed" and local.message.startswith(f"{len(stems) - 1} ok, 1 failed"), local.message
 
@@ -357,6 +364,12 @@ def test_three_workers_share_a_bucket_drop_and_survive_one_killed(cluster: Clust
 
     # Every object the lister saw under a final key was whole.
     assert lister.checked > 0 and lister.problems == [], (lister.problems, lister.errors)
+    # each worker that ran a flow took both models from the bucket into its own cache
+    copies = {name: sorted(p.name for p in (cluster.drop.parent / "machines" / name / "cache" / "models").rglob("*")
+                           if p.is_file()) for name in WORKERS}
+    assert sum(bool(found) for found in copies.values()) >= 2, copies
+    models = sorted(key.rsplit("/", 1)[1] for key in _keys(client, bucket, "models/"))
+    assert len(models) == 2 and all(found in ([], models) for found in copies.values()), (copies, models)
     # Live processes took over the dead one's claims (a claim object that nobody renewed is written again only
     # with If-Match once its lease has run out): the request log has successful PUTs of them after the kill.
     taken_over = {key for key in dead_claims for served in cluster.server.app.log[log_at_kill:]
