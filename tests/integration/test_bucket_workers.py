@@ -60,7 +60,10 @@ RUN_TIMEOUT = 300.0  # the first run waits for the zombie automation (≤ 120 s 
 CRASH_WITHIN = HEARTBEAT_MULTIPLE * HEARTBEAT_SECONDS + 30.0  # the window after the last heartbeat, plus lag
 PARAMS = {"min_area": 10, "threshold": 0.9}
 # Columns that say where the input was, which run wrote the row, and when: they differ between the runs.
-_VARIABLE = {"input_path", "run_id", "sr_seconds", "detect_seconds", "cached", "computed"}
+# Where the input and the models were named from (the workers took the models by URL, the local run by path,
+# and the config hash covers those names), which run wrote the row, and when: they differ between the runs.
+_VARIABLE = {"input_path", "run_id", "sr_seconds", "detect_seconds", "cached", "computed", "mse_model", "gan_model",
+             "config_hash"}
 _PUBLISHED = ("masks", "pseudo_gt", "sr/mse", "sr/gan")
 
 
@@ -270,13 +273,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, s3_server: Any, tiny_model
 
         from desra.flows.full import run_in_process
 
-        # The local run takes the same model URLs (its rows name the models, and the config hash covers them);
-        # its drop and output root are local folders.
-        with stack.settings(), pytest.MonkeyPatch.context() as env:
-            for name, value in {**aws, "DESRA_CACHE": str(root / "local-cache")}.items():
-                env.setenv(name, value)
+        with stack.settings():  # the same model files, as paths (rows name the models: compared apart)
             local = run_in_process(input_dir=str(root / "drop"), output_dir=str(root / "local"),
-                                   mse_model=models["mse"], gan_model=models["gan"], segmenter=None, **PARAMS)
+                                   mse_model=tiny_models["mse"], gan_model=tiny_models["gan"], segmenter=None,
+                                   **PARAMS)
         stems = sorted(Path(n).stem for n in files)
         assert local.name == "Failed" and local.message.startswith(f"{len(stems) - 1} ok, 1 failed"), local.message
 
@@ -409,6 +409,10 @@ def test_three_workers_share_a_bucket_drop_and_survive_one_killed(cluster: Clust
     local_reports = pd.concat(pd.read_parquet(p) for p in sorted((local_out / "reports").iterdir()))
     local_reports["error"] = local_reports["error"].str.replace(str(cluster.drop), drop_url, regex=False)
     assert _rows(local_reports) == _rows(reports)
+    ok = reports[reports["status"] == "ok"]
+    assert set(ok["mse_model"]) == {f"s3://{bucket}/models/{Path(p).name}" for p in local_reports["mse_model"]
+                                    if isinstance(p, str)}  # the URL on every worker, not a worker's copy
+    assert ok["config_hash"].nunique() == 1
 
 
 def test_a_scaled_out_rerun_reports_the_images_it_took_from_the_store(cluster: Cluster) -> None:
