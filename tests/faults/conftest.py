@@ -30,9 +30,13 @@ ENOSPC_MESSAGE = "No space left on device"
 
 
 def store_files(out: Path) -> dict[Path, int]:
-    """Every finished store entry (temporary files excluded) and its mtime."""
+    """Every finished store entry (temporary files excluded) and its mtime. A detection's mask is finished only
+    with its record beside it: the record is written last, so a run killed between the two leaves an entry that
+    the next run computes again."""
     store = out / ".desra" / "store"
-    return {p: p.stat().st_mtime_ns for p in store.rglob("*") if p.is_file() and ".tmp" not in p.name}
+    files = {p: p.stat().st_mtime_ns for p in store.rglob("*") if p.is_file() and ".tmp" not in p.name}
+    return {p: mtime for p, mtime in files.items()
+            if not (p.parent.parent.name == "detect" and p.suffix == ".png" and p.with_suffix(".json") not in files)}
 
 
 def latest_run(out: Path) -> pd.DataFrame:

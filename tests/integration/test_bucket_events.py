@@ -256,7 +256,9 @@ def test_a_burst_of_uploads_starts_one_on_drop_run_and_the_same_bytes_again_cost
     rerun = _wait_final(stack, again.id)
     assert rerun.state.is_completed(), (rerun.state.name, rerun.state.message, stack.run_logs(rerun.id))
     assert rerun.state.message == f"{IMAGES} ok, 0 failed of {IMAGES} image(s)"
-    assert f"{IMAGES} image(s): {IMAGES} from the store, model calls 0" in stack.run_logs(rerun.id)
+    # the run's last log lines reach the API a moment after its final state: wait for them
+    stack.wait_for("the rerun's log line on its model work",
+                   lambda: f"{IMAGES} image(s): {IMAGES} from the store, model calls 0" in stack.run_logs(rerun.id), 60)
     image_reads = [s for s in b.s3.app.log[start:]
                    if s.method == "GET" and s.path.startswith(f"/{b.bucket}/drops/burst-1/") and s.status in (200, 206)]
     _settle(b, watcher)
