@@ -118,6 +118,15 @@ def test_config_validation():
     assert DetectionConfig().to_dict()["threshold"] == 0.7
 
 
+def test_config_to_dict_holds_every_scalar_in_field_order_and_the_table_as_its_k_values():
+    # these dicts key the store and the config hash: the same keys, in the same order, for every release
+    config = DetectionConfig(threshold=0.8, min_area=500, min_area_fraction=0.01, window=7, sigma=2.0)
+    assert list(config.to_dict().items()) == [("threshold", 0.8), ("min_area", 500), ("min_area_fraction", 0.01),
+                                              ("window", 7), ("sigma", 2.0),
+                                              ("class_table_k", ",".join(map(str, config.class_table.k)))]
+    assert config.to_dict()["class_table_k"].startswith("1,4,0,1,5")  # wall 1, building 4, sky 0 (paper's table)
+
+
 @pytest.mark.parametrize(
     ("mse", "gan", "labels", "error", "match"),
     [
