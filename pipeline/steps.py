@@ -25,7 +25,7 @@ import os
 import re
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypedDict, TypeVar
@@ -318,6 +318,9 @@ class ImageJob:
     times: dict[str, list[datetime | None]] = field(default_factory=dict)
     device_seconds: float = 0.0
     claims: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+    # SR entries this job claimed in a bucket and computes (key → whether its claim was the first ever taken):
+    # until they are published, last (publish), no other run can reach an entry derived from them (_covered)
+    holding: dict[str, bool] = field(default_factory=dict)
     src: FileBytes | None = None  # the input's bytes, read once by load(), until read() decodes them
     labels_src: FileBytes | None = None  # the label map's bytes, read once by load(), until detect()
     load_error: BaseException | None = None  # why load() failed: plan() raises it, inside the image's task
@@ -431,18 +434,38 @@ class ImageJob:
                 raise InputImageError(error or "no label map")
             self.labels = _Entry(f"labels:{digest}", path, cached=True)
         elif self.run.settings.segmenter_in_use is not None:
-            self.labels = self._claim("segment", _segment_key(self.run, self.sr["gan"].key), ".png")
+            self.labels = self._claim("segment", _segment_key(self.run, self.sr["gan"].key), ".png",
+                                      derived_from=(self.sr["gan"].key,))
         if not self.sr_needed:
             self.src = None  # no model sees the input: its bytes are not needed
 
-    def _claim(self, step: str, key: str, suffix: str) -> _Entry:
+    def _claim(self, step: str, key: str, suffix: str, derived_from: tuple[str, ...] = ()) -> _Entry:
+        """The entry, claimed for this job (until the image is done) when the store has it not."""
         store = self.run.store
         path = store.path(step, key, suffix)
         if store.has(step, key, suffix):
             return _Entry(key, str(path), cached=True)
-        self.claims.enter_context(store.claim(step, key, blocking=True))
-        return _Entry(key, str(path), cached=store.has_after_claim(step, key, suffix))  # another run may have
-        # finished it
+        fresh = self.claims.enter_context(self._covered(step, key, derived_from))
+        cached = store.has_after_claim(step, key, suffix, first=fresh)  # another run may have finished it
+        if step == "sr" and not cached and store.remote is not None:
+            self.holding[key] = fresh
+        return _Entry(key, str(path), cached=cached)
+
+    @contextlib.contextmanager
+    def _covered(self, step: str, key: str, derived_from: tuple[str, ...]) -> Iterator[bool]:
+        """Exclusive hold on an entry, for the ``with`` block; yields whether nobody can have computed it yet.
+
+        An entry derived from an SR result that this job holds in a bucket needs no claim of its own: another
+        run reaches it only through that result, which it must claim (held here) or find in the bucket, where
+        it appears only after every entry derived from it (:meth:`publish`). That saves a claim's requests
+        (create, release) and its renewing thread. Otherwise it is :meth:`Store.claim`'s."""
+        held = [self.holding[k] for k in derived_from if k in self.holding]
+        if held:
+            yield any(held)  # an input that nobody ever claimed was never computed: nor was anything from it
+            return
+        store = self.run.store
+        with store.claim(step, key, blocking=True):
+            yield store.first
 
     @property
     def sr_needed(self) -> list[str]:
@@ -498,8 +521,9 @@ class ImageJob:
         store = self.run.store
         labels_key = None if self.labels is None else self.labels.key
         key = _detect_key(self.run, self.sr["mse"].key, self.sr["gan"].key, labels_key)
-        with store.claim("detect", key, blocking=True):  # another run may be detecting this very image
-            cached = None if store.first else store.read_json("detect", key)
+        inputs = (self.sr["mse"].key, self.sr["gan"].key)
+        with self._covered("detect", key, inputs) as fresh:  # another run may be detecting this very image
+            cached = None if fresh else store.read_json("detect", key)
             if cached is not None and store.has("detect", key, ".png"):
                 self.detection = {**cached, "cached": True}
                 self.labels_src = None
@@ -542,8 +566,8 @@ class ImageJob:
         store, detection = self.run.store, _needed(self.detection, "the detection")
         key = _pseudo_key(self.run, self.sr["mse"].key, self.sr["gan"].key, detection["key"])
         path = store.path("pseudo_gt", key, ".png")
-        with store.claim("pseudo_gt", key, blocking=True):
-            if store.has_after_claim("pseudo_gt", key, ".png"):
+        with self._covered("pseudo_gt", key, (self.sr["mse"].key, self.sr["gan"].key)) as fresh:
+            if store.has_after_claim("pseudo_gt", key, ".png", first=fresh):
                 self.pseudo = _Entry(key, str(path), cached=True)
                 return
             started = _now()
@@ -573,12 +597,12 @@ class ImageJob:
         detection, pseudo = _needed(self.detection, "the detection"), _needed(self.pseudo, "the pseudo-GT")
         files = {"masks": detection["mask_path"], "pseudo_gt": pseudo.path}
         entries = {"masks": ("detect", detection["key"]), "pseudo_gt": ("pseudo_gt", pseudo.key)}
-        if self.item.given is None:
-            files.update({"sr/mse": self.sr["mse"].path, "sr/gan": self.sr["gan"].path})
-            entries.update({"sr/mse": ("sr", self.sr["mse"].key), "sr/gan": ("sr", self.sr["gan"].key)})
         if self.labels is not None and not self.run.settings.labels_dir:
             files["labels"] = self.labels.path
             entries["labels"] = ("segment", self.labels.key)
+        if self.item.given is None:  # last: in a bucket, the SR entries appear after all derived from them
+            files.update({"sr/mse": self.sr["mse"].path, "sr/gan": self.sr["gan"].path})
+            entries.update({"sr/mse": ("sr", self.sr["mse"].key), "sr/gan": ("sr", self.sr["gan"].key)})
         keys = {"mse": self.sr["mse"].key, "gan": self.sr["gan"].key,
                 "labels": None if self.labels is None else self.labels.key, "detect": detection["key"],
                 "pseudo_gt": pseudo.key}

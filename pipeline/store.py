@@ -106,10 +106,12 @@ class Store:
         """Whether the entry exists: in this worker's copy, or in the bucket (then fetched into the copy)."""
         return self.path(step, key, suffix).is_file() or self._fetch(step, key, suffix)
 
-    def has_after_claim(self, step: str, key: str, suffix: str) -> bool:
+    def has_after_claim(self, step: str, key: str, suffix: str, *, first: bool | None = None) -> bool:
         """:meth:`has`, for a holder that has just taken the entry's claim: without asking the bucket when that
-        claim was the first ever taken on the entry (every writer claims before computing, so nobody has)."""
-        return self.path(step, key, suffix).is_file() or (not self.first and self._fetch(step, key, suffix))
+        claim was the first ever taken on the entry (every writer claims before computing, so nobody has).
+        ``first``: that, when the caller knows it otherwise (default: :attr:`first`)."""
+        first = self.first if first is None else first
+        return self.path(step, key, suffix).is_file() or (not first and self._fetch(step, key, suffix))
 
     def _fetch(self, step: str, key: str, suffix: str) -> bool:
         """Copy an entry from the bucket into the local root; ``False`` when the bucket has none, or its

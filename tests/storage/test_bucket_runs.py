@@ -113,6 +113,16 @@ def test_a_bucket_run_publishes_what_a_local_run_does(tmp_path, s3_env, s3_clien
     store_images = [k for k in objects if k.startswith(".desra/store/") and k.endswith(".png")]
     assert store_images == []
     assert len([k for k in objects if k.endswith(".png.ref")]) == 6 * 4
+    # claims only on the SR results: what is derived from them (mask, pseudo-GT) is covered by those claims
+    claims = sorted(k.split("/")[2] for k in objects if k.startswith(".desra/claims/"))
+    assert claims == ["sr"] * (6 * 2)
+    # and each image's SR results are published after what is derived from them, so no other run can find the
+    # results in the bucket and not yet the rest
+    puts = [s.path.split("/out/", 1)[1] for s in s3_env.app.log if s.method == "PUT" and "/out/" in s.path]
+    for stem in (Path(n).stem for n in files if n != "broken.png"):
+        order = [p.rsplit("/", 1)[0] for p in puts if p.endswith(f"/{stem}.png")]
+        assert sorted(order, key=lambda folder: folder.startswith("sr/")) == order and order[-2:] == \
+            ["sr/mse", "sr/gan"], f"{stem}: published in the order {order}"
 
 
 def test_an_unchanged_bucket_drop_costs_no_model_work_and_no_download(tmp_path, s3_env, s3_server, s3_client,
