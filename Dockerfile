@@ -48,7 +48,7 @@ COPY pipeline ./pipeline
 COPY tasks ./tasks
 COPY flows ./flows
 COPY deployments ./deployments
-RUN pip install -c constraints.txt '.[s3]' \
+RUN pip install -c constraints.txt '.[s3,aws-block]' \
     && cd / && rm -rf /src /tmp/constraints.txt \
     && python -c "import torch; assert torch.version.cuda, 'torch ' + torch.__version__ + ' is not a CUDA build'"
 

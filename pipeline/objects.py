@@ -283,15 +283,15 @@ def botocore_retries() -> dict[str, Any]:
 
 
 class _StandardCredentials:
-    """The AWS SDK's standard credential chain (environment, shared config and credentials files, SSO, web
-    identity, container and instance roles) through botocore, as obstore's credential provider; the chain's
-    own caching and refreshing apply, and obstore asks again a little before the credentials expire."""
+    """A session's credentials (:func:`aws_session`: the AWS SDK's standard chain through botocore, or a
+    prefect-aws block's), as obstore's credential provider; the chain's own caching and refreshing apply, and
+    obstore asks again a little before the credentials expire."""
 
-    def __init__(self, session: Any) -> None:
-        self._session = session
+    def __init__(self, credentials: Callable[[], Any]) -> None:
+        self._credentials = credentials
 
     def resolve(self) -> Any:
-        return self._session.get_credentials()
+        return self._credentials()
 
     def __call__(self) -> dict[str, Any]:
         from datetime import UTC, datetime, timedelta
@@ -306,10 +306,67 @@ class _StandardCredentials:
                 "token": frozen.token, "expires_at": expires_at}
 
 
+CREDENTIALS_BLOCK_VARIABLE = "DESRA_AWS_CREDENTIALS_BLOCK"  # a prefect-aws AwsCredentials block's name
+
+
+class AwsSession(NamedTuple):
+    """Where a worker's S3 and SQS requests get their credentials, region and endpoint (:func:`aws_session`)."""
+
+    credentials: Callable[[], Any]  # → botocore credentials (refreshed by their own chain), or None
+    region: str | None  # None: none configured
+    endpoint: str | None  # None: the service's own
+    client: Callable[..., Any]  # (service, region_name=, endpoint_url=, config=) → a botocore client
+
+
+def aws_session(service: str, where: str) -> AwsSession:
+    """The worker's AWS session for ``service`` (``"s3"``, ``"sqs"``), on behalf of ``where`` (a URL, for errors).
+
+    By default: the SDK's standard chain through botocore, the region from ``AWS_REGION``/``AWS_DEFAULT_REGION``
+    or the shared config, the endpoint from ``AWS_ENDPOINT_URL_<SERVICE>`` or ``AWS_ENDPOINT_URL``. With
+    ``DESRA_AWS_CREDENTIALS_BLOCK`` set in the worker's environment, from the prefect-aws ``AwsCredentials`` block
+    of that name on the worker's Prefect API instead (keys, profile or assumed role, region, and its
+    ``aws_client_parameters.endpoint_url`` when it has one): the credentials of teams that keep them in Prefect.
+    Either way they are the operator's, never a run's parameter, and no message carries them."""
+    endpoint = os.environ.get(f"AWS_ENDPOINT_URL_{service.upper()}") or os.environ.get("AWS_ENDPOINT_URL") or None
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    name = os.environ.get(CREDENTIALS_BLOCK_VARIABLE, "").strip()
+    if not name:
+        try:
+            import botocore.session
+        except ImportError:
+            raise ConfigError(f"expected the s3 extra for {where} (pip install 'desra[s3]'), got no botocore") from None
+        session = botocore.session.get_session()
+        return AwsSession(session.get_credentials, region or session.get_config_variable("region"), endpoint,
+                          session.create_client)
+    try:
+        from prefect_aws import AwsCredentials
+    except ImportError:
+        raise ConfigError(f"expected prefect-aws for the credentials block {name!r} ({CREDENTIALS_BLOCK_VARIABLE}) "
+                          f"of {where} (pip install 'desra[aws-block]'), got none installed") from None
+    try:
+        load: Any = AwsCredentials.load  # Prefect's dispatcher takes _sync (its stubs do not say so): a plain call
+        block: Any = load(name, _sync=True)
+    except (ValueError, KeyError) as exc:  # Prefect: no block document of that name (or of another type)
+        raise ConfigError(f"expected an AwsCredentials block named {name!r} ({CREDENTIALS_BLOCK_VARIABLE}) on the "
+                          f"Prefect API for {where}, got none ({type(exc).__name__})") from None
+    except Exception as exc:  # the API unreachable or refusing: its message may hold a URL with credentials
+        raise StorageError(f"expected to read the credentials block {name!r} ({CREDENTIALS_BLOCK_VARIABLE}) for "
+                           f"{where} from the Prefect API, got {type(exc).__name__}", url=where) from None
+    try:
+        boto = block.get_boto3_session()  # with a role to assume, an STS request
+    except Exception as exc:
+        raise StorageError(f"expected the credentials block {name!r} ({CREDENTIALS_BLOCK_VARIABLE}) to give a session "
+                           f"for {where}, got {type(exc).__name__}", url=where) from None
+    given = getattr(getattr(block, "aws_client_parameters", None), "endpoint_url", None)
+    return AwsSession(boto.get_credentials, block.region_name or region or boto.region_name,
+                      str(given) if given else endpoint, boto.client)
+
+
 class S3Bucket(Bucket):
     """``s3://bucket/prefix`` through obstore's S3 client (the ``s3`` extra: ``pip install 'desra[s3]'``):
     each request is made and signed in compiled code, which costs a tenth of the CPU that the Python SDKs
-    spend per request (``benchmarks/scale_out.py``); credentials come from botocore's standard chain."""
+    spend per request (``benchmarks/scale_out.py``); credentials come from botocore's standard chain, or a
+    prefect-aws block (:func:`aws_session`)."""
 
     def __init__(self, url: str) -> None:
         if not url.startswith("s3://"):
@@ -325,6 +382,7 @@ class S3Bucket(Bucket):
         self.url = f"s3://{name}/{prefix}".rstrip("/")
         self._client: Any = None
         self._lister: Any = None
+        self._session: AwsSession | None = None
         self._client_lock = threading.Lock()
 
     # The client is made on first use, so that a Bucket can be made (and pickled) before the environment that
@@ -334,21 +392,20 @@ class S3Bucket(Bucket):
         with self._client_lock:
             if self._client is None:
                 try:
-                    import botocore.session
                     from obstore.store import S3Store  # the optional `s3` extra
                 except ImportError:
                     raise ConfigError(f"expected the s3 extra for {self.url} (pip install 'desra[s3]'), "
                                       "got no obstore or botocore") from None
-                session = botocore.session.get_session()
-                credentials = _StandardCredentials(session)
+                where = f"{self.url}/{key}" if key else self.url
+                session = aws_session("s3", where)
+                credentials = _StandardCredentials(session.credentials)
                 if credentials.resolve() is None:
-                    where = f"{self.url}/{key}" if key else self.url
-                    raise StorageError(f"expected credentials for {where} in the environment or the standard AWS "
-                                       "chain, got none", url=where)
-                region = (os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-                          or session.get_config_variable("region") or "us-east-1")
-                endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-                self._region = region
+                    source = (f"the credentials block {os.environ[CREDENTIALS_BLOCK_VARIABLE].strip()!r}"
+                              if os.environ.get(CREDENTIALS_BLOCK_VARIABLE, "").strip()
+                              else "the environment or the standard AWS chain")
+                    raise StorageError(f"expected credentials for {where} in {source}, got none", url=where)
+                region, endpoint = session.region or "us-east-1", session.endpoint
+                self._session = session._replace(region=region)
                 options: dict[str, Any] = {"region": region}
                 if endpoint:
                     options["endpoint"] = endpoint
@@ -367,11 +424,11 @@ class S3Bucket(Bucket):
         with self._client_lock:
             if self._lister is None:
                 import botocore.config
-                import botocore.session
 
-                endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-                self._lister = botocore.session.get_session().create_client(
-                    "s3", region_name=self._region, endpoint_url=endpoint or None,
+                session = self._session
+                assert session is not None  # made with the client
+                self._lister = session.client(
+                    "s3", region_name=session.region, endpoint_url=session.endpoint,
                     config=botocore.config.Config(**botocore_retries()))
             return self._lister
 
@@ -387,10 +444,10 @@ class S3Bucket(Bucket):
 
     def __getstate__(self) -> dict[str, Any]:
         return {key: value for key, value in self.__dict__.items()
-                if key not in ("_client", "_lister", "_client_lock")}
+                if key not in ("_client", "_lister", "_client_lock", "_session")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state, _client=None, _lister=None, _client_lock=threading.Lock())
+        self.__dict__.update(state, _client=None, _lister=None, _client_lock=threading.Lock(), _session=None)
 
     def _run(self, request: Callable[[Any], _T], key: str) -> _T:
         """Run one request (``request(store)``), mapping its failures to desra's errors (which never carry the

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 from urllib.parse import unquote_plus
 
-from desra.pipeline.objects import Bucket, S3Bucket, botocore_retries, check_key
+from desra.pipeline.objects import Bucket, S3Bucket, aws_session, botocore_retries, check_key
 from desra.pipeline.text import inert, visible
 from desra_core.errors import AccessDeniedError, ConfigError, StorageError
 
@@ -465,16 +465,12 @@ class SQSQueue:
     def _sqs(self) -> Any:
         with self._lock:
             if self._client is None:
-                try:
-                    session = importlib.import_module("botocore.session").get_session()
-                    config = importlib.import_module("botocore.config")
-                except ImportError:
-                    raise ConfigError("expected the s3 extra for an SQS queue (pip install 'desra[s3]'), "
-                                      "got no botocore") from None
+                session = aws_session("sqs", self.url)
+                config = importlib.import_module("botocore.config")
                 match = _REGION_IN_URL.match(self.url)
-                region = session.get_config_variable("region") or (match.group(1) if match else "us-east-1")
-                self._client = session.create_client("sqs", region_name=region,
-                                                     config=config.Config(**botocore_retries()))
+                region = session.region or (match.group(1) if match else "us-east-1")
+                self._client = session.client("sqs", region_name=region, endpoint_url=session.endpoint,
+                                              config=config.Config(**botocore_retries()))
             return self._client
 
     def _error(self, exc: Exception, action: str) -> Exception:

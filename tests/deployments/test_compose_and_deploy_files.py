@@ -389,8 +389,9 @@ def test_dockerfile_installs_the_constrained_builds_and_keeps_no_source():
     assert 'ARG TORCH_INDEX_URL=""' in instructions
     assert "assert torch.version.cuda" in text  # the CUDA-build check stays
     assert "COPY constraints.txt /tmp/constraints.txt" in instructions
-    # not -e; with the s3 extra, so that the worker takes s3:// drops and outputs (the store of the s3 profile)
-    assert any(c.endswith("pip install -c constraints.txt '.[s3]'") for c in pip_installs), pip_installs
+    # not -e; with the s3 extra, so that the worker takes s3:// drops and outputs (the store of the s3 profile), and
+    # the aws-block extra, so that its credentials may come from a prefect-aws block
+    assert any(c.endswith("pip install -c constraints.txt '.[s3,aws-block]'") for c in pip_installs), pip_installs
     assert "rm -rf /src" in text  # the sources are gone once installed: workers run the package
     assert "DESRA_PROJECT_DIR" not in text and "/app" not in text
 

@@ -274,24 +274,6 @@ def test_no_credentials(s3_env: RecordingMotoServer, s3_bucket_name: str, monkey
     _hides_secret(caught.value)
 
 
-@pytest.fixture
-def iam_user(s3_env: RecordingMotoServer, s3_client: Any, s3_bucket_name: str) -> dict[str, str]:
-    """An IAM user that may use ``<bucket>/drop/open/*`` and nothing else in the bucket."""
-    import boto3
-
-    iam = boto3.client("iam", endpoint_url=s3_env.endpoint)
-    user = f"worker-{s3_bucket_name}"
-    iam.create_user(UserName=user)
-    policy = {"Version": "2012-10-17", "Statement": [{
-        "Effect": "Allow", "Action": "s3:*",
-        "Resource": [f"arn:aws:s3:::{s3_bucket_name}", f"arn:aws:s3:::{s3_bucket_name}/drop/open/*"]}]}
-    iam.put_user_policy(UserName=user, PolicyName="drop-open", PolicyDocument=json.dumps(policy))
-    key = iam.create_access_key(UserName=user)["AccessKey"]
-    for name in ("open", "closed"):
-        s3_client.put_object(Bucket=s3_bucket_name, Key=f"drop/{name}/a.png", Body=b"pixels")
-    return {"id": key["AccessKeyId"], "secret": key["SecretAccessKey"]}
-
-
 def test_wrong_credentials_and_access_denied(s3_bucket_name: str, iam_user: dict[str, str],
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     from moto.core.authorization import enable_iam_authentication
