@@ -161,19 +161,22 @@ def root_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return str(root)
 
 
+def iam_keys(endpoint: str, user: str, resources: list[str]) -> dict[str, str]:
+    """The access key of a new IAM user on the server that may use ``resources`` (S3 ARNs) and nothing else."""
+    import boto3
+
+    iam = boto3.client("iam", endpoint_url=endpoint)
+    iam.create_user(UserName=user)
+    policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": resources}]}
+    iam.put_user_policy(UserName=user, PolicyName="desra-test", PolicyDocument=json.dumps(policy))
+    key = iam.create_access_key(UserName=user)["AccessKey"]
+    return {"id": key["AccessKeyId"], "secret": key["SecretAccessKey"]}
+
+
 @pytest.fixture
 def iam_user(s3_env: RecordingMotoServer, s3_client: Any, s3_bucket_name: str) -> dict[str, str]:
     """An IAM user that may use ``<bucket>/drop/open/*`` and nothing else in the bucket."""
-    import boto3
-
-    iam = boto3.client("iam", endpoint_url=s3_env.endpoint)
-    user = f"worker-{s3_bucket_name}"
-    iam.create_user(UserName=user)
-    policy = {"Version": "2012-10-17", "Statement": [{
-        "Effect": "Allow", "Action": "s3:*",
-        "Resource": [f"arn:aws:s3:::{s3_bucket_name}", f"arn:aws:s3:::{s3_bucket_name}/drop/open/*"]}]}
-    iam.put_user_policy(UserName=user, PolicyName="drop-open", PolicyDocument=json.dumps(policy))
-    key = iam.create_access_key(UserName=user)["AccessKey"]
     for name in ("open", "closed"):
         s3_client.put_object(Bucket=s3_bucket_name, Key=f"drop/{name}/a.png", Body=b"pixels")
-    return {"id": key["AccessKeyId"], "secret": key["SecretAccessKey"]}
+    return iam_keys(s3_env.endpoint, f"worker-{s3_bucket_name}",
+                    [f"arn:aws:s3:::{s3_bucket_name}", f"arn:aws:s3:::{s3_bucket_name}/drop/open/*"])

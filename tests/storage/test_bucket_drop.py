@@ -5,7 +5,6 @@ an oversize object refused from the listing's size, a failing object failing alo
 from __future__ import annotations
 
 import hashlib
-import json
 import struct
 import time
 import zlib
@@ -23,7 +22,7 @@ from desra.pipeline.settings import Settings
 from desra.pipeline.steps import ImageJob, Run
 from desra_core import ConfigError, InputImageError
 from tests.core.test_header_size import jpeg_with_big_app_segments
-from tests.storage.conftest import RecordingMotoServer, Served
+from tests.storage.conftest import RecordingMotoServer, Served, iam_keys
 
 
 def _encode(ext: str, image: np.ndarray) -> bytes:
@@ -261,23 +260,16 @@ def test_an_object_deleted_after_the_listing_fails_alone(s3_client: Any, s3_buck
 
 def test_access_denied_on_one_object_fails_it_alone(s3_env: RecordingMotoServer, s3_client: Any, s3_bucket_name: str,
                                                     tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import boto3
     from moto.core.authorization import enable_iam_authentication
 
     images = _images()
     _put(s3_client, s3_bucket_name, "drop", {"open.png": images["a.png"], "closed.png": images["a.png"]})
-    iam = boto3.client("iam", endpoint_url=s3_env.endpoint)
-    user = f"reader-{s3_bucket_name}"
-    iam.create_user(UserName=user)
-    policy = {"Version": "2012-10-17", "Statement": [{
-        "Effect": "Allow", "Action": "s3:*",
-        "Resource": [f"arn:aws:s3:::{s3_bucket_name}", f"arn:aws:s3:::{s3_bucket_name}/drop/open.png"]}]}
-    iam.put_user_policy(UserName=user, PolicyName="open-only", PolicyDocument=json.dumps(policy))
-    key = iam.create_access_key(UserName=user)["AccessKey"]
+    keys = iam_keys(s3_env.endpoint, f"reader-{s3_bucket_name}",
+                    [f"arn:aws:s3:::{s3_bucket_name}", f"arn:aws:s3:::{s3_bucket_name}/drop/open.png"])
     url = f"s3://{s3_bucket_name}/drop"
     with enable_iam_authentication():
-        monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", keys["id"])
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", keys["secret"])
         items = {i.stem: i for i in drop_items(url)}
         jobs = {stem: ImageJob(_run(tmp_path), item) for stem, item in items.items()}
         for job in jobs.values():
