@@ -74,13 +74,13 @@ def test_repeated_rounds_judge_each_goal_on_the_median_round_and_print_the_worst
     rows = [_row("local", 1, 0, 0.33, 0.200), _row("s3", 1, 0, 0.33, 0.250),   # +25 %
             _row("local", 1, 1, 0.33, 0.220), _row("s3", 1, 1, 0.32, 0.242),   # +10 %
             _row("local", 1, 2, 0.33, 0.230), _row("s3", 1, 2, 0.33, 0.253)]   # +10 %
-    goals = dict(bench.goals(rows, {}))
+    goals = dict(bench.goals(rows))
     [(cpu, met)] = [(text, ok) for text, ok in goals.items() if text.startswith("CPU per image")]
     assert met and "+10.0%" in cpu and "worst +25.0%" in cpu, cpu
     rows[3]["cpu_per_image"] = 0.264  # round 2 now +20 %: the median round fails
-    [(cpu, met)] = [(t, ok) for t, ok in bench.goals(rows, {}) if t.startswith("CPU per image")]
+    [(cpu, met)] = [(t, ok) for t, ok in bench.goals(rows) if t.startswith("CPU per image")]
     assert not met and "+20.0%" in cpu, cpu
-    [(throughput, met)] = [(t, ok) for t, ok in bench.goals(rows, {}) if t.startswith("one worker on S3")]
+    [(throughput, met)] = [(t, ok) for t, ok in bench.goals(rows) if t.startswith("one worker on S3")]
     assert met and "worst 0.97×" in throughput, throughput
 
 
@@ -88,7 +88,23 @@ def test_one_round_reads_as_before():
     bench = _benchmark()
     rows = [_row("local", 1, 0, 0.33, 0.200), _row("s3", 1, 0, 0.33, 0.240),
             _row("local", 3, 0, 0.99, 0.200), _row("s3", 3, 0, 0.80, 0.300)]
-    goals = dict(bench.goals(rows, {}))
+    goals = dict(bench.goals(rows))
     assert goals["CPU per image on S3 within +15 % of local, 1 worker(s): +20.0%"] is False
     assert goals["local: 3 workers ≥ 2.5× one worker: 3.00×"] is True
     assert goals["s3: 3 workers ≥ 2.5× one worker: 2.42×"] is False
+
+
+def test_rounds_without_one_worker_have_no_scaling_baseline_but_their_cpu_goals():
+    # --workers 2,3 measures no one-worker row: the table shows no scaling figure, the CPU goals still judge
+    bench = _benchmark()
+    rows = [{**_row("local", 2, 0, 0.66, 0.200), "wall": 27.2, "images": 18, "server_cpu_per_image": 0.0, "calls": 54,
+             "requests_per_image": 0.0, "ok": 18, "rows": 18},
+            {**_row("s3", 2, 0, 0.65, 0.250), "wall": 27.6, "images": 18, "server_cpu_per_image": 0.1, "calls": 54,
+             "requests_per_image": 24.6, "ok": 18, "rows": 18}]
+    baselines = bench.one_worker_baselines(rows)
+    assert baselines == {}
+    assert all("| n/a |" in line for line in bench.table(rows, baselines)[2:])
+    goals = dict(bench.goals(rows))
+    assert goals == {"CPU per image on S3 within +15 % of local, 2 worker(s): +25.0%": False}
+    rows.append(_row("s3", 1, 0, 0.32, 0.2))
+    assert bench.one_worker_baselines(rows) == {"s3": 0.32}
