@@ -343,10 +343,10 @@ def table(rows: list[dict[str, Any]], baselines: dict[str, float]) -> list[str]:
     """The markdown table of the measurements (scaling against one worker's median on the same storage; the
     round in brackets after the storage when there are several)."""
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * (len(COLUMNS) - 3)) + "|"]
+    rounds = len({x.get("round", 0) for x in rows})
     for r in rows:
         one = baselines.get(r["storage"])
         scaling = f"{r['ips'] / one:.2f}" if one else "n/a"
-        rounds = len({x.get("round", 0) for x in rows})
         storage = f"{r['storage']} ({r.get('round', 0) + 1})" if rounds > 1 else r["storage"]
         cells = [storage, r["split"], str(r["workers"]), str(r["images"]), f"{r['wall']:.2f}",
                  f"{r['ips']:.3f}", scaling, f"{r['cpu_per_image']:.3f}", f"{r['server_cpu_per_image']:.3f}",

@@ -316,6 +316,7 @@ class AwsSession(NamedTuple):
     region: str | None  # None: none configured
     endpoint: str | None  # None: the service's own
     client: Callable[..., Any]  # (service, region_name=, endpoint_url=, config=) → a botocore client
+    source: str  # where the credentials come from, for messages
 
 
 def aws_session(service: str, where: str) -> AwsSession:
@@ -337,7 +338,7 @@ def aws_session(service: str, where: str) -> AwsSession:
             raise ConfigError(f"expected the s3 extra for {where} (pip install 'desra[s3]'), got no botocore") from None
         session = botocore.session.get_session()
         return AwsSession(session.get_credentials, region or session.get_config_variable("region"), endpoint,
-                          session.create_client)
+                          session.create_client, "the environment or the standard AWS chain")
     try:
         from prefect_aws import AwsCredentials
     except ImportError:
@@ -359,7 +360,7 @@ def aws_session(service: str, where: str) -> AwsSession:
                            f"for {where}, got {type(exc).__name__}", url=where) from None
     given = getattr(getattr(block, "aws_client_parameters", None), "endpoint_url", None)
     return AwsSession(boto.get_credentials, block.region_name or region or boto.region_name,
-                      str(given) if given else endpoint, boto.client)
+                      str(given) if given else endpoint, boto.client, f"the credentials block {name!r}")
 
 
 class S3Bucket(Bucket):
@@ -400,10 +401,7 @@ class S3Bucket(Bucket):
                 session = aws_session("s3", where)
                 credentials = _StandardCredentials(session.credentials)
                 if credentials.resolve() is None:
-                    source = (f"the credentials block {os.environ[CREDENTIALS_BLOCK_VARIABLE].strip()!r}"
-                              if os.environ.get(CREDENTIALS_BLOCK_VARIABLE, "").strip()
-                              else "the environment or the standard AWS chain")
-                    raise StorageError(f"expected credentials for {where} in {source}, got none", url=where)
+                    raise StorageError(f"expected credentials for {where} in {session.source}, got none", url=where)
                 region, endpoint = session.region or "us-east-1", session.endpoint
                 self._session = session._replace(region=region)
                 options: dict[str, Any] = {"region": region}
